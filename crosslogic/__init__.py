@@ -1,0 +1,1 @@
+"""CrossLogic control plane: the Python services beside an Envoy data plane."""

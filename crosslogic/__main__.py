@@ -1,0 +1,3 @@
+from crosslogic.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The admin API (aiohttp): health, readiness, metrics, node registry, model list."""

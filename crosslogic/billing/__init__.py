@@ -1,0 +1,1 @@
+"""Billing: usage records from Envoy's access log, pricing, hourly aggregation, Stripe."""

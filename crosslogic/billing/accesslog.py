@@ -1,0 +1,75 @@
+"""One Envoy access-log entry -> one usage record, pure.
+
+The entry's fields are named in envoy/envoy.yaml (json_format). Only requests that ext_authz
+attributed to a key and that reached a node are billable; everything else is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+class MalformedEntry(ValueError):
+    """A line that is not an access-log entry of ours."""
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    request_id: str
+    tenant_id: str
+    environment_id: str
+    api_key_id: str
+    model_id: int
+    node_id: str | None
+    endpoint: str
+    streamed: bool
+    prompt_tokens: int
+    completion_tokens: int
+    status_code: int
+    response_flags: str
+    started_at: datetime
+    duration_ms: int
+
+
+def _count(value: Any) -> int:
+    # dynamic metadata numbers arrive as floats; absent ones as null
+    if value is None or value == "-":
+        return 0
+    return max(0, int(float(value)))
+
+
+def parse(line: bytes) -> UsageRecord | None:
+    """The usage record of a billable entry, None for a non-billable one."""
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        raise MalformedEntry(f"not JSON: {line[:80]!r}") from exc
+    if not isinstance(entry, dict) or not entry.get("request_id"):
+        raise MalformedEntry(f"no request_id: {line[:80]!r}")
+    if not entry.get("api_key_id") or entry.get("model_id") is None:
+        return None  # not an inference request (GET /v1/models)
+    if not entry.get("upstream_host"):
+        return None  # refused before any node (rate limit, no healthy node)
+    try:
+        started = datetime.strptime(entry["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        return UsageRecord(
+            request_id=str(entry["request_id"]),
+            tenant_id=str(entry["tenant_id"]),
+            environment_id=str(entry["environment_id"]),
+            api_key_id=str(entry["api_key_id"]),
+            model_id=int(float(entry["model_id"])),
+            node_id=entry.get("upstream_node") or entry.get("upstream_host"),
+            endpoint=str(entry.get("path") or "").split("?", 1)[0],
+            streamed=bool(entry.get("streamed")),
+            prompt_tokens=_count(entry.get("prompt_tokens")),
+            completion_tokens=_count(entry.get("completion_tokens")),
+            status_code=int(entry.get("status") or 0),
+            response_flags=str(entry.get("flags") or "-"),
+            started_at=started.replace(tzinfo=UTC),
+            duration_ms=_count(entry.get("duration_ms")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedEntry(f"bad field in {line[:120]!r}: {exc}") from exc

@@ -1,0 +1,169 @@
+"""The ``crosslogic`` command: run the stack, a service, a node, migrations, config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from crosslogic.settings import Settings, SettingsError, from_environ
+
+SERVICE_NAMES = ("admin", "xds", "extauthz", "ratelimit", "billing")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs
+
+
+def _wait_for_signal(check: object) -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop.wait(0.5):
+        check()  # type: ignore[operator]
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from crosslogic.stack import Stack
+
+    stack = Stack(settings, nodes=args.nodes)
+    print("starting CrossLogic (Postgres, Redis, services, Envoy, nodes)...", flush=True)
+    stack.start()
+    try:
+        demo = stack.demo
+        assert demo is not None
+        body = ('{"model": "%s", "messages": [{"role": "user", "content": "Hello"}]}'
+                % demo.model)
+        print(f"\nCrossLogic is up. Logs: {stack.supervisor.log_dir}", flush=True)
+        print(f"Admin API: {stack.admin_url}  Metrics: "
+              f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics\n")
+        print(f"OPENAI_BASE_URL={stack.base_url}")
+        print(f"OPENAI_API_KEY={demo.api_key}")
+        print(f"MODEL={demo.model}")
+        print(f"curl -s {stack.base_url}/chat/completions -H 'Authorization: Bearer "
+              f"{demo.api_key}' -H 'Content-Type: application/json' -d '{body}'")
+        print("\nPress Ctrl-C to stop everything.", flush=True)
+        _wait_for_signal(stack.supervisor.check)
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Every control-plane service (no embedded servers, no Envoy, no nodes): containers."""
+    from crosslogic.stack import Stack
+
+    if settings.db_host is None or settings.redis_host is None:
+        print("crosslogic serve needs DB_HOST and REDIS_HOST (use `crosslogic up` for the "
+              "embedded ones)", file=sys.stderr)
+        return 2
+    stack = Stack(settings, nodes=0)
+    try:
+        stack.start_services()
+        _wait_for_signal(stack.supervisor.check)
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_service(settings: Settings, args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    if args.name == "admin":
+        from crosslogic.admin.main import run
+    elif args.name == "xds":
+        from crosslogic.xds.main import run
+    elif args.name == "extauthz":
+        from crosslogic.extauthz.main import run
+    elif args.name == "ratelimit":
+        from crosslogic.ratelimit.main import run
+    else:
+        from crosslogic.billing.main import run
+    asyncio.run(run(settings, registry))
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from crosslogic.db.connection import connect
+    from crosslogic.db.migrate import migrate
+
+    async def go() -> list[str]:
+        conn = await connect(settings)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    if settings.db_host is None:
+        print("crosslogic migrate needs DB_HOST (the embedded database is migrated by `up`)",
+              file=sys.stderr)
+        return 2
+    applied = asyncio.run(go())
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
+    from crosslogic.envoy_config import render
+
+    text = render(settings, listen_address=args.listen_address,
+                  admin_address=args.admin_address, control_plane_host=args.control_plane_host,
+                  lua_path=Path(args.lua_path) if args.lua_path else None)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crosslogic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the whole stack with a demo key (Ctrl-C stops it)")
+    up.add_argument("--nodes", type=int, default=2, help="simulated GPU nodes to start")
+    sub.add_parser("serve", help="run every control-plane service (external Postgres/Redis)")
+    service = sub.add_parser("service", help="run one service process")
+    service.add_argument("name", choices=SERVICE_NAMES)
+    sub.add_parser("migrate", help="apply pending database migrations")
+    cfg = sub.add_parser("envoy-config", help="render the Envoy bootstrap")
+    cfg.add_argument("--output", default="-")
+    cfg.add_argument("--listen-address", default="0.0.0.0")
+    cfg.add_argument("--admin-address", default="127.0.0.1")
+    cfg.add_argument("--control-plane-host", default="127.0.0.1")
+    cfg.add_argument("--lua-path", default=None)
+    sub.add_parser("node", help="run a simulated GPU node (see `crosslogic node --help`)",
+                   add_help=False)
+    return parser
+
+
+COMMANDS = {"up": cmd_up, "serve": cmd_serve, "service": cmd_service, "migrate": cmd_migrate,
+            "envoy-config": cmd_envoy_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["node"]:
+        from crosslogic.node.main import run
+
+        return run(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        settings = from_environ()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    return COMMANDS[args.command](settings, args)

@@ -1,0 +1,1 @@
+"""PostgreSQL: connection settings and schema migrations."""

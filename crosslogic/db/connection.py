@@ -1,0 +1,44 @@
+"""Connecting to PostgreSQL; driver errors become :class:`DatabaseUnavailable` here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from crosslogic.settings import Settings
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL could not be reached or refused the connection."""
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """asyncpg keyword arguments; ``DB_HOST`` may be a Unix socket directory."""
+    return {
+        "host": settings.db_host,
+        "port": settings.db_port,
+        "user": settings.db_user,
+        "password": settings.db_password or None,
+        "database": settings.db_name,
+    }
+
+
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+    try:
+        return await asyncpg.create_pool(
+            min_size=min_size, max_size=max_size, command_timeout=10, **connect_kwargs(settings)
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {settings.db_host}:{settings.db_port}: {exc}"
+        ) from exc
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(timeout=10, **connect_kwargs(settings))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {settings.db_host}:{settings.db_port}: {exc}"
+        ) from exc

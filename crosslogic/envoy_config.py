@@ -1,0 +1,52 @@
+"""Render the Envoy bootstrap from ``envoy/envoy.yaml`` (config lives there, not in Python)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from string import Template
+
+from crosslogic.settings import Settings
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def template_dir() -> Path:
+    """The repository's ``envoy/`` folder, or ``ENVOY_TEMPLATE_DIR`` for installed copies."""
+    override = os.environ.get("ENVOY_TEMPLATE_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "envoy"
+
+
+def render(
+    settings: Settings,
+    *,
+    listen_address: str = "127.0.0.1",
+    admin_address: str = "127.0.0.1",
+    control_plane_host: str = "127.0.0.1",
+    node_id: str = "crosslogic-envoy",
+    lua_path: Path | None = None,
+) -> str:
+    folder = template_dir()
+    values = {
+        "ENVOY_NODE_ID": node_id,
+        "ENVOY_ADMIN_ADDRESS": admin_address,
+        "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
+        "ENVOY_LISTEN_ADDRESS": listen_address,
+        "ENVOY_PORT": settings.envoy_port,
+        "MAX_REQUEST_BYTES": MAX_REQUEST_BYTES,
+        "ACCESS_LOG_PATH": settings.access_log.resolve()
+        if not settings.access_log.is_absolute()
+        else settings.access_log,
+        "RATELIMIT_TIMEOUT": "0.05s",
+        "USAGE_LUA_PATH": lua_path or (folder / "usage.lua").resolve(),
+        "XDS_HOST": settings.xds_host,
+        "XDS_PORT": settings.xds_port,
+        "EXTAUTHZ_HOST": settings.extauthz_host,
+        "EXTAUTHZ_PORT": settings.extauthz_port,
+        "RATELIMIT_HOST": settings.ratelimit_host,
+        "RATELIMIT_PORT": settings.ratelimit_port,
+        "CONTROL_PLANE_HOST": control_plane_host,
+        "CONTROL_PLANE_PORT": settings.server_port,
+    }
+    text = (folder / "envoy.yaml").read_text()
+    return Template(text).substitute({k: str(v) for k, v in values.items()})

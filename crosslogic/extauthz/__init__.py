@@ -1,0 +1,1 @@
+"""Envoy ext_authz: API keys, the tenant -> environment -> key hierarchy, model access."""

@@ -1,0 +1,170 @@
+"""The gRPC edge of ext_authz: CheckRequest -> decision -> CheckResponse.
+
+Maps protos to domain values and back, and is the one place where store errors become client
+answers. Allow responses are immutable protos, cached per (key, model) so the hot path
+builds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from crosslogic.db.connection import DatabaseUnavailable
+from crosslogic.extauthz import keys
+from crosslogic.extauthz.decision import (
+    MISSING_KEY,
+    UNKNOWN_KEY,
+    Allow,
+    Model,
+    decide,
+)
+from crosslogic.extauthz.store import KeyCache, PostgresKeys
+from crosslogic.openai_errors import ApiError
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "envoy.filters.http.ext_authz"
+CLUSTER_HEADER = "x-crosslogic-cluster"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_JSON = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="content-type", value="application/json"),
+    append_action=_OVERWRITE,
+)
+UNAVAILABLE = ApiError(503, "Authorization is temporarily unavailable; retry shortly.",
+                       "service_unavailable", "authorization_unavailable")
+
+
+class AuthzMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter("crosslogic_authz_decisions_total",
+                                 "ext_authz decisions by outcome", ["outcome"], registry=registry)
+        self.cache = Counter("crosslogic_authz_key_cache_total", "key cache lookups",
+                             ["result"], registry=registry)
+        self.latency = Histogram(
+            "crosslogic_authz_check_seconds", "ext_authz check latency", registry=registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
+        )
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
+    )
+
+
+def denied(error: ApiError) -> external_auth_pb2.CheckResponse:
+    code = 16 if error.status == 401 else 7  # UNAUTHENTICATED / PERMISSION_DENIED
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code, message=error.code or error.type),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            headers=[_JSON],
+            body=error.body().decode(),
+        ),
+    )
+
+
+def allowed(decision: Allow, *, default_rpm: int) -> external_auth_pb2.CheckResponse:
+    key = decision.key
+    metadata = struct_pb2.Struct()
+    metadata.update({
+        "tenant_id": key.tenant_id,
+        "environment_id": key.environment_id,
+        "api_key_id": key.api_key_id,
+        "key_id": key.key_id,
+        "key_limit": {"requests_per_unit": key.rate_limit_rpm or default_rpm, "unit": "MINUTE"},
+    })
+    headers = []
+    if decision.model is not None:
+        metadata.update({"model": decision.model.name, "model_id": decision.model.id})
+        if decision.force_include_usage:
+            metadata.update({"force_include_usage": True})
+        headers.append(_header(CLUSTER_HEADER, decision.model.cluster))
+    else:
+        allowed_models = key.allowed_models
+        headers.append(_header("x-crosslogic-allowed-models",
+                               "*" if allowed_models is None else ",".join(sorted(allowed_models))))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=0),
+        ok_response=external_auth_pb2.OkHttpResponse(
+            headers=headers, headers_to_remove=["authorization"]
+        ),
+        dynamic_metadata=metadata,
+    )
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """Envoy's ext_authz Check, answered from the in-process key cache and model catalog."""
+
+    def __init__(self, *, cache: KeyCache, metrics: AuthzMetrics, default_rpm: int) -> None:
+        self._cache = cache
+        self._metrics = metrics
+        self._default_rpm = default_rpm
+        self.catalog: dict[str, Model] = {}
+        self._responses: dict[tuple[object, ...], external_auth_pb2.CheckResponse] = {}
+
+    async def Check(  # noqa: N802 (gRPC method name)
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        started = time.perf_counter()
+        outcome, response = await self._check(request.attributes.request.http)
+        self._metrics.decisions.labels(outcome).inc()
+        self._metrics.latency.observe(time.perf_counter() - started)
+        return response
+
+    async def _check(self, http: object) -> tuple[str, external_auth_pb2.CheckResponse]:
+        headers = http.headers  # type: ignore[attr-defined]
+        token = keys.bearer_token(headers.get("authorization", ""))
+        if token is None or not keys.looks_valid(token):
+            return "missing_key", denied(MISSING_KEY)
+        key_hash = keys.hash_key(token)
+        hit = self._cache.cached(key_hash) is not None
+        self._metrics.cache.labels("hit" if hit else "miss").inc()
+        try:
+            record = await self._cache.get(key_hash)
+        except DatabaseUnavailable as exc:
+            log.error("key lookup failed, database unavailable: %s", exc)
+            return "unavailable", denied(UNAVAILABLE)
+        if record is None:
+            return "unknown_key", denied(UNKNOWN_KEY)
+        decision = decide(
+            key=record,
+            method=http.method,  # type: ignore[attr-defined]
+            path=http.path,  # type: ignore[attr-defined]
+            body=http.raw_body,  # type: ignore[attr-defined]
+            catalog=self.catalog,
+            now=datetime.now(UTC),
+        )
+        if isinstance(decision, ApiError):
+            log.debug("denied key %s: %s", record.key_id, decision.code)
+            return decision.code or decision.type, denied(decision)
+        cache_key = (record, decision.model, decision.force_include_usage)
+        response = self._responses.get(cache_key)
+        if response is None:
+            if len(self._responses) > 50_000:
+                self._responses.clear()
+            response = allowed(decision, default_rpm=self._default_rpm)
+            self._responses[cache_key] = response
+        return "allowed", response
+
+
+async def refresh_catalog(service: AuthorizationService, store: PostgresKeys,
+                          *, every: float) -> None:
+    """Keep the model catalog current; a failed refresh keeps the last good one."""
+    while True:
+        try:
+            service.catalog = await store.fetch_catalog()
+        except DatabaseUnavailable as exc:
+            log.warning("model catalog refresh failed, keeping the last one: %s", exc)
+        await asyncio.sleep(every)

@@ -1,0 +1,166 @@
+"""``crosslogic node``: run one simulated GPU node, optionally registered with a control plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from crosslogic.node.registration import RegistrationConfig, run_registration
+from crosslogic.node.server import NODE_STATE, NodeConfig, make_app
+
+log = logging.getLogger(__name__)
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_UNROUTABLE = {"0.0.0.0", "::", ""}
+
+
+def _non_negative(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must not be negative")
+    return value
+
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or int(raw) > 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port (0 picks a free one)")
+    return int(raw)
+
+
+def _url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an http(s) URL")
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crosslogic node",
+        description="Run a simulated GPU node: an OpenAI-compatible server shaped like vLLM.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument(
+        "--port", type=_port, default=0, help="port to bind; 0 (default) picks a free port"
+    )
+    parser.add_argument("--model", default="demo-llama", help="served model (default %(default)s)")
+    parser.add_argument("--node-id", help="node id to register with (default: random)")
+    parser.add_argument(
+        "--control-plane",
+        type=_url,
+        help="control plane URL; without it the node does not register",
+    )
+    parser.add_argument(
+        "--advertise-address", help="address the control plane should route to (default: --host)"
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=None,
+        help="bearer token for the admin API (default: $ADMIN_TOKEN)",
+    )
+    parser.add_argument("--ttft-ms", type=_non_negative, default=0.0, help="time to first token")
+    parser.add_argument(
+        "--tokens-per-second", type=_non_negative, default=0.0, help="0 (default): unpaced"
+    )
+    parser.add_argument("--max-model-len", type=int, default=NodeConfig.max_model_len)
+    parser.add_argument("--max-num-seqs", type=int, default=NodeConfig.max_num_seqs)
+    parser.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    """Entry point for ``crosslogic node ...``; returns the process exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error, already printed by argparse
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        config = NodeConfig(
+            model=args.model,
+            node_id=args.node_id or f"node-{secrets.token_hex(4)}",
+            ttft_s=args.ttft_ms / 1000,
+            tokens_per_second=args.tokens_per_second,
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+        )
+    except ValueError as exc:
+        print(f"crosslogic node: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    admin_token = args.admin_token or os.environ.get("ADMIN_TOKEN") or None
+    try:
+        asyncio.run(_serve(args, config=config, admin_token=admin_token))
+    except OSError as exc:  # typically the port is taken
+        print(f"crosslogic node: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(args: argparse.Namespace, *, config: NodeConfig, admin_token: str | None) -> None:
+    app = make_app(config)
+    # The access log costs more than a simulated completion; keep it for debugging only.
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=log if args.log_level == "debug" else None
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    registration: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"node {config.node_id} serving {config.model} on http://{host}:{port}", flush=True)
+        if args.control_plane:
+            address = args.advertise_address or args.host
+            if address in _UNROUTABLE:
+                address = "127.0.0.1"
+            registration = asyncio.create_task(
+                run_registration(
+                    RegistrationConfig(
+                        control_plane_url=args.control_plane,
+                        model=config.model,
+                        address=address,
+                        port=port,
+                        node_id=config.node_id,
+                        admin_token=admin_token,
+                    ),
+                    load=app[NODE_STATE].load,
+                )
+            )
+            registration.add_done_callback(_report_crash)
+        await stop.wait()
+        log.info("shutting down node %s", config.node_id)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if registration is not None:
+            # Deregister first so the gateway stops routing here before the port closes.
+            registration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registration
+        await runner.cleanup()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    # run_registration handles every network failure itself; anything else is a bug that
+    # would otherwise stay invisible until shutdown.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("registration loop crashed", exc_info=exc)

@@ -1,0 +1,186 @@
+"""Keeps the node known to the control plane: register, heartbeat, deregister on shutdown.
+
+Admin API contract (served by the control plane):
+
+* ``POST /admin/nodes/register`` ``{node_id, model, address, port, provider, region,
+  gpu_type}`` -> ``{"node_id": str, "heartbeat_interval_s": float}``
+* ``POST /admin/nodes/{node_id}/heartbeat`` ``{requests_running, requests_waiting,
+  kv_cache_usage_perc}`` -> 200; 404 means the control plane forgot us: register again.
+* ``POST /admin/nodes/{node_id}/deregister`` -> 200, best effort at shutdown.
+
+The loop never gives up: an unreachable control plane is retried with capped backoff, so
+nodes and control plane can start in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from crosslogic.node.server import NodeLoad
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_HEARTBEAT_S = 2.0
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """Where the control plane is and how this node describes itself to it."""
+
+    control_plane_url: str
+    model: str
+    address: str
+    port: int
+    node_id: str | None = None  # None: the control plane assigns one
+    admin_token: str | None = None
+    provider: str = "local"
+    region: str = "local"
+    gpu_type: str = "simulated"
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    request_timeout_s: float = 5.0
+    deregister_timeout_s: float = 2.0
+
+
+class AdminAPIError(Exception):
+    """The control plane answered, but not with what the contract promises."""
+
+
+def backoff_delay(attempt: int, *, initial: float, maximum: float) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): doubling, capped."""
+    return min(maximum, initial * 2.0 ** min(attempt, 30))
+
+
+class _AdminClient:
+    """The admin API calls; translates HTTP outcomes into return values or AdminAPIError."""
+
+    def __init__(self, session: aiohttp.ClientSession, config: RegistrationConfig) -> None:
+        self._session = session
+        self._config = config
+        self._base = config.control_plane_url.rstrip("/") + "/admin/nodes"
+        self._headers = (
+            {"Authorization": f"Bearer {config.admin_token}"} if config.admin_token else {}
+        )
+        self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
+
+    async def register(self, node_id: str | None) -> tuple[str, float]:
+        c = self._config
+        payload = {
+            "node_id": node_id,
+            "model": c.model,
+            "address": c.address,
+            "port": c.port,
+            "provider": c.provider,
+            "region": c.region,
+            "gpu_type": c.gpu_type,
+        }
+        status, body = await self._post(f"{self._base}/register", payload, limit=self._timeout)
+        if status != 200 or not isinstance(body, dict):
+            raise AdminAPIError(f"register answered HTTP {status}: {body!r}")
+        assigned = body.get("node_id")
+        if not isinstance(assigned, str) or not assigned:
+            raise AdminAPIError(f"register answered without a node_id: {body!r}")
+        interval = body.get("heartbeat_interval_s")
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            interval = _DEFAULT_HEARTBEAT_S
+        return assigned, float(interval)
+
+    async def heartbeat(self, node_id: str, load: NodeLoad) -> bool:
+        """True if the control plane still knows the node, False if it must register again."""
+        payload = {
+            "requests_running": load.requests_running,
+            "requests_waiting": load.requests_waiting,
+            "kv_cache_usage_perc": load.kv_cache_usage_perc,
+        }
+        status, body = await self._post(
+            f"{self._base}/{node_id}/heartbeat", payload, limit=self._timeout
+        )
+        if status == 404:
+            return False
+        if status != 200:
+            raise AdminAPIError(f"heartbeat answered HTTP {status}: {body!r}")
+        return True
+
+    async def deregister(self, node_id: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=self._config.deregister_timeout_s)
+        await self._post(f"{self._base}/{node_id}/deregister", {}, limit=timeout)
+
+    async def _post(
+        self, url: str, payload: dict[str, Any], *, limit: aiohttp.ClientTimeout
+    ) -> tuple[int, object]:
+        async with self._session.post(
+            url, json=payload, headers=self._headers, timeout=limit
+        ) as response:
+            try:
+                body: object = await response.json(content_type=None)
+            except ValueError:
+                body = await response.text()
+            return response.status, body
+
+
+async def run_registration(
+    config: RegistrationConfig,
+    *,
+    load: Callable[[], NodeLoad],
+    on_registered: Callable[[str], None] | None = None,
+) -> None:
+    """Register and heartbeat until cancelled; then deregister, best effort.
+
+    ``on_registered`` is called with the node id after every successful registration
+    (the control plane may assign or change it).
+    """
+    wanted = config.node_id  # the id we ask for; the control plane's answer wins
+    registered: str | None = None
+    interval = _DEFAULT_HEARTBEAT_S
+    failures = 0
+    async with aiohttp.ClientSession() as session:
+        client = _AdminClient(session, config)
+        try:
+            while True:
+                try:
+                    if registered is None:
+                        registered, interval = await client.register(wanted)
+                        wanted = registered
+                        failures = 0
+                        log.info("registered node %s with %s", registered, config.control_plane_url)
+                        if on_registered is not None:
+                            on_registered(registered)
+                    await asyncio.sleep(interval)
+                    if not await client.heartbeat(registered, load()):
+                        log.warning("control plane forgot node %s; registering again", registered)
+                        registered = None
+                        continue
+                    failures = 0
+                except (aiohttp.ClientError, TimeoutError, AdminAPIError) as exc:
+                    delay = backoff_delay(
+                        failures, initial=config.retry_initial_s, maximum=config.retry_max_s
+                    )
+                    failures += 1
+                    log.warning(
+                        "control plane %s unavailable (%s); retrying in %.1fs",
+                        config.control_plane_url,
+                        _describe(exc),
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            if registered is not None:
+                await _deregister(client, registered)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+async def _deregister(client: _AdminClient, node_id: str) -> None:
+    try:
+        await client.deregister(node_id)
+        log.info("deregistered node %s", node_id)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("could not deregister node %s: %s", node_id, _describe(exc))

@@ -1,0 +1,1 @@
+"""Envoy's rate-limit service: layered limits counted atomically in Redis (GCRA)."""

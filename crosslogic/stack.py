@@ -1,0 +1,238 @@
+"""A whole running system: embedded or external Postgres/Redis, the services, Envoy, nodes.
+
+``crosslogic up``, the test fixtures and the benchmark all start the system through this one
+class, so what the tests exercise is what an operator runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from crosslogic import embedded, envoy_config
+from crosslogic.db.connection import connect
+from crosslogic.db.migrate import migrate
+from crosslogic.extauthz import provisioning
+from crosslogic.metrics import MULTIPROC_ENV, prepare_multiproc_dir
+from crosslogic.settings import Settings, to_env
+from crosslogic.supervisor import Child, Supervisor
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = "demo-llama"
+SERVICES = ("admin", "xds", "extauthz", "ratelimit", "billing")
+
+
+@dataclass(frozen=True)
+class Demo:
+    model: str
+    api_key: str
+    tenant_id: str
+    environment_id: str
+    api_key_id: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(what: str, probe: Callable[[], bool], *, timeout: float = 30.0,
+               check: Callable[[], None] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def envoy_binary() -> str:
+    beside = Path(sys.executable).parent / "envoy"
+    return str(beside) if beside.exists() else "envoy"
+
+
+class Stack:
+    """Starts (``start``) and stops (``stop``) every process of the system."""
+
+    def __init__(self, settings: Settings, *, nodes: int = 2, model: str = DEMO_MODEL) -> None:
+        self.settings = settings
+        self.node_count = nodes
+        self.model = model
+        self.data_dir = settings.data_dir.resolve()
+        self.supervisor = Supervisor(self.data_dir / "logs")
+        self.postgres: embedded.EmbeddedPostgres | None = None
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.nodes: list[Child] = []
+        self.demo: Demo | None = None
+
+    # -- addresses -----------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.envoy_port}/v1"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.server_port}"
+
+    @property
+    def envoy_admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.envoy_admin_port}"
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(to_env(self.settings))
+        env[MULTIPROC_ENV] = str(self.data_dir / "metrics")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        s = self.settings
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_ports()
+        if s.db_host is None:
+            self.postgres = embedded.start_postgres(self.data_dir / "pg")
+            env = self.postgres.env()
+            self.settings = s = s.with_overrides(
+                db_host=env["DB_HOST"], db_port=5432, db_user=env["DB_USER"],
+                db_password="", db_name=env["DB_NAME"])
+        if s.redis_host is None:
+            self.redis = embedded.start_redis(s.redis_port, log_path=self.data_dir / "redis.log")
+            self.settings = s = s.with_overrides(redis_host="127.0.0.1")
+        s.access_log.parent.mkdir(parents=True, exist_ok=True)
+        s.access_log.touch()
+        self.demo = asyncio.run(self._prepare_database())
+        self.start_services()
+        self.start_envoy()
+        for i in range(self.node_count):
+            self.start_node(f"{self.model}-{i + 1}")
+        self.wait_healthy_nodes(self.node_count)
+
+    def _check_ports(self) -> None:
+        s = self.settings
+        wanted = {"SERVER_PORT": s.server_port, "PROMETHEUS_PORT": s.prometheus_port,
+                  "EXTAUTHZ_PORT": s.extauthz_port, "RATELIMIT_PORT": s.ratelimit_port,
+                  "XDS_PORT": s.xds_port, "ENVOY_PORT": s.envoy_port,
+                  "ENVOY_ADMIN_PORT": s.envoy_admin_port}
+        if s.redis_host is None:
+            wanted["REDIS_PORT"] = s.redis_port
+        busy = [f"{name}={port}" for name, port in wanted.items() if port_in_use(port)]
+        if busy:
+            raise RuntimeError(
+                f"port(s) already in use: {', '.join(busy)}. Stop what listens there or set "
+                "those variables to free ports.")
+
+    async def _prepare_database(self) -> Demo:
+        conn = await connect(self.settings)
+        try:
+            await migrate(conn)
+            await provisioning.ensure_model(conn, self.model, input_price=Decimal("0.20"),
+                                            output_price=Decimal("0.60"))
+            tenant_id = await provisioning.ensure_tenant(conn, "demo")
+            environment_id = await provisioning.ensure_environment(conn, tenant_id, "dev")
+            key = await provisioning.create_key(conn, tenant_id=tenant_id,
+                                                environment_id=environment_id, name="demo")
+        finally:
+            await conn.close()
+        return Demo(model=self.model, api_key=key.plaintext, tenant_id=tenant_id,
+                    environment_id=environment_id, api_key_id=key.api_key_id)
+
+    def start_services(self) -> None:
+        s = self.settings
+        prepare_multiproc_dir(self.data_dir / "metrics")
+        env = self.child_env()
+        counts = {"admin": 1, "xds": 1, "billing": 1,
+                  "extauthz": s.workers(s.extauthz_workers),
+                  "ratelimit": s.workers(s.ratelimit_workers)}
+        for service in SERVICES:
+            for i in range(counts[service]):
+                self.supervisor.spawn(f"{service}-{i + 1}",
+                                      [sys.executable, "-m", "crosslogic", "service", service],
+                                      env=env)
+        for port in (s.xds_port, s.extauthz_port, s.ratelimit_port):
+            wait_until(f"a service on port {port}", lambda p=port: port_in_use(p),  # type: ignore[misc]
+                       check=self.supervisor.check)
+        wait_until("the admin API", lambda: http_ok(f"{self.admin_url}/ready"),
+                   check=self.supervisor.check)
+
+    def start_envoy(self) -> None:
+        s = self.settings
+        path = self.data_dir / "envoy.yaml"
+        path.write_text(envoy_config.render(s))
+        concurrency = s.workers(s.envoy_concurrency)
+        self.supervisor.spawn("envoy", [envoy_binary(), "-c", str(path), "--concurrency",
+                                        str(concurrency), "--disable-hot-restart",
+                                        # usage reaches billing in 0.5 s, not the 10 s default
+                                        "--file-flush-interval-msec", "500",
+                                        "--log-level", "warning"], env=self.child_env())
+        wait_until("Envoy", lambda: http_ok(f"{self.envoy_admin_url}/ready"),
+                   check=self.supervisor.check)
+
+    def start_node(self, node_id: str, *, extra: tuple[str, ...] = ()) -> Child:
+        child = self.supervisor.spawn(
+            f"node-{node_id}",
+            [sys.executable, "-m", "crosslogic", "node", "--port", "0", "--model", self.model,
+             "--node-id", node_id, "--control-plane", self.admin_url, *extra],
+            env=self.child_env())
+        self.nodes.append(child)
+        return child
+
+    def healthy_nodes(self) -> int:
+        stat = f"cluster.model_{self.model}.membership_healthy"
+        url = f"{self.envoy_admin_url}/stats?format=json&filter=^{stat}$"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                stats = json.load(response).get("stats", [])
+        except (urllib.error.URLError, OSError, ValueError):
+            return -1
+        return int(stats[0]["value"]) if stats else 0
+
+    def wait_healthy_nodes(self, count: int, *, timeout: float = 30.0) -> None:
+        wait_until(f"{count} healthy node(s) in Envoy", lambda: self.healthy_nodes() == count,
+                   timeout=timeout, check=self.supervisor.check)
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+        self.nodes.clear()
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(5)
+            self.redis = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None

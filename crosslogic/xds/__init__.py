@@ -1,0 +1,1 @@
+"""xDS (ADS) server: one Envoy cluster per model, endpoints from the node registry."""

@@ -1,0 +1,75 @@
+"""The xDS process: follow the node registry, publish snapshots, serve ADS.
+
+The registry is re-read when the admin API announces a change (LISTEN/NOTIFY) and at least
+every ``XDS_POLL_INTERVAL`` (that is how a node whose heartbeats stopped drops out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from crosslogic.db.connection import DatabaseUnavailable, connect, create_pool
+from crosslogic.grpc_server import new_server, serve_until_signalled
+from crosslogic.settings import Settings
+from crosslogic.xds.registry import NodeRegistry
+from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics
+from crosslogic.xds.snapshot import build
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "crosslogic_nodes"
+
+
+async def follow_registry(
+    registry: NodeRegistry, cache: SnapshotCache, metrics: XdsMetrics, *, every: float,
+    wake: asyncio.Event,
+) -> None:
+    while True:
+        try:
+            models, nodes = await registry.read()
+            snapshot = build(models, nodes)
+            if cache.publish(snapshot):
+                log.info("published snapshot %s: %s", snapshot.versions,
+                         dict(snapshot.nodes_per_cluster))
+            metrics.active_nodes.set(len(nodes))
+        except DatabaseUnavailable as exc:
+            log.warning("registry read failed, Envoy keeps the last snapshot: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=every)
+        wake.clear()
+
+
+async def run(settings: Settings, prometheus: CollectorRegistry) -> None:
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    registry = NodeRegistry(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
+    metrics = XdsMetrics(prometheus)
+    models, nodes = await registry.read()
+    cache = SnapshotCache(build(models, nodes))
+    wake = asyncio.Event()
+    listener: asyncpg.Connection | None = None
+    try:
+        listener = await connect(settings)
+        await listener.add_listener(CHANNEL, lambda *_: wake.set())
+    except DatabaseUnavailable as exc:
+        log.warning("no LISTEN connection, polling only: %s", exc)
+    follower = asyncio.create_task(
+        follow_registry(registry, cache, metrics, every=settings.xds_poll_interval, wake=wake))
+    server = new_server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        AggregatedDiscovery(cache, metrics), server)
+    try:
+        await serve_until_signalled(server, host=settings.server_host, port=settings.xds_port,
+                                    tasks=(follower,))
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        if listener is not None:
+            await listener.close()
+        await pool.close()

@@ -1,0 +1,106 @@
+-- Token usage capture for billing and token limits (Envoy HTTP Lua filter).
+--
+-- Request side: when ext_authz decided that a streaming request must report usage
+-- (metadata envoy.filters.http.ext_authz/force_include_usage), rewrite the JSON body so that
+-- stream_options.include_usage is true: a stream can then never dodge billing.
+--
+-- Response side: scan the body chunk by chunk (never buffering it: embeddings can exceed the
+-- connection buffer, streams can last minutes) for the last complete "usage" object and store
+-- its counts in dynamic metadata "crosslogic.usage" (prompt_tokens, completion_tokens), where
+-- the access log reads them. Envoy's LuaJIT has no JSON library, hence the patterns below.
+
+local NS = "crosslogic.usage"
+local WINDOW = 2048  -- bytes kept across chunk boundaries; a usage object is far smaller
+
+local function force_include_usage(handle)
+  local authz = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.ext_authz")
+  if authz == nil or not authz["force_include_usage"] then
+    return
+  end
+  local body = handle:body()
+  if body == nil then
+    return
+  end
+  local text = body:getBytes(0, body:length())
+  local out, n = string.gsub(text, '"include_usage"%s*:%s*false', '"include_usage":true', 1)
+  if n == 0 then
+    out, n = string.gsub(text, '("stream_options"%s*:%s*{)(%s*)(}?)', function(open, space, close)
+      if close == "}" then
+        return open .. '"include_usage":true}'
+      end
+      return open .. '"include_usage":true,' .. space
+    end, 1)
+  end
+  if n == 0 then
+    out = string.gsub(text, "^(%s*{)", '%1"stream_options":{"include_usage":true},', 1)
+  end
+  body:setBytes(out)
+  handle:headers():replace("content-length", tostring(string.len(out)))
+end
+
+-- The counts of the last complete usage object in text, or nil.
+local function last_usage(text)
+  local start = nil
+  local init = 1
+  while true do
+    local _, e = string.find(text, '"usage"%s*:%s*{', init)
+    if e == nil then
+      break
+    end
+    start = e
+    init = e + 1
+  end
+  if start == nil then
+    return nil
+  end
+  -- find the matching closing brace (usage nests *_tokens_details objects)
+  local depth = 0
+  local stop = nil
+  for i = start, math.min(string.len(text), start + 1024) do
+    local c = string.sub(text, i, i)
+    if c == "{" then
+      depth = depth + 1
+    elseif c == "}" then
+      depth = depth - 1
+      if depth == 0 then
+        stop = i
+        break
+      end
+    end
+  end
+  if stop == nil then
+    return nil  -- incomplete: the rest arrives with the next chunk
+  end
+  local object = string.sub(text, start, stop)
+  local prompt = string.match(object, '"prompt_tokens"%s*:%s*(%d+)')
+  if prompt == nil then
+    return nil
+  end
+  local completion = string.match(object, '"completion_tokens"%s*:%s*(%d+)') or "0"
+  return tonumber(prompt), tonumber(completion)
+end
+
+function envoy_on_request(request_handle)
+  force_include_usage(request_handle)
+end
+
+function envoy_on_response(response_handle)
+  local content_type = response_handle:headers():get("content-type") or ""
+  if string.find(content_type, "text/event-stream", 1, true) then
+    response_handle:streamInfo():dynamicMetadata():set(NS, "streamed", true)
+  end
+  local window = ""
+  for chunk in response_handle:bodyChunks() do
+    window = window .. chunk:getBytes(0, chunk:length())
+    local prompt, completion = last_usage(window)
+    if prompt ~= nil then
+      -- fetched again after every yield: the handle from before the yield is stale
+      local md = response_handle:streamInfo():dynamicMetadata()
+      md:set(NS, "prompt_tokens", prompt)
+      md:set(NS, "completion_tokens", completion)
+    end
+    if string.len(window) > WINDOW then
+      window = string.sub(window, -WINDOW)
+    end
+  end
+end
