@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -17,8 +18,9 @@ SERVICE_NAMES = ("admin", "xds", "extauthz", "ratelimit", "billing")
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+    )
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs
 
 
@@ -43,16 +45,19 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         demo = stack.demo
         assert demo is not None
-        body = ('{"model": "%s", "messages": [{"role": "user", "content": "Hello"}]}'
-                % demo.model)
+        body = json.dumps({"model": demo.model, "messages": [{"role": "user", "content": "Hello"}]})
         print(f"\nCrossLogic is up. Logs: {stack.supervisor.log_dir}", flush=True)
-        print(f"Admin API: {stack.admin_url}  Metrics: "
-              f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics\n")
+        print(
+            f"Admin API: {stack.admin_url}  Metrics: "
+            f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics\n"
+        )
         print(f"OPENAI_BASE_URL={stack.base_url}")
         print(f"OPENAI_API_KEY={demo.api_key}")
         print(f"MODEL={demo.model}")
-        print(f"curl -s {stack.base_url}/chat/completions -H 'Authorization: Bearer "
-              f"{demo.api_key}' -H 'Content-Type: application/json' -d '{body}'")
+        print(
+            f"curl -s {stack.base_url}/chat/completions -H 'Authorization: Bearer "
+            f"{demo.api_key}' -H 'Content-Type: application/json' -d '{body}'"
+        )
         print("\nPress Ctrl-C to stop everything.", flush=True)
         _wait_for_signal(stack.supervisor.check)
     finally:
@@ -66,8 +71,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from crosslogic.stack import Stack
 
     if settings.db_host is None or settings.redis_host is None:
-        print("crosslogic serve needs DB_HOST and REDIS_HOST (use `crosslogic up` for the "
-              "embedded ones)", file=sys.stderr)
+        print(
+            "crosslogic serve needs DB_HOST and REDIS_HOST (use `crosslogic up` for the "
+            "embedded ones)",
+            file=sys.stderr,
+        )
         return 2
     stack = Stack(settings, nodes=0)
     try:
@@ -108,8 +116,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
             await conn.close()
 
     if settings.db_host is None:
-        print("crosslogic migrate needs DB_HOST (the embedded database is migrated by `up`)",
-              file=sys.stderr)
+        print(
+            "crosslogic migrate needs DB_HOST (the embedded database is migrated by `up`)",
+            file=sys.stderr,
+        )
         return 2
     applied = asyncio.run(go())
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
@@ -119,9 +129,13 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
     from crosslogic.envoy_config import render
 
-    text = render(settings, listen_address=args.listen_address,
-                  admin_address=args.admin_address, control_plane_host=args.control_plane_host,
-                  lua_path=Path(args.lua_path) if args.lua_path else None)
+    text = render(
+        settings,
+        listen_address=args.listen_address,
+        admin_address=args.admin_address,
+        control_plane_host=args.control_plane_host,
+        lua_path=Path(args.lua_path) if args.lua_path else None,
+    )
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -144,13 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--admin-address", default="127.0.0.1")
     cfg.add_argument("--control-plane-host", default="127.0.0.1")
     cfg.add_argument("--lua-path", default=None)
-    sub.add_parser("node", help="run a simulated GPU node (see `crosslogic node --help`)",
-                   add_help=False)
+    sub.add_parser(
+        "node", help="run a simulated GPU node (see `crosslogic node --help`)", add_help=False
+    )
     return parser
 
 
-COMMANDS = {"up": cmd_up, "serve": cmd_serve, "service": cmd_service, "migrate": cmd_migrate,
-            "envoy-config": cmd_envoy_config}
+COMMANDS = {
+    "up": cmd_up,
+    "serve": cmd_serve,
+    "service": cmd_service,
+    "migrate": cmd_migrate,
+    "envoy-config": cmd_envoy_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,13 @@ class EmbeddedPostgres:
 
     def env(self) -> dict[str, str]:
         # asyncpg (and libpq) take a directory as host: the Unix socket lives there
-        return {"DB_HOST": str(self.socket_dir), "DB_PORT": "5432", "DB_USER": "postgres",
-                "DB_PASSWORD": "", "DB_NAME": DB_NAME}
+        return {
+            "DB_HOST": str(self.socket_dir),
+            "DB_PORT": "5432",
+            "DB_USER": "postgres",
+            "DB_PASSWORD": "",
+            "DB_NAME": DB_NAME,
+        }
 
     def stop(self) -> None:
         self.server.cleanup()
@@ -57,9 +62,21 @@ def redis_server_binary() -> Path:
 def start_redis(port: int, *, log_path: Path) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
     proc = subprocess.Popen(
-        [str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(redis_server_binary()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     client = redis.Redis(port=port, socket_timeout=0.5)
     deadline = time.monotonic() + 10
@@ -69,7 +86,9 @@ def start_redis(port: int, *, log_path: Path) -> subprocess.Popen[bytes]:
             return proc
         except redis.exceptions.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {port}; see {log_path}")
+                raise RuntimeError(
+                    f"redis-server did not start on port {port}; see {log_path}"
+                ) from None
             time.sleep(0.05)
         finally:
             client.close()

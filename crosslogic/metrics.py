@@ -25,14 +25,14 @@ def prepare_multiproc_dir(path: Path) -> None:
 
 def mark_process_dead(pid: int) -> None:
     if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def exposition() -> bytes:
     """The text exposition of every process's metrics (or this process's alone)."""
     registry = CollectorRegistry()
     if os.environ.get(MULTIPROC_ENV):
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     from prometheus_client import REGISTRY
 

@@ -86,7 +86,9 @@ class Settings:
         return replace(self, **changes)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, low: int = 0, high: int = 65535) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, low: int = 0, high: int = 65535
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -129,7 +131,9 @@ def load(env: Mapping[str, str]) -> Settings:
         redis_port=_int(env, "REDIS_PORT", d.redis_port, **port),
         redis_password=env.get("REDIS_PASSWORD", d.redis_password),
         stripe_secret_key=env.get("STRIPE_SECRET_KEY", d.stripe_secret_key),
-        billing_export_interval=_duration(env, "BILLING_EXPORT_INTERVAL", d.billing_export_interval),
+        billing_export_interval=_duration(
+            env, "BILLING_EXPORT_INTERVAL", d.billing_export_interval
+        ),
         billing_aggregation_interval=_duration(
             env, "BILLING_AGGREGATION_INTERVAL", d.billing_aggregation_interval
         ),
@@ -172,26 +176,39 @@ def from_environ() -> Settings:
 def to_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process load exactly these settings."""
     pairs: dict[str, object] = {
-        "SERVER_HOST": settings.server_host, "SERVER_PORT": settings.server_port,
-        "DB_PORT": settings.db_port, "DB_USER": settings.db_user,
-        "DB_PASSWORD": settings.db_password, "DB_NAME": settings.db_name,
-        "DB_HOST": settings.db_host or "", "REDIS_HOST": settings.redis_host or "",
-        "REDIS_PORT": settings.redis_port, "REDIS_PASSWORD": settings.redis_password,
+        "SERVER_HOST": settings.server_host,
+        "SERVER_PORT": settings.server_port,
+        "DB_PORT": settings.db_port,
+        "DB_USER": settings.db_user,
+        "DB_PASSWORD": settings.db_password,
+        "DB_NAME": settings.db_name,
+        "DB_HOST": settings.db_host or "",
+        "REDIS_HOST": settings.redis_host or "",
+        "REDIS_PORT": settings.redis_port,
+        "REDIS_PASSWORD": settings.redis_password,
         "STRIPE_SECRET_KEY": settings.stripe_secret_key,
         "BILLING_EXPORT_INTERVAL": settings.billing_export_interval,
         "BILLING_AGGREGATION_INTERVAL": settings.billing_aggregation_interval,
-        "LOG_LEVEL": settings.log_level, "PROMETHEUS_PORT": settings.prometheus_port,
-        "EXTAUTHZ_HOST": settings.extauthz_host, "EXTAUTHZ_PORT": settings.extauthz_port,
-        "RATELIMIT_HOST": settings.ratelimit_host, "RATELIMIT_PORT": settings.ratelimit_port,
-        "XDS_HOST": settings.xds_host, "XDS_PORT": settings.xds_port,
-        "ENVOY_PORT": settings.envoy_port, "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
+        "LOG_LEVEL": settings.log_level,
+        "PROMETHEUS_PORT": settings.prometheus_port,
+        "EXTAUTHZ_HOST": settings.extauthz_host,
+        "EXTAUTHZ_PORT": settings.extauthz_port,
+        "RATELIMIT_HOST": settings.ratelimit_host,
+        "RATELIMIT_PORT": settings.ratelimit_port,
+        "XDS_HOST": settings.xds_host,
+        "XDS_PORT": settings.xds_port,
+        "ENVOY_PORT": settings.envoy_port,
+        "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
         "EXTAUTHZ_WORKERS": settings.extauthz_workers,
         "RATELIMIT_WORKERS": settings.ratelimit_workers,
         "ENVOY_CONCURRENCY": settings.envoy_concurrency,
-        "DATA_DIR": settings.data_dir, "ACCESS_LOG_PATH": settings.access_log,
-        "KEY_CACHE_TTL": settings.key_cache_ttl, "DEFAULT_KEY_RPM": settings.default_key_rpm,
+        "DATA_DIR": settings.data_dir,
+        "ACCESS_LOG_PATH": settings.access_log_path or "",
+        "KEY_CACHE_TTL": settings.key_cache_ttl,
+        "DEFAULT_KEY_RPM": settings.default_key_rpm,
         "NODE_HEARTBEAT_INTERVAL": settings.node_heartbeat_interval,
         "NODE_HEARTBEAT_TIMEOUT": settings.node_heartbeat_timeout,
-        "XDS_POLL_INTERVAL": settings.xds_poll_interval, "ADMIN_TOKEN": settings.admin_token,
+        "XDS_POLL_INTERVAL": settings.xds_poll_interval,
+        "ADMIN_TOKEN": settings.admin_token,
     }
     return {name: str(value) for name, value in pairs.items()}

@@ -55,8 +55,13 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_until(what: str, probe: Callable[[], bool], *, timeout: float = 30.0,
-               check: Callable[[], None] | None = None) -> None:
+def wait_until(
+    what: str,
+    probe: Callable[[], bool],
+    *,
+    timeout: float = 30.0,
+    check: Callable[[], None] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not probe():
         if check is not None:
@@ -129,8 +134,12 @@ class Stack:
             self.postgres = embedded.start_postgres(self.data_dir / "pg")
             env = self.postgres.env()
             self.settings = s = s.with_overrides(
-                db_host=env["DB_HOST"], db_port=5432, db_user=env["DB_USER"],
-                db_password="", db_name=env["DB_NAME"])
+                db_host=env["DB_HOST"],
+                db_port=5432,
+                db_user=env["DB_USER"],
+                db_password="",
+                db_name=env["DB_NAME"],
+            )
         if s.redis_host is None:
             self.redis = embedded.start_redis(s.redis_port, log_path=self.data_dir / "redis.log")
             self.settings = s = s.with_overrides(redis_host="127.0.0.1")
@@ -145,70 +154,120 @@ class Stack:
 
     def _check_ports(self) -> None:
         s = self.settings
-        wanted = {"SERVER_PORT": s.server_port, "PROMETHEUS_PORT": s.prometheus_port,
-                  "EXTAUTHZ_PORT": s.extauthz_port, "RATELIMIT_PORT": s.ratelimit_port,
-                  "XDS_PORT": s.xds_port, "ENVOY_PORT": s.envoy_port,
-                  "ENVOY_ADMIN_PORT": s.envoy_admin_port}
+        wanted = {
+            "SERVER_PORT": s.server_port,
+            "PROMETHEUS_PORT": s.prometheus_port,
+            "EXTAUTHZ_PORT": s.extauthz_port,
+            "RATELIMIT_PORT": s.ratelimit_port,
+            "XDS_PORT": s.xds_port,
+            "ENVOY_PORT": s.envoy_port,
+            "ENVOY_ADMIN_PORT": s.envoy_admin_port,
+        }
         if s.redis_host is None:
             wanted["REDIS_PORT"] = s.redis_port
         busy = [f"{name}={port}" for name, port in wanted.items() if port_in_use(port)]
         if busy:
             raise RuntimeError(
                 f"port(s) already in use: {', '.join(busy)}. Stop what listens there or set "
-                "those variables to free ports.")
+                "those variables to free ports."
+            )
 
     async def _prepare_database(self) -> Demo:
         conn = await connect(self.settings)
         try:
             await migrate(conn)
-            await provisioning.ensure_model(conn, self.model, input_price=Decimal("0.20"),
-                                            output_price=Decimal("0.60"))
+            await provisioning.ensure_model(
+                conn, self.model, input_price=Decimal("0.20"), output_price=Decimal("0.60")
+            )
             tenant_id = await provisioning.ensure_tenant(conn, "demo")
             environment_id = await provisioning.ensure_environment(conn, tenant_id, "dev")
-            key = await provisioning.create_key(conn, tenant_id=tenant_id,
-                                                environment_id=environment_id, name="demo")
+            key = await provisioning.create_key(
+                conn, tenant_id=tenant_id, environment_id=environment_id, name="demo"
+            )
         finally:
             await conn.close()
-        return Demo(model=self.model, api_key=key.plaintext, tenant_id=tenant_id,
-                    environment_id=environment_id, api_key_id=key.api_key_id)
+        return Demo(
+            model=self.model,
+            api_key=key.plaintext,
+            tenant_id=tenant_id,
+            environment_id=environment_id,
+            api_key_id=key.api_key_id,
+        )
 
     def start_services(self) -> None:
         s = self.settings
         prepare_multiproc_dir(self.data_dir / "metrics")
         env = self.child_env()
-        counts = {"admin": 1, "xds": 1, "billing": 1,
-                  "extauthz": s.workers(s.extauthz_workers),
-                  "ratelimit": s.workers(s.ratelimit_workers)}
+        counts = {
+            "admin": 1,
+            "xds": 1,
+            "billing": 1,
+            "extauthz": s.workers(s.extauthz_workers),
+            "ratelimit": s.workers(s.ratelimit_workers),
+        }
         for service in SERVICES:
             for i in range(counts[service]):
-                self.supervisor.spawn(f"{service}-{i + 1}",
-                                      [sys.executable, "-m", "crosslogic", "service", service],
-                                      env=env)
+                self.supervisor.spawn(
+                    f"{service}-{i + 1}",
+                    [sys.executable, "-m", "crosslogic", "service", service],
+                    env=env,
+                )
         for port in (s.xds_port, s.extauthz_port, s.ratelimit_port):
-            wait_until(f"a service on port {port}", lambda p=port: port_in_use(p),  # type: ignore[misc]
-                       check=self.supervisor.check)
-        wait_until("the admin API", lambda: http_ok(f"{self.admin_url}/ready"),
-                   check=self.supervisor.check)
+            wait_until(
+                f"a service on port {port}",
+                lambda p=port: port_in_use(p),  # type: ignore[misc]
+                check=self.supervisor.check,
+            )
+        wait_until(
+            "the admin API", lambda: http_ok(f"{self.admin_url}/ready"), check=self.supervisor.check
+        )
 
     def start_envoy(self) -> None:
         s = self.settings
         path = self.data_dir / "envoy.yaml"
         path.write_text(envoy_config.render(s))
         concurrency = s.workers(s.envoy_concurrency)
-        self.supervisor.spawn("envoy", [envoy_binary(), "-c", str(path), "--concurrency",
-                                        str(concurrency), "--disable-hot-restart",
-                                        # usage reaches billing in 0.5 s, not the 10 s default
-                                        "--file-flush-interval-msec", "500",
-                                        "--log-level", "warning"], env=self.child_env())
-        wait_until("Envoy", lambda: http_ok(f"{self.envoy_admin_url}/ready"),
-                   check=self.supervisor.check)
+        self.supervisor.spawn(
+            "envoy",
+            [
+                envoy_binary(),
+                "-c",
+                str(path),
+                "--concurrency",
+                str(concurrency),
+                "--disable-hot-restart",
+                # usage reaches billing in 0.5 s, not the 10 s default
+                "--file-flush-interval-msec",
+                "500",
+                "--log-level",
+                "warning",
+            ],
+            env=self.child_env(),
+        )
+        wait_until(
+            "Envoy", lambda: http_ok(f"{self.envoy_admin_url}/ready"), check=self.supervisor.check
+        )
 
     def start_node(self, node_id: str, *, extra: tuple[str, ...] = ()) -> Child:
         child = self.supervisor.spawn(
             f"node-{node_id}",
-            [sys.executable, "-m", "crosslogic", "node", "--port", "0", "--model", self.model,
-             "--node-id", node_id, "--control-plane", self.admin_url, *extra],
-            env=self.child_env())
+            [
+                sys.executable,
+                "-m",
+                "crosslogic",
+                "node",
+                "--port",
+                "0",
+                "--model",
+                self.model,
+                "--node-id",
+                node_id,
+                "--control-plane",
+                self.admin_url,
+                *extra,
+            ],
+            env=self.child_env(),
+        )
         self.nodes.append(child)
         return child
 
@@ -223,8 +282,12 @@ class Stack:
         return int(stats[0]["value"]) if stats else 0
 
     def wait_healthy_nodes(self, count: int, *, timeout: float = 30.0) -> None:
-        wait_until(f"{count} healthy node(s) in Envoy", lambda: self.healthy_nodes() == count,
-                   timeout=timeout, check=self.supervisor.check)
+        wait_until(
+            f"{count} healthy node(s) in Envoy",
+            lambda: self.healthy_nodes() == count,
+            timeout=timeout,
+            check=self.supervisor.check,
+        )
 
     def stop(self) -> None:
         self.supervisor.stop_all()

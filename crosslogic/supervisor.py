@@ -37,8 +37,9 @@ class Supervisor:
     def spawn(self, name: str, argv: list[str], *, env: dict[str, str]) -> Child:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+            )
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child

@@ -40,16 +40,26 @@ async def read_json(request: web.Request) -> Any:
     except (ValueError, UnicodeDecodeError):
         raise web.HTTPBadRequest(
             body=invalid_request("The request body is not valid JSON.").body(),
-            content_type="application/json") from None
+            content_type="application/json",
+        ) from None
 
 
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].admin_token
-    if token and request.path.startswith("/admin/"):
-        if request.headers.get("Authorization", "") != f"Bearer {token}":
-            return error_response(ApiError(401, "Missing or wrong operator token.",
-                                           "invalid_request_error", "invalid_admin_token"))
+    if (
+        token
+        and request.path.startswith("/admin/")
+        and request.headers.get("Authorization", "") != f"Bearer {token}"
+    ):
+        return error_response(
+            ApiError(
+                401,
+                "Missing or wrong operator token.",
+                "invalid_request_error",
+                "invalid_admin_token",
+            )
+        )
     return await handler(request)
 
 
@@ -70,8 +80,9 @@ async def ready(request: web.Request) -> web.Response:
     except Exception as exc:  # any Redis failure means "not ready"; the reason is reported
         checks["redis"] = f"error: {exc}"
     ok = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ready" if ok else "not ready", "checks": checks},
-                             status=200 if ok else 503)
+    return web.json_response(
+        {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -86,15 +97,23 @@ async def register_node(request: web.Request) -> web.Response:
     if isinstance(result, ApiError):
         return error_response(result)
     log.info("node %s registered: %s at %s:%d", result, reg.model, reg.address, reg.port)
-    return web.json_response({
-        "node_id": result,
-        "heartbeat_interval_s": request.app[SETTINGS].node_heartbeat_interval,
-    })
+    return web.json_response(
+        {
+            "node_id": result,
+            "heartbeat_interval_s": request.app[SETTINGS].node_heartbeat_interval,
+        }
+    )
 
 
 def _not_found(node_id: str) -> web.Response:
-    return error_response(ApiError(404, f"Unknown node '{node_id}'; register again.",
-                                   "invalid_request_error", "node_not_found"))
+    return error_response(
+        ApiError(
+            404,
+            f"Unknown node '{node_id}'; register again.",
+            "invalid_request_error",
+            "node_not_found",
+        )
+    )
 
 
 async def heartbeat(request: web.Request) -> web.Response:
@@ -122,20 +141,32 @@ async def list_models(request: web.Request) -> web.Response:
     """OpenAI's model list, for requests Envoy authorised (it sets the allowed-models header)."""
     allowed = request.headers.get("x-crosslogic-allowed-models")
     if allowed is None:  # not through Envoy's ext_authz: refuse rather than leak the catalog
-        return error_response(ApiError(401, "Unauthenticated.", "invalid_request_error",
-                                       "invalid_api_key"))
+        return error_response(
+            ApiError(401, "Unauthenticated.", "invalid_request_error", "invalid_api_key")
+        )
     rows = await request.app[POOL].fetch(
         "SELECT name, extract(epoch FROM created_at)::bigint AS created FROM models "
-        "WHERE status = 'active' ORDER BY name")
+        "WHERE status = 'active' ORDER BY name"
+    )
     names = None if allowed == "*" else set(allowed.split(","))
-    data = [{"id": r["name"], "object": "model", "created": r["created"], "owned_by": "crosslogic"}
-            for r in rows if names is None or r["name"] in names]
+    data = [
+        {"id": r["name"], "object": "model", "created": r["created"], "owned_by": "crosslogic"}
+        for r in rows
+        if names is None or r["name"] in names
+    ]
     wanted = request.match_info.get("model")
     if wanted is not None:
         match = [m for m in data if m["id"] == wanted]
         if not match:
-            return error_response(ApiError(404, f"The model '{wanted}' does not exist.",
-                                           "invalid_request_error", "model_not_found", "model"))
+            return error_response(
+                ApiError(
+                    404,
+                    f"The model '{wanted}' does not exist.",
+                    "invalid_request_error",
+                    "model_not_found",
+                    "model",
+                )
+            )
         return web.json_response(match[0])
     return web.json_response({"object": "list", "data": data})
 
@@ -146,8 +177,12 @@ def make_app(settings: Settings) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=5)
-        client = aioredis.Redis(host=settings.redis_host or "127.0.0.1", port=settings.redis_port,
-                                password=settings.redis_password or None, socket_timeout=2)
+        client = aioredis.Redis(
+            host=settings.redis_host or "127.0.0.1",
+            port=settings.redis_port,
+            password=settings.redis_password or None,
+            socket_timeout=2,
+        )
         app[POOL], app[REDIS] = pool, client
         app[NODES] = NodeStore(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
         yield

@@ -20,18 +20,32 @@ class NodeStore:
     async def register(self, reg: Registration) -> str | ApiError:
         async with self._pool.acquire() as conn, conn.transaction():
             model_id = await conn.fetchval(
-                "SELECT id FROM models WHERE name = $1 AND status = 'active'", reg.model)
+                "SELECT id FROM models WHERE name = $1 AND status = 'active'", reg.model
+            )
             if model_id is None:
-                return ApiError(404, f"The model '{reg.model}' is not in the catalog.",
-                                "invalid_request_error", "model_not_found", "model")
+                return ApiError(
+                    404,
+                    f"The model '{reg.model}' is not in the catalog.",
+                    "invalid_request_error",
+                    "model_not_found",
+                    "model",
+                )
             if not await conn.fetchval("SELECT 1 FROM regions WHERE code = $1", reg.region):
-                return ApiError(400, f"Unknown region '{reg.region}'.", "invalid_request_error",
-                                "unknown_region", "region")
+                return ApiError(
+                    400,
+                    f"Unknown region '{reg.region}'.",
+                    "invalid_request_error",
+                    "unknown_region",
+                    "region",
+                )
             # a node restarted on the same address under a new id replaces the old row
             await conn.execute(
                 "UPDATE nodes SET status = 'dead' "
                 "WHERE address = $1 AND port = $2 AND id <> $3 AND status <> 'dead'",
-                reg.address, reg.port, reg.node_id)
+                reg.address,
+                reg.port,
+                reg.node_id,
+            )
             await conn.execute(
                 """
                 INSERT INTO nodes (id, model_id, address, port, provider, region_code, gpu_type)
@@ -40,8 +54,14 @@ class NodeStore:
                     provider = $5, region_code = $6, gpu_type = $7, status = 'active',
                     registered_at = now(), last_heartbeat_at = now()
                 """,
-                reg.node_id, model_id, reg.address, reg.port, reg.provider, reg.region,
-                reg.gpu_type)
+                reg.node_id,
+                model_id,
+                reg.address,
+                reg.port,
+                reg.provider,
+                reg.region,
+                reg.gpu_type,
+            )
             await conn.execute(f"NOTIFY {CHANNEL}")
         return reg.node_id
 
@@ -52,14 +72,19 @@ class NodeStore:
                 requests_waiting = $3, kv_cache_usage_perc = $4
             WHERE id = $1 AND status <> 'dead' RETURNING status
             """,
-            node_id, beat.requests_running, beat.requests_waiting, beat.kv_cache_usage_perc)
+            node_id,
+            beat.requests_running,
+            beat.requests_waiting,
+            beat.kv_cache_usage_perc,
+        )
         return status is not None
 
     async def deregister(self, node_id: str) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
             done = await conn.fetchval(
                 "UPDATE nodes SET status = 'dead' WHERE id = $1 AND status <> 'dead' RETURNING 1",
-                node_id)
+                node_id,
+            )
             await conn.execute(f"NOTIFY {CHANNEL}")
         return done is not None
 
@@ -74,10 +99,14 @@ class NodeStore:
             FROM nodes n JOIN models m ON m.id = n.model_id
             ORDER BY n.registered_at DESC
             """,
-            self._timeout)
+            self._timeout,
+        )
         return [
-            {**dict(r), "registered_at": r["registered_at"].isoformat(),
-             "last_heartbeat_at": r["last_heartbeat_at"].isoformat(),
-             "region": r["region_code"]}
+            {
+                **dict(r),
+                "registered_at": r["registered_at"].isoformat(),
+                "last_heartbeat_at": r["last_heartbeat_at"].isoformat(),
+                "region": r["region_code"],
+            }
             for r in rows
         ]

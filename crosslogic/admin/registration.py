@@ -58,8 +58,13 @@ def parse_registration(body: Any) -> Registration | ApiError:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         return invalid_request("'port' must be an integer in [1, 65535]", param="port")
     fields = {}
-    for name, default in (("model", None), ("address", None), ("provider", "local"),
-                          ("region", "local"), ("gpu_type", "")):
+    for name, default in (
+        ("model", None),
+        ("address", None),
+        ("provider", "local"),
+        ("region", "local"),
+        ("gpu_type", ""),
+    ):
         if name == "gpu_type" and body.get(name, "") == "":
             fields[name] = ""
             continue
@@ -85,6 +90,7 @@ def parse_heartbeat(body: Any) -> Heartbeat | ApiError:
         counts[name] = value
     usage = body.get("kv_cache_usage_perc", 0.0)
     if not isinstance(usage, int | float) or isinstance(usage, bool) or not 0 <= usage <= 1:
-        return invalid_request("'kv_cache_usage_perc' must be a number in [0, 1]",
-                               param="kv_cache_usage_perc")
+        return invalid_request(
+            "'kv_cache_usage_perc' must be a number in [0, 1]", param="kv_cache_usage_perc"
+        )
     return Heartbeat(kv_cache_usage_perc=float(usage), **counts)

@@ -38,13 +38,20 @@ ON CONFLICT (request_id) DO NOTHING
 
 class BillingMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.records = Counter("crosslogic_billing_usage_records_total",
-                               "usage records written", registry=registry)
-        self.malformed = Counter("crosslogic_billing_malformed_entries_total",
-                                 "access-log lines that could not be parsed", registry=registry)
-        self.lag = Gauge("crosslogic_billing_access_log_lag_bytes",
-                         "bytes of access log not yet consumed", registry=registry,
-                         multiprocess_mode="max")
+        self.records = Counter(
+            "crosslogic_billing_usage_records_total", "usage records written", registry=registry
+        )
+        self.malformed = Counter(
+            "crosslogic_billing_malformed_entries_total",
+            "access-log lines that could not be parsed",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "crosslogic_billing_access_log_lag_bytes",
+            "bytes of access log not yet consumed",
+            registry=registry,
+            multiprocess_mode="max",
+        )
 
 
 @dataclass
@@ -69,14 +76,15 @@ class AccessLogConsumer:
 
     async def _position(self) -> Position | None:
         row = await self._pool.fetchrow(
-            'SELECT inode, "offset" FROM access_log_offsets WHERE path = $1', str(self._path))
+            'SELECT inode, "offset" FROM access_log_offsets WHERE path = $1', str(self._path)
+        )
         return Position(row["inode"], row["offset"]) if row else None
 
     async def _prices(self) -> dict[int, Price]:
         rows = await self._pool.fetch(
-            "SELECT id, input_price_per_mtok, output_price_per_mtok FROM models")
-        return {r["id"]: Price(r["input_price_per_mtok"], r["output_price_per_mtok"])
-                for r in rows}
+            "SELECT id, input_price_per_mtok, output_price_per_mtok FROM models"
+        )
+        return {r["id"]: Price(r["input_price_per_mtok"], r["output_price_per_mtok"]) for r in rows}
 
     async def step(self) -> int:
         """Consume what is there now; returns the number of bytes consumed."""
@@ -91,9 +99,7 @@ class AccessLogConsumer:
         self._metrics.lag.set(stat.st_size - position.offset)
         if stat.st_size == position.offset:
             return 0
-        with open(self._path, "rb") as f:
-            f.seek(position.offset)
-            data = f.read(MAX_BATCH_BYTES)
+        data = await asyncio.to_thread(_read, self._path, position.offset)
         lines, consumed = split_complete(data)
         if consumed == 0:
             return 0
@@ -114,7 +120,10 @@ class AccessLogConsumer:
             await conn.execute(
                 'INSERT INTO access_log_offsets (path, inode, "offset") VALUES ($1, $2, $3) '
                 'ON CONFLICT (path) DO UPDATE SET inode = $2, "offset" = $3, updated_at = now()',
-                str(self._path), position.inode, position.offset + consumed)
+                str(self._path),
+                position.inode,
+                position.offset + consumed,
+            )
         self._metrics.records.inc(len(records))
         return consumed
 
@@ -130,10 +139,17 @@ class AccessLogConsumer:
                 await asyncio.sleep(idle_sleep)
 
 
+def _read(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(MAX_BATCH_BYTES)
+
+
 def columns(records: Sequence[UsageRecord], prices: dict[int, Price]) -> list[list[object]]:
     def cost(r: UsageRecord) -> Decimal:
-        return prices.get(r.model_id, FREE).cost(prompt_tokens=r.prompt_tokens,
-                                                 completion_tokens=r.completion_tokens)
+        return prices.get(r.model_id, FREE).cost(
+            prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens
+        )
 
     return [
         [r.request_id for r in records],

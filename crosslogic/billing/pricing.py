@@ -14,8 +14,9 @@ class Price:
     output_per_mtok: Decimal
 
     def cost(self, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        return (prompt_tokens * self.input_per_mtok
-                + completion_tokens * self.output_per_mtok) / MILLION
+        return (
+            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+        ) / MILLION
 
 
 FREE = Price(Decimal(0), Decimal(0))

@@ -66,11 +66,13 @@ def check_key(key: KeyRecord, *, now: datetime) -> ApiError | None:
     if key.expires_at is not None and key.expires_at <= now:
         return unauthorized("This API key has expired.")
     if key.tenant_status != "active":
-        return ApiError(403, "This organization is suspended.", "permission_denied",
-                        "organization_suspended")
+        return ApiError(
+            403, "This organization is suspended.", "permission_denied", "organization_suspended"
+        )
     if key.environment_status != "active":
-        return ApiError(403, "This environment is disabled.", "permission_denied",
-                        "environment_disabled")
+        return ApiError(
+            403, "This environment is disabled.", "permission_denied", "environment_disabled"
+        )
     return None
 
 
@@ -94,8 +96,9 @@ def decide(
     if endpoint not in MODEL_ENDPOINTS:
         return Allow(key=key, model=None, force_include_usage=False)
     if method != "POST":
-        return ApiError(405, f"{endpoint} only accepts POST.", "invalid_request_error",
-                        "method_not_allowed")
+        return ApiError(
+            405, f"{endpoint} only accepts POST.", "invalid_request_error", "method_not_allowed"
+        )
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -104,15 +107,26 @@ def decide(
         return invalid_request("The request body must be a JSON object.", code="invalid_json")
     name = payload.get("model")
     if not isinstance(name, str) or not name:
-        return invalid_request("You must provide a model parameter.", param="model",
-                               code="missing_model")
+        return invalid_request(
+            "You must provide a model parameter.", param="model", code="missing_model"
+        )
     model = catalog.get(name)
     if model is None:
-        return ApiError(404, f"The model '{name}' does not exist.", "invalid_request_error",
-                        "model_not_found", "model")
+        return ApiError(
+            404,
+            f"The model '{name}' does not exist.",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
     if key.allowed_models is not None and name not in key.allowed_models:
-        return ApiError(403, f"This API key is not allowed to use the model '{name}'.",
-                        "permission_denied", "model_not_allowed", "model")
+        return ApiError(
+            403,
+            f"This API key is not allowed to use the model '{name}'.",
+            "permission_denied",
+            "model_not_allowed",
+            "model",
+        )
     return Allow(key=key, model=model, force_include_usage=_needs_usage(endpoint, payload))
 
 

@@ -28,8 +28,9 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     server = new_server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     try:
-        await serve_until_signalled(server, host=settings.server_host, port=settings.extauthz_port,
-                                    tasks=(refresher,))
+        await serve_until_signalled(
+            server, host=settings.server_host, port=settings.extauthz_port, tasks=(refresher,)
+        )
     finally:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):

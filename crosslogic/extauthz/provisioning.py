@@ -19,8 +19,9 @@ class CreatedKey:
     environment_id: str
 
 
-async def ensure_model(conn: asyncpg.Connection, name: str, *, input_price: Decimal,
-                       output_price: Decimal) -> int:
+async def ensure_model(
+    conn: asyncpg.Connection, name: str, *, input_price: Decimal, output_price: Decimal
+) -> int:
     model_id: int = await conn.fetchval(
         """
         INSERT INTO models (name, input_price_per_mtok, output_price_per_mtok)
@@ -28,14 +29,19 @@ async def ensure_model(conn: asyncpg.Connection, name: str, *, input_price: Deci
         ON CONFLICT (name) DO UPDATE SET status = 'active', updated_at = now()
         RETURNING id
         """,
-        name, input_price, output_price)
+        name,
+        input_price,
+        output_price,
+    )
     return model_id
 
 
 async def ensure_tenant(conn: asyncpg.Connection, name: str) -> str:
     tenant_id = await conn.fetchval(
         "INSERT INTO tenants (name) VALUES ($1) "
-        "ON CONFLICT (name) DO UPDATE SET updated_at = now() RETURNING id::text", name)
+        "ON CONFLICT (name) DO UPDATE SET updated_at = now() RETURNING id::text",
+        name,
+    )
     return str(tenant_id)
 
 
@@ -43,7 +49,9 @@ async def ensure_environment(conn: asyncpg.Connection, tenant_id: str, name: str
     environment_id = await conn.fetchval(
         "INSERT INTO environments (tenant_id, name) VALUES ($1, $2) "
         "ON CONFLICT (tenant_id, name) DO UPDATE SET updated_at = now() RETURNING id::text",
-        tenant_id, name)
+        tenant_id,
+        name,
+    )
     return str(environment_id)
 
 
@@ -63,7 +71,18 @@ async def create_key(
                               allowed_models, rate_limit_rpm)
         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id::text
         """,
-        new.key_id, new.key_hash, tenant_id, environment_id, name, allowed_models,
-        rate_limit_rpm)
-    return CreatedKey(api_key_id=str(api_key_id), key_id=new.key_id, plaintext=new.plaintext,
-                      tenant_id=tenant_id, environment_id=environment_id)
+        new.key_id,
+        new.key_hash,
+        tenant_id,
+        environment_id,
+        name,
+        allowed_models,
+        rate_limit_rpm,
+    )
+    return CreatedKey(
+        api_key_id=str(api_key_id),
+        key_id=new.key_id,
+        plaintext=new.plaintext,
+        tenant_id=tenant_id,
+        environment_id=environment_id,
+    )

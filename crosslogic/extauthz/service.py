@@ -41,18 +41,29 @@ _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", value="application/json"),
     append_action=_OVERWRITE,
 )
-UNAVAILABLE = ApiError(503, "Authorization is temporarily unavailable; retry shortly.",
-                       "service_unavailable", "authorization_unavailable")
+UNAVAILABLE = ApiError(
+    503,
+    "Authorization is temporarily unavailable; retry shortly.",
+    "service_unavailable",
+    "authorization_unavailable",
+)
 
 
 class AuthzMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.decisions = Counter("crosslogic_authz_decisions_total",
-                                 "ext_authz decisions by outcome", ["outcome"], registry=registry)
-        self.cache = Counter("crosslogic_authz_key_cache_total", "key cache lookups",
-                             ["result"], registry=registry)
+        self.decisions = Counter(
+            "crosslogic_authz_decisions_total",
+            "ext_authz decisions by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.cache = Counter(
+            "crosslogic_authz_key_cache_total", "key cache lookups", ["result"], registry=registry
+        )
         self.latency = Histogram(
-            "crosslogic_authz_check_seconds", "ext_authz check latency", registry=registry,
+            "crosslogic_authz_check_seconds",
+            "ext_authz check latency",
+            registry=registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
         )
 
@@ -68,7 +79,7 @@ def denied(error: ApiError) -> external_auth_pb2.CheckResponse:
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code, message=error.code or error.type),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=error.status),
             headers=[_JSON],
             body=error.body().decode(),
         ),
@@ -78,13 +89,15 @@ def denied(error: ApiError) -> external_auth_pb2.CheckResponse:
 def allowed(decision: Allow, *, default_rpm: int) -> external_auth_pb2.CheckResponse:
     key = decision.key
     metadata = struct_pb2.Struct()
-    metadata.update({
-        "tenant_id": key.tenant_id,
-        "environment_id": key.environment_id,
-        "api_key_id": key.api_key_id,
-        "key_id": key.key_id,
-        "key_limit": {"requests_per_unit": key.rate_limit_rpm or default_rpm, "unit": "MINUTE"},
-    })
+    metadata.update(
+        {
+            "tenant_id": key.tenant_id,
+            "environment_id": key.environment_id,
+            "api_key_id": key.api_key_id,
+            "key_id": key.key_id,
+            "key_limit": {"requests_per_unit": key.rate_limit_rpm or default_rpm, "unit": "MINUTE"},
+        }
+    )
     headers = []
     if decision.model is not None:
         metadata.update({"model": decision.model.name, "model_id": decision.model.id})
@@ -93,8 +106,12 @@ def allowed(decision: Allow, *, default_rpm: int) -> external_auth_pb2.CheckResp
         headers.append(_header(CLUSTER_HEADER, decision.model.cluster))
     else:
         allowed_models = key.allowed_models
-        headers.append(_header("x-crosslogic-allowed-models",
-                               "*" if allowed_models is None else ",".join(sorted(allowed_models))))
+        headers.append(
+            _header(
+                "x-crosslogic-allowed-models",
+                "*" if allowed_models is None else ",".join(sorted(allowed_models)),
+            )
+        )
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=external_auth_pb2.OkHttpResponse(
@@ -159,8 +176,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         return "allowed", response
 
 
-async def refresh_catalog(service: AuthorizationService, store: PostgresKeys,
-                          *, every: float) -> None:
+async def refresh_catalog(
+    service: AuthorizationService, store: PostgresKeys, *, every: float
+) -> None:
     """Keep the model catalog current; a failed refresh keeps the last good one."""
     while True:
         try:

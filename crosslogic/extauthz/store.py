@@ -102,11 +102,15 @@ class KeyCache:
             record = await self._fetch(key_hash)
         except DatabaseUnavailable:
             stale = self._entries.get(key_hash)
-            if stale is not None and stale.record is not None:
-                if self._clock() - stale.fetched_at < self._stale_for:
-                    log.warning("database unavailable; serving key %s from stale cache",
-                                stale.record.key_id)
-                    return stale.record
+            if (
+                stale is not None
+                and stale.record is not None
+                and self._clock() - stale.fetched_at < self._stale_for
+            ):
+                log.warning(
+                    "database unavailable; serving key %s from stale cache", stale.record.key_id
+                )
+                return stale.record
             raise
         self._entries[key_hash] = _Entry(record, self._clock())
         return record
@@ -121,8 +125,7 @@ class PostgresKeys:
     async def fetch_key(self, key_hash: bytes) -> KeyRecord | None:
         try:
             row = await self._pool.fetchrow(_KEY_QUERY, key_hash)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
         if row is None:
             return None
@@ -143,7 +146,6 @@ class PostgresKeys:
     async def fetch_catalog(self) -> dict[str, Model]:
         try:
             rows = await self._pool.fetch("SELECT id, name FROM models WHERE status = 'active'")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
         return {r["name"]: Model(id=r["id"], name=r["name"]) for r in rows}

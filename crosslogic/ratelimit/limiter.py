@@ -93,8 +93,9 @@ def describe_period(seconds: int) -> str:
     return names.get(seconds, f"{seconds}s")
 
 
-def limits_for(descriptors: Sequence[Descriptor], *, default_rpm: int,
-               request_hits: int) -> list[Limit]:
+def limits_for(
+    descriptors: Sequence[Descriptor], *, default_rpm: int, request_hits: int
+) -> list[Limit]:
     """One Limit per descriptor whose first entry names a layer; others are ignored."""
     limits = []
     for d in descriptors:
@@ -106,8 +107,15 @@ def limits_for(descriptors: Sequence[Descriptor], *, default_rpm: int,
         else:
             limit, period = default_rpm, 60
         cost = d.hits_addend if d.hits_addend is not None else max(request_hits, 1)
-        limits.append(Limit(layer=layer, redis_key=f"crosslogic:rl:{layer}:{ident}:req:{period}",
-                            limit=limit, period_s=period, cost=cost))
+        limits.append(
+            Limit(
+                layer=layer,
+                redis_key=f"crosslogic:rl:{layer}:{ident}:req:{period}",
+                limit=limit,
+                period_s=period,
+                cost=cost,
+            )
+        )
     return limits
 
 
@@ -122,11 +130,16 @@ def script_args(limits: Sequence[Limit]) -> tuple[list[str], list[int]]:
 def interpret(limits: Sequence[Limit], reply: Sequence[int]) -> Decision:
     allowed, refused_index, retry_after_us = (int(x) for x in reply[:3])
     states = tuple(
-        LimitState(limit=limit, remaining=int(reply[3 + 2 * i]),
-                   reset_after_s=int(reply[4 + 2 * i]) / 1e6)
+        LimitState(
+            limit=limit, remaining=int(reply[3 + 2 * i]), reset_after_s=int(reply[4 + 2 * i]) / 1e6
+        )
         for i, limit in enumerate(limits)
     )
     if allowed:
         return Decision(allowed=True, states=states)
-    return Decision(allowed=False, states=states, refused_by=limits[refused_index - 1],
-                    retry_after_s=retry_after_us / 1e6)
+    return Decision(
+        allowed=False,
+        states=states,
+        refused_by=limits[refused_index - 1],
+        retry_after_s=retry_after_us / 1e6,
+    )

@@ -15,14 +15,20 @@ REDIS_TIMEOUT_S = 0.03
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
-    client = client_for(settings.redis_host or "127.0.0.1", settings.redis_port,
-                        password=settings.redis_password, timeout=REDIS_TIMEOUT_S)
-    service = RateLimitService(counters=RedisCounters(client), metrics=RateLimitMetrics(registry),
-                               default_rpm=settings.default_key_rpm)
+    client = client_for(
+        settings.redis_host or "127.0.0.1",
+        settings.redis_port,
+        password=settings.redis_password,
+        timeout=REDIS_TIMEOUT_S,
+    )
+    service = RateLimitService(
+        counters=RedisCounters(client),
+        metrics=RateLimitMetrics(registry),
+        default_rpm=settings.default_key_rpm,
+    )
     server = new_server()
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(service, server)
     try:
-        await serve_until_signalled(server, host=settings.server_host,
-                                    port=settings.ratelimit_port)
+        await serve_until_signalled(server, host=settings.server_host, port=settings.ratelimit_port)
     finally:
         await client.aclose()

@@ -26,15 +26,26 @@ OVER_LIMIT = rls_pb2.RateLimitResponse.OVER_LIMIT
 class RateLimitMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # name kept from the original design: operators' dashboards use it
-        self.exceeded = Counter("control_plane_rate_limit_exceeded_total",
-                                "requests refused by a rate limit", ["layer"], registry=registry)
-        self.decisions = Counter("crosslogic_ratelimit_decisions_total",
-                                 "rate-limit decisions", ["result"], registry=registry)
-        self.redis_errors = Counter("crosslogic_ratelimit_redis_errors_total",
-                                    "Redis failures seen by the rate-limit service",
-                                    registry=registry)
+        self.exceeded = Counter(
+            "control_plane_rate_limit_exceeded_total",
+            "requests refused by a rate limit",
+            ["layer"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "crosslogic_ratelimit_decisions_total",
+            "rate-limit decisions",
+            ["result"],
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "crosslogic_ratelimit_redis_errors_total",
+            "Redis failures seen by the rate-limit service",
+            registry=registry,
+        )
         self.latency = Histogram(
-            "crosslogic_ratelimit_decision_seconds", "rate-limit decision latency",
+            "crosslogic_ratelimit_decision_seconds",
+            "rate-limit decision latency",
             registry=registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
         )
@@ -44,12 +55,14 @@ def to_descriptors(request: rls_pb2.RateLimitRequest) -> list[Descriptor]:
     out = []
     for d in request.descriptors:
         has_limit = d.HasField("limit")
-        out.append(Descriptor(
-            entries=tuple((e.key, e.value) for e in d.entries),
-            requests_per_unit=d.limit.requests_per_unit if has_limit else None,
-            unit=d.limit.unit if has_limit else None,
-            hits_addend=d.hits_addend.value if d.HasField("hits_addend") else None,
-        ))
+        out.append(
+            Descriptor(
+                entries=tuple((e.key, e.value) for e in d.entries),
+                requests_per_unit=d.limit.requests_per_unit if has_limit else None,
+                unit=d.limit.unit if has_limit else None,
+                hits_addend=d.hits_addend.value if d.HasField("hits_addend") else None,
+            )
+        )
     return out
 
 
@@ -75,8 +88,9 @@ def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-    def __init__(self, *, counters: RedisCounters, metrics: RateLimitMetrics,
-                 default_rpm: int) -> None:
+    def __init__(
+        self, *, counters: RedisCounters, metrics: RateLimitMetrics, default_rpm: int
+    ) -> None:
         self._counters = counters
         self._metrics = metrics
         self._default_rpm = default_rpm
@@ -85,8 +99,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[m
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> rls_pb2.RateLimitResponse:
         started = time.perf_counter()
-        limits = limits_for(to_descriptors(request), default_rpm=self._default_rpm,
-                            request_hits=request.hits_addend)
+        limits = limits_for(
+            to_descriptors(request), default_rpm=self._default_rpm, request_hits=request.hits_addend
+        )
         if not limits:
             return rls_pb2.RateLimitResponse(overall_code=OK)
         try:

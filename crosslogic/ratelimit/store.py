@@ -37,7 +37,11 @@ class RedisCounters:
 
 def client_for(host: str, port: int, *, password: str, timeout: float) -> aioredis.Redis:
     return aioredis.Redis(
-        host=host, port=port, password=password or None,
-        socket_timeout=timeout, socket_connect_timeout=timeout,
-        max_connections=64, health_check_interval=30,
+        host=host,
+        port=port,
+        password=password or None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        max_connections=64,
+        health_check_interval=30,
     )

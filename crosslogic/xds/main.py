@@ -27,7 +27,11 @@ CHANNEL = "crosslogic_nodes"
 
 
 async def follow_registry(
-    registry: NodeRegistry, cache: SnapshotCache, metrics: XdsMetrics, *, every: float,
+    registry: NodeRegistry,
+    cache: SnapshotCache,
+    metrics: XdsMetrics,
+    *,
+    every: float,
     wake: asyncio.Event,
 ) -> None:
     while True:
@@ -35,8 +39,9 @@ async def follow_registry(
             models, nodes = await registry.read()
             snapshot = build(models, nodes)
             if cache.publish(snapshot):
-                log.info("published snapshot %s: %s", snapshot.versions,
-                         dict(snapshot.nodes_per_cluster))
+                log.info(
+                    "published snapshot %s: %s", snapshot.versions, dict(snapshot.nodes_per_cluster)
+                )
             metrics.active_nodes.set(len(nodes))
         except DatabaseUnavailable as exc:
             log.warning("registry read failed, Envoy keeps the last snapshot: %s", exc)
@@ -45,11 +50,11 @@ async def follow_registry(
         wake.clear()
 
 
-async def run(settings: Settings, prometheus: CollectorRegistry) -> None:
+async def run(settings: Settings, registry: CollectorRegistry) -> None:
     pool = await create_pool(settings, min_size=1, max_size=2)
-    registry = NodeRegistry(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
-    metrics = XdsMetrics(prometheus)
-    models, nodes = await registry.read()
+    nodes_db = NodeRegistry(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
+    metrics = XdsMetrics(registry)
+    models, nodes = await nodes_db.read()
     cache = SnapshotCache(build(models, nodes))
     wake = asyncio.Event()
     listener: asyncpg.Connection | None = None
@@ -59,13 +64,16 @@ async def run(settings: Settings, prometheus: CollectorRegistry) -> None:
     except DatabaseUnavailable as exc:
         log.warning("no LISTEN connection, polling only: %s", exc)
     follower = asyncio.create_task(
-        follow_registry(registry, cache, metrics, every=settings.xds_poll_interval, wake=wake))
+        follow_registry(nodes_db, cache, metrics, every=settings.xds_poll_interval, wake=wake)
+    )
     server = new_server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AggregatedDiscovery(cache, metrics), server)
+        AggregatedDiscovery(cache, metrics), server
+    )
     try:
-        await serve_until_signalled(server, host=settings.server_host, port=settings.xds_port,
-                                    tasks=(follower,))
+        await serve_until_signalled(
+            server, host=settings.server_host, port=settings.xds_port, tasks=(follower,)
+        )
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -51,15 +51,22 @@ class NodeRegistry:
         try:
             async with self._pool.acquire() as conn:
                 models = await conn.fetch(
-                    "SELECT id, name FROM models WHERE status = 'active' ORDER BY id")
+                    "SELECT id, name FROM models WHERE status = 'active' ORDER BY id"
+                )
                 rows = await conn.fetch(_NODES, self._timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
         nodes = []
         for row in rows:
             ip = await _resolve(row["address"])
             if ip is not None:
-                nodes.append(NodeEntry(id=row["id"], model_id=row["model_id"], ip=ip,
-                                       port=row["port"], draining=row["status"] == "draining"))
+                nodes.append(
+                    NodeEntry(
+                        id=row["id"],
+                        model_id=row["model_id"],
+                        ip=ip,
+                        port=row["port"],
+                        draining=row["status"] == "draining",
+                    )
+                )
         return [ModelEntry(id=r["id"], name=r["name"]) for r in models], nodes

@@ -57,15 +57,27 @@ class _TypeState:
 
 class XdsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.pushes = Counter("crosslogic_xds_pushes_total", "xDS responses sent", ["type"],
-                              registry=registry)
-        self.nacks = Counter("crosslogic_xds_nacks_total", "xDS responses Envoy rejected",
-                             ["type"], registry=registry)
-        self.streams = Gauge("crosslogic_xds_streams", "connected ADS streams",
-                             registry=registry, multiprocess_mode="livesum")
-        self.active_nodes = Gauge("control_plane_active_nodes",
-                                  "GPU nodes currently receiving traffic", registry=registry,
-                                  multiprocess_mode="max")
+        self.pushes = Counter(
+            "crosslogic_xds_pushes_total", "xDS responses sent", ["type"], registry=registry
+        )
+        self.nacks = Counter(
+            "crosslogic_xds_nacks_total",
+            "xDS responses Envoy rejected",
+            ["type"],
+            registry=registry,
+        )
+        self.streams = Gauge(
+            "crosslogic_xds_streams",
+            "connected ADS streams",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.active_nodes = Gauge(
+            "control_plane_active_nodes",
+            "GPU nodes currently receiving traffic",
+            registry=registry,
+            multiprocess_mode="max",
+        )
 
 
 class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -85,8 +97,7 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
         changed = asyncio.ensure_future(self._cache.wait_changed())
         try:
             while True:
-                done, _ = await asyncio.wait({reader, changed},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({reader, changed}, return_when=asyncio.FIRST_COMPLETED)
                 if reader in done:
                     request = reader.result()
                     if request is None:
@@ -106,8 +117,9 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    def _on_request(self, request: discovery_pb2.DiscoveryRequest,
-                    states: dict[str, _TypeState]) -> None:
+    def _on_request(
+        self, request: discovery_pb2.DiscoveryRequest, states: dict[str, _TypeState]
+    ) -> None:
         state = states.get(request.type_url)
         if state is None:
             return  # a type we do not serve (LDS/RDS are static)
@@ -115,15 +127,20 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
             return  # stale: an answer to a response Envoy has since been sent a newer one of
         if request.HasField("error_detail"):
             self._metrics.nacks.labels(_short(request.type_url)).inc()
-            log.error("Envoy rejected %s version %s: %s", _short(request.type_url),
-                      state.sent_version, request.error_detail.message)
+            log.error(
+                "Envoy rejected %s version %s: %s",
+                _short(request.type_url),
+                state.sent_version,
+                request.error_detail.message,
+            )
         state.subscribed = True
         names = set(request.resource_names)
         state.wildcard = request.type_url == CLUSTER_TYPE and (not names or "*" in names)
         state.names = names
 
-    def _response_if_due(self, type_url: str,
-                         state: _TypeState) -> discovery_pb2.DiscoveryResponse | None:
+    def _response_if_due(
+        self, type_url: str, state: _TypeState
+    ) -> discovery_pb2.DiscoveryResponse | None:
         if not state.subscribed:
             return None
         snapshot = self._cache.current

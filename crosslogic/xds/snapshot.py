@@ -77,21 +77,25 @@ def cluster_for(model: ModelEntry) -> cluster_pb2.Cluster:
         connect_timeout=_seconds(1),
         # the node with the fewest requests in flight: generations vary widely in length
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
-        health_checks=[health_check_pb2.HealthCheck(
-            timeout=_seconds(1),
-            interval=_seconds(1),
-            unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
-            healthy_threshold=wrappers_pb2.UInt32Value(value=1),
-            http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/health"),
-        )],
-        # generations are long-lived: Envoy's default of 1024 concurrent requests is too low
-        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
-            circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                max_connections=wrappers_pb2.UInt32Value(value=100_000),
-                max_pending_requests=wrappers_pb2.UInt32Value(value=100_000),
-                max_requests=wrappers_pb2.UInt32Value(value=100_000),
+        health_checks=[
+            health_check_pb2.HealthCheck(
+                timeout=_seconds(1),
+                interval=_seconds(1),
+                unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
+                healthy_threshold=wrappers_pb2.UInt32Value(value=1),
+                http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/health"),
             )
-        ]),
+        ],
+        # generations are long-lived: Envoy's default of 1024 concurrent requests is too low
+        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
+            thresholds=[
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                    max_connections=wrappers_pb2.UInt32Value(value=100_000),
+                    max_pending_requests=wrappers_pb2.UInt32Value(value=100_000),
+                    max_requests=wrappers_pb2.UInt32Value(value=100_000),
+                )
+            ]
+        ),
     )
 
 
@@ -99,8 +103,9 @@ def load_assignment(cluster: str, nodes: Iterable[NodeEntry]) -> endpoint_pb2.Cl
     lb_endpoints = [
         endpoint_components_pb2.LbEndpoint(
             endpoint=endpoint_components_pb2.Endpoint(
-                address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
-                    address=node.ip, port_value=node.port)),
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(address=node.ip, port_value=node.port)
+                ),
                 hostname=node.id,
             ),
             health_status=health_check_pb2.DRAINING if node.draining else health_check_pb2.UNKNOWN,

@@ -1,0 +1,92 @@
+"""Session fixtures: one real stack (Postgres, Redis, services, Envoy, two nodes) on free ports.
+
+DB_HOST / REDIS_HOST in the environment make the stack use those servers instead of the
+embedded ones, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import openai
+import pytest
+
+from crosslogic.db.connection import connect
+from crosslogic.extauthz import provisioning
+from crosslogic.settings import Settings, load
+from crosslogic.stack import Stack, free_port
+
+
+def stack_settings(data_dir: Path) -> Settings:
+    return load(os.environ).with_overrides(
+        server_port=free_port(),
+        prometheus_port=free_port(),
+        extauthz_port=free_port(),
+        ratelimit_port=free_port(),
+        xds_port=free_port(),
+        envoy_port=free_port(),
+        envoy_admin_port=free_port(),
+        redis_port=free_port() if not os.environ.get("REDIS_HOST") else load(os.environ).redis_port,
+        data_dir=data_dir,
+        access_log_path=None,
+        extauthz_workers=2,
+        ratelimit_workers=2,
+        envoy_concurrency=2,
+        node_heartbeat_interval=0.5,
+        node_heartbeat_timeout=3.0,
+        xds_poll_interval=0.5,
+        log_level="info",
+    )
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    # short path: the embedded Postgres' Unix socket path must stay under ~107 bytes
+    data_dir = Path(tempfile.mkdtemp(prefix="clt-", dir="/tmp"))
+    running = Stack(stack_settings(data_dir), nodes=2)
+    running.start()
+    yield running
+    running.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_db(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await connect(stack.settings)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def new_key(stack: Stack, **options: Any) -> provisioning.CreatedKey:
+    assert stack.demo is not None
+
+    async def go() -> provisioning.CreatedKey:
+        conn = await connect(stack.settings)
+        try:
+            return await provisioning.create_key(
+                conn,
+                tenant_id=stack.demo.tenant_id,  # type: ignore[union-attr]
+                environment_id=stack.demo.environment_id,
+                **options,
+            )  # type: ignore[union-attr]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture()
+def client(stack: Stack) -> openai.OpenAI:
+    assert stack.demo is not None
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)

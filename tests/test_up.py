@@ -1,0 +1,84 @@
+"""`crosslogic up` (what `make up` runs): prints a working setup, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import openai
+import psutil
+
+from crosslogic.stack import free_port, port_in_use
+
+
+def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
+    ports = {
+        name: free_port()
+        for name in (
+            "SERVER_PORT",
+            "PROMETHEUS_PORT",
+            "EXTAUTHZ_PORT",
+            "RATELIMIT_PORT",
+            "XDS_PORT",
+            "ENVOY_PORT",
+            "ENVOY_ADMIN_PORT",
+            "REDIS_PORT",
+        )
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("DB_HOST", "REDIS_HOST")}
+    env.update({k: str(v) for k, v in ports.items()})
+    env.update(
+        {
+            "DATA_DIR": str(data_dir),
+            "EXTAUTHZ_WORKERS": "1",
+            "RATELIMIT_WORKERS": "1",
+            "ENVOY_CONCURRENCY": "1",
+            "NODE_HEARTBEAT_INTERVAL": "0.5",
+        }
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "crosslogic", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: dict[str, str] = {}
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:
+            for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL"):
+                if line.startswith(name + "="):
+                    lines[name] = line.strip().split("=", 1)[1]
+            if line.startswith("curl "):
+                lines["curl"] = line.strip()
+            if "Ctrl-C" in line:
+                break
+        assert set(lines) == {"OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL", "curl"}, lines
+        family = psutil.Process(up.pid).children(recursive=True)
+        curl = subprocess.run(
+            lines["curl"], shell=True, capture_output=True, text=True, timeout=30, check=True
+        )
+        assert '"chat.completion"' in curl.stdout
+        client = openai.OpenAI(
+            base_url=lines["OPENAI_BASE_URL"], api_key=lines["OPENAI_API_KEY"], max_retries=0
+        )
+        reply = client.chat.completions.create(
+            model=lines["MODEL"], messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"left running: {alive}"
+        assert not [p for p in ports.values() if port_in_use(p)]
+    finally:
+        if up.poll() is None:
+            up.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,87 @@
+"""Snapshot building and the ADS stream's nonce/ACK/NACK handling, without Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+from prometheus_client import CollectorRegistry
+
+from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics, _TypeState
+from crosslogic.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, ModelEntry, NodeEntry, build
+
+MODELS = [ModelEntry(id=1, name="a/b"), ModelEntry(id=2, name="c")]
+
+
+def test_snapshot_has_a_cluster_and_assignment_per_model() -> None:
+    snap = build(
+        MODELS,
+        [
+            NodeEntry(id="n1", model_id=1, ip="10.0.0.1", port=8000),
+            NodeEntry(id="n2", model_id=1, ip="10.0.0.2", port=8000, draining=True),
+            NodeEntry(id="x", model_id=99, ip="10.0.0.3", port=8000),
+        ],
+    )
+    assert snap.consistent()
+    assert set(snap.resources[CLUSTER_TYPE]) == {"model_1", "model_2"}
+    cluster = cluster_pb2.Cluster()
+    snap.resources[CLUSTER_TYPE]["model_1"].Unpack(cluster)
+    assert cluster.alt_stat_name == "model_a_b" and cluster.type == cluster_pb2.Cluster.EDS
+    cla = endpoint_pb2.ClusterLoadAssignment()
+    snap.resources[ENDPOINT_TYPE]["model_1"].Unpack(cla)
+    hosts = [(e.endpoint.hostname, e.health_status) for e in cla.endpoints[0].lb_endpoints]
+    assert hosts == [("n1", 0), ("n2", 3)]  # UNKNOWN (active health check decides), DRAINING
+    assert snap.nodes_per_cluster == {"model_1": 2, "model_2": 0}
+
+
+def test_versions_are_content_hashes() -> None:
+    one = build(MODELS, [])
+    assert one.versions == build(MODELS, []).versions
+    two = build(MODELS, [NodeEntry(id="n1", model_id=2, ip="10.0.0.1", port=1)])
+    assert two.versions[CLUSTER_TYPE] == one.versions[CLUSTER_TYPE]
+    assert two.versions[ENDPOINT_TYPE] != one.versions[ENDPOINT_TYPE]
+
+
+def test_stale_nonces_are_ignored_and_nacks_do_not_loop() -> None:
+    async def scenario() -> None:
+        cache = SnapshotCache(build(MODELS, []))
+        ads = AggregatedDiscovery(cache, XdsMetrics(CollectorRegistry()))
+        state = _TypeState()
+        states = {CLUSTER_TYPE: _TypeState(), ENDPOINT_TYPE: state}
+        ads._on_request(
+            discovery_pb2.DiscoveryRequest(type_url=ENDPOINT_TYPE, resource_names=["model_1"]),
+            states,
+        )
+        first = ads._response_if_due(ENDPOINT_TYPE, state)
+        assert first is not None and len(first.resources) == 1
+        # a new cluster appears: Envoy asks again, but a late request with an old nonce
+        # must not change what we think Envoy wants
+        cache.publish(build(MODELS, [NodeEntry(id="n", model_id=2, ip="10.0.0.9", port=1)]))
+        second = ads._response_if_due(ENDPOINT_TYPE, state)
+        assert second is not None
+        ads._on_request(
+            discovery_pb2.DiscoveryRequest(
+                type_url=ENDPOINT_TYPE, resource_names=[], response_nonce=first.nonce
+            ),
+            states,
+        )
+        assert state.names == {"model_1"}
+        # NACK of the current nonce: remembered, not resent until the snapshot changes
+        ads._on_request(
+            discovery_pb2.DiscoveryRequest(
+                type_url=ENDPOINT_TYPE,
+                resource_names=["model_1", "model_2"],
+                response_nonce=second.nonce,
+                version_info=first.version_info,
+                error_detail=status_pb2.Status(code=13, message="bad"),
+            ),
+            states,
+        )
+        third = ads._response_if_due(ENDPOINT_TYPE, state)
+        assert third is not None and len(third.resources) == 2  # new names were asked for
+        assert ads._response_if_due(ENDPOINT_TYPE, state) is None
+
+    asyncio.run(scenario())
