@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -12,6 +11,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from crosslogic.demo import Demo, client_lines
 from crosslogic.settings import Settings, SettingsError, from_environ
 
 SERVICE_NAMES = ("admin", "xds", "extauthz", "ratelimit", "billing")
@@ -43,26 +43,39 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     print("starting CrossLogic (Postgres, Redis, services, Envoy, nodes)...", flush=True)
     stack.start()
     try:
-        demo = stack.demo
-        assert demo is not None
-        body = json.dumps({"model": demo.model, "messages": [{"role": "user", "content": "Hello"}]})
+        assert stack.demo is not None
         print(f"\nCrossLogic is up. Logs: {stack.supervisor.log_dir}", flush=True)
         print(
             f"Admin API: {stack.admin_url}  Metrics: "
             f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics\n"
         )
-        print(f"OPENAI_BASE_URL={stack.base_url}")
-        print(f"OPENAI_API_KEY={demo.api_key}")
-        print(f"MODEL={demo.model}")
-        print(
-            f"curl -s {stack.base_url}/chat/completions -H 'Authorization: Bearer "
-            f"{demo.api_key}' -H 'Content-Type: application/json' -d '{body}'"
-        )
+        print("\n".join(client_lines(stack.base_url, stack.demo)))
         print("\nPress Ctrl-C to stop everything.", flush=True)
         _wait_for_signal(stack.supervisor.check)
     finally:
         print("stopping...", flush=True)
         stack.stop()
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Migrate, create the demo model/tenant/environment and a new key, print the lines."""
+    from crosslogic.db.connection import connect
+    from crosslogic.db.migrate import migrate
+    from crosslogic.demo import seed
+
+    async def go() -> Demo:
+        conn = await connect(settings)
+        try:
+            await migrate(conn)
+            return await seed(conn, model=args.model)
+        finally:
+            await conn.close()
+
+    if settings.db_host is None:
+        print("crosslogic demo needs DB_HOST (`crosslogic up` seeds its own)", file=sys.stderr)
+        return 2
+    print("\n".join(client_lines(args.base_url.rstrip("/"), asyncio.run(go()))))
     return 0
 
 
@@ -152,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     service = sub.add_parser("service", help="run one service process")
     service.add_argument("name", choices=SERVICE_NAMES)
     sub.add_parser("migrate", help="apply pending database migrations")
+    demo = sub.add_parser("demo", help="create the demo tenant, model and a key; print them")
+    demo.add_argument("--base-url", default="http://127.0.0.1:10000/v1")
+    demo.add_argument("--model", default="demo-llama")
     cfg = sub.add_parser("envoy-config", help="render the Envoy bootstrap")
     cfg.add_argument("--output", default="-")
     cfg.add_argument("--listen-address", default="0.0.0.0")
@@ -169,6 +185,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "service": cmd_service,
     "migrate": cmd_migrate,
+    "demo": cmd_demo,
     "envoy-config": cmd_envoy_config,
 }
 

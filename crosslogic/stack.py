@@ -17,31 +17,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
-from crosslogic import embedded, envoy_config
+from crosslogic import demo, embedded, envoy_config
 from crosslogic.db.connection import connect
 from crosslogic.db.migrate import migrate
-from crosslogic.extauthz import provisioning
+from crosslogic.demo import DEMO_MODEL, Demo
 from crosslogic.metrics import MULTIPROC_ENV, prepare_multiproc_dir
 from crosslogic.settings import Settings, to_env
 from crosslogic.supervisor import Child, Supervisor
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = "demo-llama"
 SERVICES = ("admin", "xds", "extauthz", "ratelimit", "billing")
-
-
-@dataclass(frozen=True)
-class Demo:
-    model: str
-    api_key: str
-    tenant_id: str
-    environment_id: str
-    api_key_id: str
 
 
 def free_port() -> int:
@@ -176,23 +164,9 @@ class Stack:
         conn = await connect(self.settings)
         try:
             await migrate(conn)
-            await provisioning.ensure_model(
-                conn, self.model, input_price=Decimal("0.20"), output_price=Decimal("0.60")
-            )
-            tenant_id = await provisioning.ensure_tenant(conn, "demo")
-            environment_id = await provisioning.ensure_environment(conn, tenant_id, "dev")
-            key = await provisioning.create_key(
-                conn, tenant_id=tenant_id, environment_id=environment_id, name="demo"
-            )
+            return await demo.seed(conn, model=self.model)
         finally:
             await conn.close()
-        return Demo(
-            model=self.model,
-            api_key=key.plaintext,
-            tenant_id=tenant_id,
-            environment_id=environment_id,
-            api_key_id=key.api_key_id,
-        )
 
     def start_services(self) -> None:
         s = self.settings
@@ -206,12 +180,7 @@ class Stack:
             "ratelimit": s.workers(s.ratelimit_workers),
         }
         for service in SERVICES:
-            for i in range(counts[service]):
-                self.supervisor.spawn(
-                    f"{service}-{i + 1}",
-                    [sys.executable, "-m", "crosslogic", "service", service],
-                    env=env,
-                )
+            self.start_service(service, processes=counts[service], env=env)
         for port in (s.xds_port, s.extauthz_port, s.ratelimit_port):
             wait_until(
                 f"a service on port {port}",
@@ -221,6 +190,26 @@ class Stack:
         wait_until(
             "the admin API", lambda: http_ok(f"{self.admin_url}/ready"), check=self.supervisor.check
         )
+
+    def start_service(
+        self, service: str, *, processes: int, env: dict[str, str] | None = None
+    ) -> list[Child]:
+        """Start ``processes`` copies of one service (they share its port: SO_REUSEPORT)."""
+        return [
+            self.supervisor.spawn(
+                f"{service}-{i + 1}",
+                [sys.executable, "-m", "crosslogic", "service", service],
+                env=env or self.child_env(),
+            )
+            for i in range(processes)
+        ]
+
+    def stop_service(self, service: str) -> int:
+        """Stop every process of one service; returns how many there were."""
+        children = [c for c in self.supervisor.children if c.name.startswith(f"{service}-")]
+        for child in children:
+            self.supervisor.stop_child(child)
+        return len(children)
 
     def start_envoy(self) -> None:
         s = self.settings
