@@ -90,7 +90,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    stack = Stack(settings, nodes=0)
+    stack = Stack(settings, nodes=0, log_to_files=False)
     try:
         stack.start_services()
         _wait_for_signal(stack.supervisor.check)

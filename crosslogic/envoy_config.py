@@ -48,5 +48,9 @@ def render(
         "CONTROL_PLANE_HOST": control_plane_host,
         "CONTROL_PLANE_PORT": settings.server_port,
     }
+    if not (folder / "envoy.yaml").exists():
+        raise FileNotFoundError(
+            f"no Envoy template in {folder}: set ENVOY_TEMPLATE_DIR to the repository's envoy/"
+        )
     text = (folder / "envoy.yaml").read_text()
     return Template(text).substitute({k: str(v) for k, v in values.items()})

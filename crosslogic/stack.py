@@ -75,12 +75,19 @@ def envoy_binary() -> str:
 class Stack:
     """Starts (``start``) and stops (``stop``) every process of the system."""
 
-    def __init__(self, settings: Settings, *, nodes: int = 2, model: str = DEMO_MODEL) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nodes: int = 2,
+        model: str = DEMO_MODEL,
+        log_to_files: bool = True,
+    ) -> None:
         self.settings = settings
         self.node_count = nodes
         self.model = model
         self.data_dir = settings.data_dir.resolve()
-        self.supervisor = Supervisor(self.data_dir / "logs")
+        self.supervisor = Supervisor(self.data_dir / "logs" if log_to_files else None)
         self.postgres: embedded.EmbeddedPostgres | None = None
         self.redis: subprocess.Popen[bytes] | None = None
         self.nodes: list[Child] = []

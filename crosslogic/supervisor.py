@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
-    log_path: Path
+    log_path: Path | None  # None: output goes to the supervisor's own stdout
 
 
 class ChildFailed(RuntimeError):
@@ -29,17 +29,23 @@ class ChildFailed(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path | None) -> None:
+        """``log_dir`` None: children write to our stdout (containers log that way)."""
         self.log_dir = log_dir
         self.children: list[Child] = []
-        log_dir.mkdir(parents=True, exist_ok=True)
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
 
     def spawn(self, name: str, argv: list[str], *, env: dict[str, str]) -> Child:
-        log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-            )
+        if self.log_dir is None:
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+            log_path = None
+        else:
+            log_path = self.log_dir / f"{name}.log"
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    argv, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+                )
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child
@@ -49,8 +55,14 @@ class Supervisor:
         for child in self.children:
             code = child.proc.poll()
             if code is not None:
-                tail = child.log_path.read_text(errors="replace")[-2000:]
-                raise ChildFailed(f"{child.name} exited with {code}; last log lines:\n{tail}")
+                tail = (
+                    ""
+                    if child.log_path is None
+                    else (
+                        "; last log lines:\n" + child.log_path.read_text(errors="replace")[-2000:]
+                    )
+                )
+                raise ChildFailed(f"{child.name} exited with {code}{tail}")
 
     def stop_child(self, child: Child, *, timeout: float = 5.0) -> None:
         if child.proc.poll() is None:
