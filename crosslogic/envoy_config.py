@@ -37,7 +37,8 @@ def render(
         "ACCESS_LOG_PATH": settings.access_log.resolve()
         if not settings.access_log.is_absolute()
         else settings.access_log,
-        "RATELIMIT_TIMEOUT": "0.05s",
+        # the service answers within its Redis timeout (30 ms); this bounds a stuck service
+        "RATELIMIT_TIMEOUT": "0.2s",
         "USAGE_LUA_PATH": lua_path or (folder / "usage.lua").resolve(),
         "XDS_HOST": settings.xds_host,
         "XDS_PORT": settings.xds_port,

@@ -48,6 +48,7 @@ class Allow:
     key: KeyRecord
     model: Model | None  # None on endpoints that name no model (GET /v1/models)
     force_include_usage: bool
+    stream: bool = False  # the node will answer with SSE (usage is read from the stream)
 
 
 def unauthorized(message: str) -> ApiError:
@@ -127,7 +128,12 @@ def decide(
             "model_not_allowed",
             "model",
         )
-    return Allow(key=key, model=model, force_include_usage=_needs_usage(endpoint, payload))
+    return Allow(
+        key=key,
+        model=model,
+        force_include_usage=_needs_usage(endpoint, payload),
+        stream=endpoint in STREAMING_ENDPOINTS and payload.get("stream") is True,
+    )
 
 
 def _needs_usage(endpoint: str, payload: dict[str, object]) -> bool:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "envoy.filters.http.ext_authz"
 CLUSTER_HEADER = "x-crosslogic-cluster"
+# picks how Envoy reads token usage from the response: "sse" (Lua) or "json" (C++ filter)
+USAGE_HEADER = "x-crosslogic-usage"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", value="application/json"),
@@ -104,6 +106,7 @@ def allowed(decision: Allow, *, default_rpm: int) -> external_auth_pb2.CheckResp
         if decision.force_include_usage:
             metadata.update({"force_include_usage": True})
         headers.append(_header(CLUSTER_HEADER, decision.model.cluster))
+        headers.append(_header(USAGE_HEADER, "sse" if decision.stream else "json"))
     else:
         allowed_models = key.allowed_models
         headers.append(
@@ -166,7 +169,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         if isinstance(decision, ApiError):
             log.debug("denied key %s: %s", record.key_id, decision.code)
             return decision.code or decision.type, denied(decision)
-        cache_key = (record, decision.model, decision.force_include_usage)
+        cache_key = (record, decision.model, decision.force_include_usage, decision.stream)
         response = self._responses.get(cache_key)
         if response is None:
             if len(self._responses) > 50_000:

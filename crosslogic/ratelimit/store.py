@@ -1,14 +1,12 @@
-"""Redis transport for the limiter: runs gcra.lua, translates driver errors."""
+"""Redis transport for the limiter: runs gcra.lua in one round trip."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from crosslogic.ratelimit.limiter import Limit, script_args
+from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
 
 
 class CounterStoreUnavailable(RuntimeError):
@@ -22,26 +20,14 @@ def load_script(name: str) -> str:
 class RedisCounters:
     """Evaluates every limit of one request in one EVALSHA (atomic, one round trip)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: PipelinedRedis) -> None:
         self._client = client
-        self._gcra = client.register_script(load_script("gcra.lua"))
+        self._gcra = load_script("gcra.lua")
 
     async def evaluate(self, limits: Sequence[Limit]) -> list[int]:
         keys, argv = script_args(limits)
         try:
-            reply = await self._gcra(keys=keys, args=argv)
-        except (RedisError, OSError, TimeoutError) as exc:
+            reply = await self._client.eval_script(self._gcra, keys, argv)
+        except RedisUnavailable as exc:
             raise CounterStoreUnavailable(str(exc)) from exc
         return [int(x) for x in reply]
-
-
-def client_for(host: str, port: int, *, password: str, timeout: float) -> aioredis.Redis:
-    return aioredis.Redis(
-        host=host,
-        port=port,
-        password=password or None,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        max_connections=64,
-        health_check_interval=30,
-    )

@@ -1,0 +1,58 @@
+"""The baseline Envoys: the fixed-response upstream and a plain router-only proxy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Template
+
+from crosslogic.stack import envoy_binary, free_port, http_ok, wait_until
+from crosslogic.supervisor import Supervisor, base_env
+
+HERE = Path(__file__).resolve().parent
+
+
+class BaselineEnvoys:
+    """Starts Envoy processes from this folder's templates on free ports; ``stop`` ends all."""
+
+    def __init__(self, work_dir: Path, *, concurrency: int) -> None:
+        self.work_dir = work_dir
+        self.concurrency = concurrency
+        self.supervisor = Supervisor(work_dir / "logs")
+
+    def start(self, name: str, template: str, **values: int) -> int:
+        """Render ``template`` with a free PORT and ADMIN_PORT, start it, return its PORT."""
+        port, admin_port = free_port(), free_port()
+        text = Template((HERE / template).read_text()).substitute(
+            {"PORT": port, "ADMIN_PORT": admin_port, **values}
+        )
+        config = self.work_dir / f"{name}.yaml"
+        config.write_text(text)
+        self.supervisor.spawn(
+            name,
+            [
+                envoy_binary(),
+                "-c",
+                str(config),
+                "--concurrency",
+                str(self.concurrency),
+                "--disable-hot-restart",
+                "--log-level",
+                "warning",
+            ],
+            env=base_env(),
+        )
+        wait_until(
+            f"Envoy {name}",
+            lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"),
+            check=self.supervisor.check,
+        )
+        return port
+
+    def start_upstream(self) -> int:
+        return self.start("upstream", "upstream.yaml")
+
+    def start_plain(self, *, upstream_port: int) -> int:
+        return self.start("plain-envoy", "plain-envoy.yaml", UPSTREAM_PORT=upstream_port)
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()

@@ -1,0 +1,183 @@
+"""The full system under test: a :class:`Stack` whose only node is the benchmark upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from crosslogic.db.connection import connect
+from crosslogic.extauthz import provisioning
+from crosslogic.settings import Settings
+from crosslogic.stack import Stack, free_port, wait_until
+
+log = logging.getLogger(__name__)
+
+NODE_ID = "bench-upstream"
+# evaluated on every request, never refusing one: the limiter's cost without its 429s
+BENCH_KEY_RPM = 1_000_000_000
+
+
+def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        reply: dict[str, Any] = json.load(response)
+    return reply
+
+
+class Heartbeat(threading.Thread):
+    """Registers a node and heartbeats it every second, registering again if forgotten."""
+
+    def __init__(self, admin_url: str, *, registration: dict[str, Any]) -> None:
+        super().__init__(name="bench-heartbeat", daemon=True)
+        self.admin_url = admin_url
+        self.registration = registration
+        self.stopping = threading.Event()
+
+    def register(self) -> None:
+        post_json(f"{self.admin_url}/admin/nodes/register", self.registration)
+
+    def beat(self) -> None:
+        try:
+            post_json(f"{self.admin_url}/admin/nodes/{self.registration['node_id']}/heartbeat", {})
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+            self.register()  # the registry declared the node dead: come back
+
+    def run(self) -> None:
+        while not self.stopping.wait(1.0):
+            try:
+                self.beat()
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(5)
+
+
+def bench_settings(data_dir: Path, *, envoy_concurrency: int) -> Settings:
+    return Settings(
+        server_port=free_port(),
+        prometheus_port=free_port(),
+        extauthz_port=free_port(),
+        ratelimit_port=free_port(),
+        xds_port=free_port(),
+        envoy_port=free_port(),
+        envoy_admin_port=free_port(),
+        redis_port=free_port(),
+        data_dir=data_dir,
+        envoy_concurrency=envoy_concurrency,
+    )
+
+
+class Gateway:
+    """Starts the stack with no simulated node, registers ``upstream_port`` as the model's node
+    and creates an API key with a limit that is never reached; ``stop`` undoes everything."""
+
+    def __init__(self, data_dir: Path, *, envoy_concurrency: int) -> None:
+        self.stack = Stack(bench_settings(data_dir, envoy_concurrency=envoy_concurrency), nodes=0)
+        self.heartbeat: Heartbeat | None = None
+        self.api_key = ""
+        self.api_key_id = ""
+
+    @property
+    def url(self) -> str:
+        return f"{self.stack.base_url}/chat/completions"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.stack.admin_url}/metrics"
+
+    def start(self, *, upstream_port: int) -> None:
+        self.stack.start()
+        self.heartbeat = Heartbeat(
+            self.stack.admin_url,
+            registration={
+                "node_id": NODE_ID,
+                "model": self.stack.model,
+                "address": "127.0.0.1",
+                "port": upstream_port,
+            },
+        )
+        self.heartbeat.register()
+        self.heartbeat.start()
+        wait_until(
+            "the benchmark upstream to be a healthy node in Envoy",
+            lambda: self.stack.healthy_nodes() == 1,
+            timeout=30,
+            check=self.stack.supervisor.check,
+        )
+        self.api_key, self.api_key_id = asyncio.run(self._create_key())
+
+    async def _create_key(self) -> tuple[str, str]:
+        demo = self.stack.demo
+        assert demo is not None  # set by Stack.start
+        conn = await connect(self.stack.settings)
+        try:
+            key = await provisioning.create_key(
+                conn,
+                tenant_id=demo.tenant_id,
+                environment_id=demo.environment_id,
+                name="bench",
+                rate_limit_rpm=BENCH_KEY_RPM,
+            )
+        finally:
+            await conn.close()
+        return key.plaintext, key.api_key_id
+
+    async def _usage_records(self) -> tuple[int, int]:
+        conn = await connect(self.stack.settings)
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS rows, count(*) FILTER (WHERE prompt_tokens = 5 AND "
+                "completion_tokens = 16) AS exact FROM usage_records WHERE api_key_id = $1",
+                self.api_key_id,
+            )
+        finally:
+            await conn.close()
+        return int(row["rows"]), int(row["exact"])
+
+    def ratelimit_failures(self) -> int:
+        """Rate-limit calls Envoy gave up on (error or timeout) since it started. The filter
+        fails open, so those requests passed without their limit being evaluated."""
+        pattern = urllib.parse.quote(r"\.ratelimit\.error$")
+        url = f"{self.stack.envoy_admin_url}/stats?format=json&filter={pattern}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            stats = json.load(response).get("stats", [])
+        return sum(int(s.get("value", 0)) for s in stats)
+
+    def wait_for_billing(self, expected: int, *, timeout: float = 20.0) -> tuple[int, int]:
+        """The bench key's usage_records count, and how many of them carry the upstream's
+        token counts (5 + 16), once the count reached ``expected`` and stopped growing for
+        2 s (requests in flight when wrk stopped are billed too), or when time is up."""
+        deadline = time.monotonic() + timeout
+        last, stable_since = -1, time.monotonic()
+        while True:
+            rows, exact = asyncio.run(self._usage_records())
+            now = time.monotonic()
+            if rows != last:
+                last, stable_since = rows, now
+            # the access log is flushed every 0.5 s and billing polls it every 0.25 s
+            if (rows >= expected and now - stable_since >= 2.0) or now > deadline:
+                return rows, exact
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+        self.stack.stop()

@@ -1,0 +1,177 @@
+"""One benchmark run: (a) the upstream alone, (b) plain Envoy, (c) the whole gateway."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.envoys import BaselineEnvoys
+from bench.gateway import Gateway
+from bench.histogram import scrape
+from bench.report import (
+    Billing,
+    GatewayRun,
+    ServiceLatency,
+    Target,
+    comparison,
+    line,
+    machine_note,
+    markdown,
+)
+from bench.wrk import Load, WrkResult, measure, run_wrk
+
+CHAT = "/v1/chat/completions"
+AUTHZ_HISTOGRAM = "crosslogic_authz_check_seconds"
+RATELIMIT_HISTOGRAM = "crosslogic_ratelimit_decision_seconds"
+
+
+def announce(text: str) -> None:
+    print(text, flush=True)
+
+
+def check_errors(label: str, result: WrkResult) -> None:
+    if result.status_errors or result.socket_errors:
+        announce(
+            f"WARNING: {label}: {result.status_errors:,} responses with status >= 400 and "
+            f"{result.socket_errors:,} socket errors/timeouts (expected 0)"
+        )
+
+
+def run_gateway(gateway: Gateway, *, load: Load) -> GatewayRun:
+    auth = f"Bearer {gateway.api_key}"
+    completed, runs = 0, 1
+    if load.warmup_s > 0:
+        runs += 1
+        warmup = run_wrk(gateway.url, load=load, duration_s=load.warmup_s, authorization=auth)
+        completed += warmup.requests
+    before, failures_before = scrape(gateway.metrics_url), gateway.ratelimit_failures()
+    result = run_wrk(gateway.url, load=load, duration_s=load.duration_s, authorization=auth)
+    after, failures_after = scrape(gateway.metrics_url), gateway.ratelimit_failures()
+    completed += result.requests
+    services = [
+        ServiceLatency(
+            f"ext_authz check (`{AUTHZ_HISTOGRAM}`)",
+            after[AUTHZ_HISTOGRAM].minus(before[AUTHZ_HISTOGRAM]),
+        ),
+        ServiceLatency(
+            f"rate-limit decision (`{RATELIMIT_HISTOGRAM}`)",
+            after[RATELIMIT_HISTOGRAM].minus(before[RATELIMIT_HISTOGRAM]),
+        ),
+    ]
+    announce(f"waiting up to 20 s for billing to record {completed:,} requests...")
+    recorded, exact = gateway.wait_for_billing(completed)
+    billing = Billing(
+        completed=completed, in_flight=load.connections * runs, recorded=recorded, exact=exact
+    )
+    return GatewayRun(
+        target=Target("(c) CrossLogic gateway → upstream", result),
+        services=services,
+        billing=billing,
+        ratelimit_failed_open=failures_after - failures_before,
+    )
+
+
+def run_baseline(label: str, url: str, *, load: Load) -> Target:
+    target = Target(label, measure(url, load=load))
+    announce(line(target))
+    check_errors(label, target.result)
+    return target
+
+
+def print_results(a: Target, b: Target, gateway: GatewayRun, *, note: str) -> None:
+    c, billing = gateway.target, gateway.billing
+    announce(line(c))
+    check_errors(c.label, c.result)
+    for text in comparison(a, b, c):
+        announce(text)
+    for s in gateway.services:
+        announce(
+            f"{s.label}: p50 {s.cell(0.5)}, p99 {s.cell(0.99)} ({s.histogram.count:,.0f} samples)"
+        )
+    if gateway.ratelimit_failed_open:
+        announce(
+            f"WARNING: {gateway.ratelimit_failed_open:,} rate-limit calls failed or timed "
+            "out and were let through unlimited (Envoy's ratelimit.error)"
+        )
+    announce(f"billing: {billing.summary()}")
+    if not billing.consistent:
+        announce("WARNING: billing is missing requests, miscounted tokens or has extra rows")
+    announce("\n" + markdown(a, b, gateway, note=note))
+
+
+def run(load: Load, *, envoy_concurrency: int) -> None:
+    """Everything started here is stopped before returning, also on error or Ctrl-C. The work
+    directory (configs, logs, the database) is removed, unless an error happened: then it is
+    kept for diagnosis and its path printed."""
+    # short: PostgreSQL's Unix socket lives below it and socket paths are limited to ~107 bytes
+    work_dir = Path(tempfile.mkdtemp(prefix="clb-", dir="/tmp"))
+    envoys = BaselineEnvoys(work_dir, concurrency=envoy_concurrency)
+    gateway = Gateway(work_dir / "stack", envoy_concurrency=envoy_concurrency)
+    failed = False
+
+    def tidy() -> None:
+        if failed:
+            announce(f"logs and configs kept in {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    with ExitStack() as cleanup:  # every callback runs, even after one raised
+        cleanup.callback(tidy)
+        cleanup.callback(envoys.stop)
+        cleanup.callback(gateway.stop)
+        try:
+            run_targets(load, envoys=envoys, gateway=gateway, envoy_concurrency=envoy_concurrency)
+        except Exception:
+            failed = True
+            raise
+
+
+def run_targets(
+    load: Load, *, envoys: BaselineEnvoys, gateway: Gateway, envoy_concurrency: int
+) -> None:
+    note = machine_note(load, envoy_concurrency=envoy_concurrency)
+    announce(note)
+    upstream_port = envoys.start_upstream()
+    plain_port = envoys.start_plain(upstream_port=upstream_port)
+    announce("(a) loading the fixed-response upstream directly...")
+    a = run_baseline(
+        "(a) upstream (fixed-response Envoy)", f"http://127.0.0.1:{upstream_port}{CHAT}", load=load
+    )
+    announce("(b) loading a plain Envoy (router only) in front of it...")
+    b = run_baseline(
+        "(b) plain Envoy (router only) → upstream",
+        f"http://127.0.0.1:{plain_port}{CHAT}",
+        load=load,
+    )
+    announce("(c) starting the whole system (PostgreSQL, Redis, services, Envoy)...")
+    gateway.start(upstream_port=upstream_port)
+    announce("(c) loading the gateway with an API key whose rate limit is never reached...")
+    print_results(a, b, run_gateway(gateway, load=load), note=note)
+    unloaded_latency(
+        {
+            "(a) upstream": f"http://127.0.0.1:{upstream_port}{CHAT}",
+            "(b) plain Envoy": f"http://127.0.0.1:{plain_port}{CHAT}",
+            "(c) gateway": gateway.url,
+        },
+        authorization=f"Bearer {gateway.api_key}",
+        duration_s=max(2, load.duration_s // 2),
+    )
+
+
+def unloaded_latency(urls: dict[str, str], *, authorization: str, duration_s: int) -> None:
+    """Latency with one connection, one request at a time: what each hop adds when nothing
+    queues (the throughput runs above measure saturation, where queueing dominates)."""
+    single = Load(connections=1, threads=1, duration_s=duration_s, warmup_s=1)
+    announce(f"\nunloaded latency: 1 connection, sequential requests, {duration_s} s each")
+    results = {
+        label: measure(url, load=single, authorization=authorization) for label, url in urls.items()
+    }
+    rows = ["| target | p50 | p99 | p50 added |", "| --- | ---: | ---: | ---: |"]
+    previous: WrkResult | None = None
+    for label, result in results.items():
+        added = "—" if previous is None else f"+{result.p50_ms - previous.p50_ms:.2f} ms"
+        rows.append(f"| {label} | {result.p50_ms:.2f} ms | {result.p99_ms:.2f} ms | {added} |")
+        previous = result
+    announce("\n".join(rows))

@@ -1,0 +1,118 @@
+"""A lean Redis client for the per-request path: one connection, commands pipelined.
+
+redis-py's asyncio client costs more Python per command than the whole limit decision (pool
+checkout, command objects, parsing). Here a call writes its command and awaits its reply,
+which arrives in order on the one connection; hiredis (C) parses. Replies to calls that timed
+out are read and dropped, so the order never slips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+from typing import Any
+
+import hiredis
+
+
+class RedisUnavailable(RuntimeError):
+    """No connection, a timeout, or an error reply we cannot act on."""
+
+
+def encode(*args: str | bytes | int) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.reader = hiredis.Reader()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            future = self.pending.popleft()
+            if not future.done():  # its caller may have timed out already
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(RedisUnavailable(f"connection lost: {exc}"))
+
+
+class PipelinedRedis:
+    """Redis commands over one pipelined connection, reconnecting on demand."""
+
+    def __init__(self, host: str, port: int, *, password: str = "", timeout: float) -> None:
+        self._host, self._port, self._password = host, port, password
+        self._timeout = timeout
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connection(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            current = self._conn
+            if current is not None and not current.closed:
+                return current
+            loop = asyncio.get_running_loop()
+            try:
+                _, fresh = await asyncio.wait_for(
+                    loop.create_connection(_Connection, self._host, self._port), self._timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                raise RedisUnavailable(f"cannot connect to {self._host}:{self._port}") from exc
+            self._conn = fresh
+            if self._password:
+                await self.call("AUTH", self._password)
+            return fresh
+
+    async def call(self, *args: str | bytes | int) -> Any:
+        conn = await self._connection()
+        assert conn.transport is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conn.pending.append(future)
+        conn.transport.write(encode(*args))
+        try:
+            reply = await asyncio.wait_for(future, self._timeout)
+        except TimeoutError as exc:
+            raise RedisUnavailable(f"no reply within {self._timeout * 1000:.0f} ms") from exc
+        if isinstance(reply, hiredis.ReplyError):
+            raise reply
+        return reply
+
+    async def eval_script(self, script: str, keys: list[str], args: list[int]) -> Any:
+        """EVALSHA, loading the script once when Redis does not know it (NOSCRIPT)."""
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except hiredis.ReplyError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise RedisUnavailable(f"script failed: {exc}") from exc
+        await self.call("SCRIPT", "LOAD", script)
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except hiredis.ReplyError as exc:
+            raise RedisUnavailable(f"script failed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.close()
