@@ -25,12 +25,12 @@ NODE_ID = "bench-upstream"
 BENCH_KEY_RPM = 1_000_000_000
 
 
-def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def post_json(url: str, body: dict[str, Any], *, token: str) -> dict[str, Any]:
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         reply: dict[str, Any] = json.load(response)
@@ -40,18 +40,20 @@ def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 class Heartbeat(threading.Thread):
     """Registers a node and heartbeats it every second, registering again if forgotten."""
 
-    def __init__(self, admin_url: str, *, registration: dict[str, Any]) -> None:
+    def __init__(self, admin_url: str, *, token: str, registration: dict[str, Any]) -> None:
         super().__init__(name="bench-heartbeat", daemon=True)
         self.admin_url = admin_url
+        self.token = token
         self.registration = registration
         self.stopping = threading.Event()
 
     def register(self) -> None:
-        post_json(f"{self.admin_url}/admin/nodes/register", self.registration)
+        post_json(f"{self.admin_url}/admin/nodes/register", self.registration, token=self.token)
 
     def beat(self) -> None:
         try:
-            post_json(f"{self.admin_url}/admin/nodes/{self.registration['node_id']}/heartbeat", {})
+            node = self.registration["node_id"]
+            post_json(f"{self.admin_url}/admin/nodes/{node}/heartbeat", {}, token=self.token)
         except urllib.error.HTTPError as exc:
             if exc.code != 404:
                 raise
@@ -106,6 +108,7 @@ class Gateway:
         self.stack.start()
         self.heartbeat = Heartbeat(
             self.stack.admin_url,
+            token=self.stack.settings.admin_token,
             registration={
                 "node_id": NODE_ID,
                 "model": self.stack.model,

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from crosslogic.accounts import cli as accounts_cli
 from crosslogic.demo import Demo, client_lines
 from crosslogic.settings import Settings, SettingsError, from_environ
 
@@ -50,6 +51,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics\n"
         )
         print("\n".join(client_lines(stack.base_url, stack.demo)))
+        print(f"ADMIN_TOKEN={stack.settings.admin_token}")
         print("\nPress Ctrl-C to stop everything.", flush=True)
         _wait_for_signal(stack.supervisor.check)
     finally:
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "node", help="run a simulated GPU node (see `crosslogic node --help`)", add_help=False
     )
+    accounts_cli.add_parsers(sub)
     return parser
 
 
@@ -203,4 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command in accounts_cli.COMMANDS:
+        return accounts_cli.run(settings, args)
     return COMMANDS[args.command](settings, args)

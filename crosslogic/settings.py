@@ -69,6 +69,8 @@ class Settings:
     data_dir: Path = Path(".crosslogic")
     access_log_path: Path | None = None  # None: <data_dir>/access.log
     key_cache_ttl: float = 60.0
+    key_stale_for: float = 300.0  # Postgres down: verified keys keep working this long
+    key_last_used_flush: float = 30.0  # how often api_keys.last_used_at is written
     default_key_rpm: int = 600
     node_heartbeat_interval: float = 2.0
     node_heartbeat_timeout: float = 10.0
@@ -153,6 +155,8 @@ def load(env: Mapping[str, str]) -> Settings:
         data_dir=Path(env.get("DATA_DIR", str(d.data_dir))),
         access_log_path=Path(p) if (p := _opt(env, "ACCESS_LOG_PATH")) else None,
         key_cache_ttl=_duration(env, "KEY_CACHE_TTL", d.key_cache_ttl),
+        key_stale_for=_duration(env, "KEY_STALE_FOR", d.key_stale_for),
+        key_last_used_flush=_duration(env, "KEY_LAST_USED_FLUSH", d.key_last_used_flush),
         default_key_rpm=_int(env, "DEFAULT_KEY_RPM", d.default_key_rpm, low=1, high=10**9),
         node_heartbeat_interval=_duration(
             env, "NODE_HEARTBEAT_INTERVAL", d.node_heartbeat_interval
@@ -205,6 +209,8 @@ def to_env(settings: Settings) -> dict[str, str]:
         "DATA_DIR": settings.data_dir,
         "ACCESS_LOG_PATH": settings.access_log_path or "",
         "KEY_CACHE_TTL": settings.key_cache_ttl,
+        "KEY_STALE_FOR": settings.key_stale_for,
+        "KEY_LAST_USED_FLUSH": settings.key_last_used_flush,
         "DEFAULT_KEY_RPM": settings.default_key_rpm,
         "NODE_HEARTBEAT_INTERVAL": settings.node_heartbeat_interval,
         "NODE_HEARTBEAT_TIMEOUT": settings.node_heartbeat_timeout,

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -83,6 +84,8 @@ class Stack:
         model: str = DEMO_MODEL,
         log_to_files: bool = True,
     ) -> None:
+        if not settings.admin_token:  # the admin API is locked without one: make one up
+            settings = settings.with_overrides(admin_token=secrets.token_urlsafe(24))
         self.settings = settings
         self.node_count = nodes
         self.model = model

@@ -39,6 +39,7 @@ def stack_settings(data_dir: Path) -> Settings:
         extauthz_workers=2,
         ratelimit_workers=2,
         envoy_concurrency=2,
+        key_last_used_flush=0.5,
         node_heartbeat_interval=0.5,
         node_heartbeat_timeout=3.0,
         xds_poll_interval=0.5,

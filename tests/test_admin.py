@@ -14,13 +14,15 @@ from crosslogic.db.migrate import migrate
 from crosslogic.stack import Stack
 
 
-def call(url: str, body: object = None) -> tuple[int, dict[str, object]]:
+def call(
+    url: str, body: object = None, *, token: str | None = None, method: str | None = None
+) -> tuple[int, dict[str, object]]:
     data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        url,
-        data=data,
-        method="POST" if data else "GET",
-        headers={"Content-Type": "application/json"},
+        url, data=data, method=method or ("POST" if data else "GET"), headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
@@ -46,13 +48,17 @@ def test_health_and_ready(stack: Stack) -> None:
     ],
 )
 def test_bad_registrations_are_refused_clearly(stack: Stack, body: object, param: str) -> None:
-    status, reply = call(f"{stack.admin_url}/admin/nodes/register", body)
+    status, reply = call(
+        f"{stack.admin_url}/admin/nodes/register", body, token=stack.settings.admin_token
+    )
     assert status in (400, 404)
     assert reply["error"]["param"] == param  # type: ignore[index]
 
 
 def test_heartbeat_of_unknown_node_asks_it_to_register(stack: Stack) -> None:
-    status, reply = call(f"{stack.admin_url}/admin/nodes/ghost/heartbeat", {})
+    status, reply = call(
+        f"{stack.admin_url}/admin/nodes/ghost/heartbeat", {}, token=stack.settings.admin_token
+    )
     assert status == 404 and reply["error"]["code"] == "node_not_found"  # type: ignore[index]
 
 
@@ -70,3 +76,10 @@ def test_migrate_twice_is_a_no_op(stack: Stack) -> None:
             await conn.close()
 
     assert asyncio.run(go()) == []
+
+
+def test_admin_needs_the_operator_token(stack: Stack) -> None:
+    assert stack.demo is not None
+    for token in (None, "wrong", stack.demo.api_key):  # a tenant key is not an operator token
+        status, reply = call(f"{stack.admin_url}/admin/nodes", token=token)
+        assert status == 401 and reply["error"]["code"] == "invalid_admin_token"  # type: ignore[index]

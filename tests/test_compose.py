@@ -40,7 +40,9 @@ KNOWN_ENV = frozenset(to_env(Settings())) | frozenset(EXTRA_ENV)
 NODE_ENV = frozenset({"ADMIN_TOKEN"})
 
 _VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_]\w*))")
-_BRACED = re.compile(r"^(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?-)(?P<default>.*))?$", re.DOTALL)
+_BRACED = re.compile(r"^(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<default>.*))?$", re.DOTALL)
+# Secrets have no default: Compose refuses to start without them (``${NAME:?message}``).
+REQUIRED = {"ADMIN_TOKEN": "operator-token-for-tests"}
 
 
 # --- reading the compose file the way Compose does -----------------------------------------
@@ -68,6 +70,8 @@ def interpolate(value: Any, env: Mapping[str, str]) -> Any:
             return str(default)
         if op == "-" and name not in env:
             return str(default)
+        if op == ":?" and not env.get(name):
+            raise AssertionError(f"{name} is required: {default}")
         return env.get(name, "")
 
     return _VARIABLE.sub(substitute, value)
@@ -83,7 +87,7 @@ def raw() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def compose(raw: dict[str, Any]) -> dict[str, Any]:
     """The model Compose builds with no variables set: every default applies."""
-    result = interpolate(raw, {})
+    result = interpolate(raw, REQUIRED)
     assert isinstance(result, dict)
     return result
 
@@ -239,13 +243,16 @@ def test_compose_file_matches_the_compose_specification(compose: dict[str, Any])
 
 
 def test_interpolation_has_defaults_for_every_variable(raw: dict[str, Any]) -> None:
-    """``docker compose up`` works with nothing exported: every variable has a default."""
+    """``docker compose up`` works with nothing exported but the secrets it names."""
     text = COMPOSE_FILE.read_text()
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     for match in _VARIABLE.finditer(body):
         if match["escaped"]:
             continue
         expr = _BRACED.match(match["braced"] or "")
+        if expr and expr["op"] == ":?":
+            assert expr["name"] in REQUIRED, f"{match[0]} is required but not a known secret"
+            continue
         assert expr and expr["op"] == ":-", f"{match[0]} has no default (use ${{NAME:-default}})"
 
 

@@ -19,7 +19,11 @@ MODEL = "demo-llama"
 
 def node_generated_tokens(stack: Stack) -> dict[str, float]:
     """vllm:generation_tokens_total per live node, read from each node's /metrics."""
-    with urllib.request.urlopen(f"{stack.admin_url}/admin/nodes", timeout=5) as r:
+    request = urllib.request.Request(
+        f"{stack.admin_url}/admin/nodes",
+        headers={"Authorization": f"Bearer {stack.settings.admin_token}"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
         nodes = [n for n in json.load(r)["nodes"] if n["live"]]
     totals = {}
     for node in nodes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -46,20 +47,20 @@ async def read_json(request: web.Request) -> Any:
 
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[SETTINGS].admin_token
-    if (
-        token
-        and request.path.startswith("/admin/")
-        and request.headers.get("Authorization", "") != f"Bearer {token}"
-    ):
-        return error_response(
-            ApiError(
-                401,
-                "Missing or wrong operator token.",
-                "invalid_request_error",
-                "invalid_admin_token",
+    """/admin/* needs the operator token (never a tenant key); without one configured, the
+    admin API stays locked rather than open."""
+    if request.path.startswith("/admin/") and request.path != "/admin/openapi.json":
+        token = request.app[SETTINGS].admin_token
+        sent = request.headers.get("Authorization", "")
+        if not token or not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            message = (
+                "Missing or wrong operator token (ADMIN_TOKEN)."
+                if token
+                else "The admin API is locked: set ADMIN_TOKEN."
             )
-        )
+            return error_response(
+                ApiError(401, message, "invalid_request_error", "invalid_admin_token")
+            )
     return await handler(request)
 
 
@@ -199,4 +200,8 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/admin/nodes", list_nodes)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", list_models)
+    from crosslogic.admin import accounts, openapi  # they import this module: registered late
+
+    accounts.add_routes(app)
+    openapi.add_route(app)
     return app

@@ -52,7 +52,7 @@ def parse_registration(body: Any) -> Registration | ApiError:
     if (error := _unknown(body, _REGISTER_FIELDS)) is not None:
         return error
     node_id = body.get("node_id") or f"node-{secrets.token_hex(6)}"
-    if not isinstance(node_id, str) or not _NODE_ID.match(node_id):
+    if not isinstance(node_id, str) or not _NODE_ID.fullmatch(node_id):
         return invalid_request("'node_id' must match [A-Za-z0-9_.-]{1,128}", param="node_id")
     port = body.get("port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:

@@ -9,6 +9,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from crosslogic.db.connection import create_pool
+from crosslogic.extauthz.invalidation import flush_last_used, follow_changes
 from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics, refresh_catalog
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
@@ -18,21 +19,30 @@ from crosslogic.settings import Settings
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
     pool = await create_pool(settings, min_size=1, max_size=4)
     store = PostgresKeys(pool)
+    cache = KeyCache(store.fetch_key, ttl=settings.key_cache_ttl, stale_for=settings.key_stale_for)
     service = AuthorizationService(
-        cache=KeyCache(store.fetch_key, ttl=settings.key_cache_ttl),
-        metrics=AuthzMetrics(registry),
-        default_rpm=settings.default_key_rpm,
+        cache=cache, metrics=AuthzMetrics(registry), default_rpm=settings.default_key_rpm
     )
     service.catalog = await store.fetch_catalog()
-    refresher = asyncio.create_task(refresh_catalog(service, store, every=2.0))
+    tasks = (
+        asyncio.create_task(refresh_catalog(service, store, every=2.0), name="catalog"),
+        asyncio.create_task(follow_changes(settings, cache), name="key-changes"),
+        asyncio.create_task(
+            flush_last_used(cache, store, every=settings.key_last_used_flush), name="last-used"
+        ),
+    )
     server = new_server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     try:
         await serve_until_signalled(
-            server, host=settings.server_host, port=settings.extauthz_port, tasks=(refresher,)
+            server, host=settings.server_host, port=settings.extauthz_port, tasks=tasks
         )
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # the last uses of this process's life are not lost on a clean stop
+        with contextlib.suppress(Exception):
+            await store.record_last_used(cache.take_used())
         await pool.close()

@@ -169,6 +169,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         if isinstance(decision, ApiError):
             log.debug("denied key %s: %s", record.key_id, decision.code)
             return decision.code or decision.type, denied(decision)
+        self._cache.touch(record.api_key_id, at=time.time())
         cache_key = (record, decision.model, decision.force_include_usage, decision.stream)
         response = self._responses.get(cache_key)
         if response is None:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -64,8 +65,39 @@ class KeyCache:
         self._clock = clock
         self._entries: dict[bytes, _Entry] = {}
         self._inflight: dict[bytes, asyncio.Future[KeyRecord | None]] = {}
-        self.hits = 0
-        self.misses = 0
+        # bumped by every invalidation: a fetch that started before one must not be cached
+        self._generation = 0
+        self._used: dict[str, float] = {}
+
+    def invalidate(self, *, kind: str, ident: str) -> int:
+        """Forget what we know about one key, environment or tenant; returns entries dropped."""
+        self._generation += 1
+        field = {"key": "api_key_id", "environment": "environment_id", "tenant": "tenant_id"}
+        attribute = field.get(kind)
+        if attribute is None:  # unknown kind: be safe, forget everything
+            return self.clear()
+        stale = [
+            h
+            for h, e in self._entries.items()
+            if e.record is not None and getattr(e.record, attribute) == ident
+        ]
+        for key_hash in stale:
+            del self._entries[key_hash]
+        return len(stale)
+
+    def clear(self) -> int:
+        self._generation += 1
+        dropped = len(self._entries)
+        self._entries.clear()
+        return dropped
+
+    def touch(self, api_key_id: str, *, at: float) -> None:
+        """Remember that a key was used: flushed to ``last_used_at`` in batches, not per request."""
+        self._used[api_key_id] = at
+
+    def take_used(self) -> dict[str, float]:
+        used, self._used = self._used, {}
+        return used
 
     def cached(self, key_hash: bytes) -> _Entry | None:
         """The entry if still fresh: the fast path, no await."""
@@ -78,9 +110,7 @@ class KeyCache:
     async def get(self, key_hash: bytes) -> KeyRecord | None:
         entry = self.cached(key_hash)
         if entry is not None:
-            self.hits += 1
             return entry.record
-        self.misses += 1
         pending = self._inflight.get(key_hash)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -98,6 +128,7 @@ class KeyCache:
             del self._inflight[key_hash]
 
     async def _load(self, key_hash: bytes) -> KeyRecord | None:
+        generation = self._generation
         try:
             record = await self._fetch(key_hash)
         except DatabaseUnavailable:
@@ -112,7 +143,8 @@ class KeyCache:
                 )
                 return stale.record
             raise
-        self._entries[key_hash] = _Entry(record, self._clock())
+        if generation == self._generation:
+            self._entries[key_hash] = _Entry(record, self._clock())
         return record
 
 
@@ -142,6 +174,22 @@ class PostgresKeys:
             allowed_models=frozenset(allowed) if allowed is not None else None,
             rate_limit_rpm=row["rate_limit_rpm"],
         )
+
+    async def record_last_used(self, used: dict[str, float]) -> None:
+        """One statement for every key used since the last flush."""
+        if not used:
+            return
+        ids = list(used)
+        times = [datetime.fromtimestamp(used[i], UTC) for i in ids]
+        try:
+            await self._pool.execute(
+                "UPDATE api_keys SET last_used_at = GREATEST(coalesce(last_used_at, u.t), u.t) "
+                "FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, t) WHERE api_keys.id = u.id",
+                ids,
+                times,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
 
     async def fetch_catalog(self) -> dict[str, Model]:
         try:

@@ -97,6 +97,12 @@ class _Metrics:
             ["endpoint", "code"],
             registry=registry,
         )
+        # a gateway in front must never pass the client's key or its own routing headers
+        self.leaked_headers = Counter(
+            "crosslogic_node_requests_with_gateway_headers",
+            "Inference requests that arrived with an Authorization or x-crosslogic-* header.",
+            registry=registry,
+        )
         self.running = Gauge(
             "vllm:num_requests_running",
             "Requests being generated.",
@@ -184,6 +190,11 @@ def _endpoint(name: str, handler: _Handler) -> _Handler:
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         metrics = request.app[NODE_STATE].metrics
+        if any(
+            h == "authorization" or h.startswith("x-crosslogic-")
+            for h in map(str.lower, request.headers)
+        ):
+            metrics.leaked_headers.inc()
         try:
             response = await handler(request)
         except RequestError as exc:

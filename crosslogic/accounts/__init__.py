@@ -1,0 +1,1 @@
+"""Tenants, environments and API keys: operator operations, validated and audited."""

@@ -1,0 +1,69 @@
+"""Keeping each ext_authz process's cache honest without a database read per request.
+
+Changes arrive by LISTEN on the channel the account operations NOTIFY (milliseconds after
+the change commits). A dropped listener connection may have missed notifications, so every
+(re)connect clears the cache. Key usage goes back to Postgres in one batched UPDATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import asyncpg
+
+from crosslogic.accounts.operations import CHANNEL
+from crosslogic.db.connection import DatabaseUnavailable, connect
+from crosslogic.extauthz.store import KeyCache, PostgresKeys
+from crosslogic.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def apply(cache: KeyCache, payload: str) -> None:
+    try:
+        change = json.loads(payload)
+        kind, ident = str(change["kind"]), str(change["id"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("unreadable change notification %r: clearing the key cache", payload)
+        cache.clear()
+        return
+    dropped = cache.invalidate(kind=kind, ident=ident)
+    log.info("%s %s changed: dropped %d cached key(s)", kind, ident, dropped)
+
+
+async def follow_changes(settings: Settings, cache: KeyCache, *, probe_every: float = 1.0) -> None:
+    while True:
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await connect(settings)
+            await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: apply(cache, payload))
+            cache.clear()  # whatever changed while nobody was listening
+            while True:  # a dead connection delivers nothing: notice it
+                await asyncio.sleep(probe_every)
+                await conn.fetchval("SELECT 1")
+        except (
+            DatabaseUnavailable,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            TimeoutError,
+        ) as exc:
+            log.warning("change listener lost its database connection, retrying: %s", exc)
+        finally:
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+        await asyncio.sleep(1.0)
+
+
+async def flush_last_used(cache: KeyCache, store: PostgresKeys, *, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        used = cache.take_used()
+        try:
+            await store.record_last_used(used)
+        except DatabaseUnavailable as exc:
+            log.warning("could not record last use of %d key(s): %s", len(used), exc)
+            for api_key_id, at in used.items():  # keep them for the next flush
+                cache.touch(api_key_id, at=at)

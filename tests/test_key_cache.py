@@ -1,0 +1,114 @@
+"""KeyCache without a database: TTLs, stale serving when Postgres is down, invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from crosslogic.db.connection import DatabaseUnavailable
+from crosslogic.extauthz.decision import KeyRecord
+from crosslogic.extauthz.store import KeyCache
+
+
+def record(**changes: object) -> KeyRecord:
+    base: dict[str, object] = dict(
+        api_key_id="a",
+        key_id="k",
+        tenant_id="t",
+        environment_id="e",
+        key_status="active",
+        tenant_status="active",
+        environment_status="active",
+        expires_at=None,
+        allowed_models=None,
+        rate_limit_rpm=None,
+    )
+    base.update(changes)
+    return KeyRecord(**base)  # type: ignore[arg-type]
+
+
+class FakeDb:
+    def __init__(self) -> None:
+        self.rows: dict[bytes, KeyRecord] = {b"h": record()}
+        self.down = False
+        self.queries = 0
+
+    async def fetch(self, key_hash: bytes) -> KeyRecord | None:
+        self.queries += 1
+        await asyncio.sleep(0)
+        if self.down:
+            raise DatabaseUnavailable("down")
+        return self.rows.get(key_hash)
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make() -> tuple[KeyCache, FakeDb, Clock]:
+    db, clock = FakeDb(), Clock()
+    return KeyCache(db.fetch, ttl=60, negative_ttl=5, stale_for=300, clock=clock), db, clock
+
+
+def test_hits_misses_and_concurrent_misses_share_one_query() -> None:
+    async def go() -> None:
+        cache, db, clock = make()
+        results = await asyncio.gather(*(cache.get(b"h") for _ in range(10)))
+        assert all(r == record() for r in results) and db.queries == 1
+        assert await cache.get(b"unknown") is None and await cache.get(b"unknown") is None
+        assert db.queries == 2  # the unknown key was negatively cached
+        clock.now = 6
+        await cache.get(b"unknown")
+        assert db.queries == 3  # negative entries expire sooner
+        clock.now = 61
+        await cache.get(b"h")
+        assert db.queries == 4
+
+    asyncio.run(go())
+
+
+def test_database_down_keeps_verified_keys_for_a_bounded_time() -> None:
+    async def go() -> None:
+        cache, db, clock = make()
+        await cache.get(b"h")
+        db.down = True
+        clock.now = 100  # past the TTL: a refresh is attempted and fails
+        assert await cache.get(b"h") == record()
+        with pytest.raises(DatabaseUnavailable):
+            await cache.get(b"never-seen")
+        clock.now = 400  # past stale_for: refused too
+        with pytest.raises(DatabaseUnavailable):
+            await cache.get(b"h")
+
+    asyncio.run(go())
+
+
+def test_invalidation_by_key_environment_and_tenant() -> None:
+    async def go() -> None:
+        cache, db, _ = make()
+        db.rows[b"h2"] = record(api_key_id="b", environment_id="e2")
+        await cache.get(b"h")
+        await cache.get(b"h2")
+        assert cache.invalidate(kind="key", ident="a") == 1
+        assert cache.invalidate(kind="environment", ident="e2") == 1
+        await cache.get(b"h")
+        assert cache.invalidate(kind="tenant", ident="t") == 1
+        assert cache.invalidate(kind="mystery", ident="x") == 0  # clears everything
+
+    asyncio.run(go())
+
+
+def test_a_fetch_racing_an_invalidation_is_not_cached() -> None:
+    async def go() -> None:
+        cache, _, _ = make()
+        pending = asyncio.ensure_future(cache.get(b"h"))
+        await asyncio.sleep(0)  # the fetch has started and read the old row
+        cache.invalidate(kind="key", ident="a")
+        await pending
+        assert cache.cached(b"h") is None  # so the next request reads the new state
+
+    asyncio.run(go())
