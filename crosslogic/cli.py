@@ -13,6 +13,7 @@ from types import FrameType
 
 from crosslogic.accounts import cli as accounts_cli
 from crosslogic.demo import Demo, client_lines
+from crosslogic.ratelimit import cli as limits_cli
 from crosslogic.settings import Settings, SettingsError, from_environ
 
 SERVICE_NAMES = ("admin", "xds", "extauthz", "ratelimit", "billing")
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "node", help="run a simulated GPU node (see `crosslogic node --help`)", add_help=False
     )
     accounts_cli.add_parsers(sub)
+    limits_cli.add_parsers(sub)
     return parser
 
 
@@ -208,4 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command in accounts_cli.COMMANDS:
         return accounts_cli.run(settings, args)
+    if args.command in limits_cli.COMMANDS:
+        return limits_cli.run(settings, args)
     return COMMANDS[args.command](settings, args)

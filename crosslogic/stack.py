@@ -139,7 +139,7 @@ class Stack:
                 db_name=env["DB_NAME"],
             )
         if s.redis_host is None:
-            self.redis = embedded.start_redis(s.redis_port, log_path=self.data_dir / "redis.log")
+            self.start_redis()
             self.settings = s = s.with_overrides(redis_host="127.0.0.1")
         s.access_log.parent.mkdir(parents=True, exist_ok=True)
         s.access_log.touch()
@@ -149,6 +149,18 @@ class Stack:
         for i in range(self.node_count):
             self.start_node(f"{self.model}-{i + 1}")
         self.wait_healthy_nodes(self.node_count)
+
+    def start_redis(self) -> None:
+        """The embedded redis-server (also used by tests that restart it mid-flight)."""
+        self.redis = embedded.start_redis(
+            self.settings.redis_port, log_path=self.data_dir / "redis.log"
+        )
+
+    def stop_redis(self) -> None:
+        if self.redis is not None:
+            self.redis.kill()  # an outage, not a clean shutdown
+            self.redis.wait(5)
+            self.redis = None
 
     def _check_ports(self) -> None:
         s = self.settings
@@ -291,10 +303,7 @@ class Stack:
     def stop(self) -> None:
         self.supervisor.stop_all()
         self.nodes.clear()
-        if self.redis is not None:
-            self.redis.terminate()
-            self.redis.wait(5)
-            self.redis = None
+        self.stop_redis()
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None

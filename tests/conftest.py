@@ -69,6 +69,19 @@ def run_db(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
+def connect_and(stack: Stack, work: Any) -> Any:
+    """Run ``work(conn)`` (a coroutine function) on a fresh connection to the stack's DB."""
+
+    async def go() -> Any:
+        conn = await connect(stack.settings)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
 def new_key(stack: Stack, **options: Any) -> provisioning.CreatedKey:
     assert stack.demo is not None
 

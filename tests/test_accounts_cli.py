@@ -29,6 +29,7 @@ from crosslogic.admin.app import make_app
 from crosslogic.admin.registration import parse_heartbeat, parse_registration
 from crosslogic.cli import main
 from crosslogic.openai_errors import ApiError
+from crosslogic.ratelimit.config import parse_limit
 from crosslogic.settings import Settings, to_env
 from crosslogic.stack import Stack
 from tests.conftest import run_db
@@ -287,8 +288,10 @@ PARSERS: dict[str, Callable[[Any], object]] = {
     "KeyRotate": parse.grace_seconds,
     "NodeRegistration": parse_registration,
     "NodeHeartbeat": parse_heartbeat,
+    "LimitSet": parse_limit,
 }
 NODE = {"model": "m", "address": "10.0.0.1", "port": 8000}
+TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
 
 
 @pytest.mark.parametrize(
@@ -357,6 +360,36 @@ NODE = {"model": "m", "address": "10.0.0.1", "port": 8000}
         ("NodeHeartbeat", {"requests_waiting": -1}),
         ("NodeHeartbeat", {"requests_running": 1.5}),
         ("NodeHeartbeat", {"load": 1}),
+        ("LimitSet", TENANT_RPM),
+        ("LimitSet", {**TENANT_RPM, "layer": "tenant", "fail_mode": "closed"}),
+        ("LimitSet", {"scope": "global", "requests_per_second": 100}),
+        ("LimitSet", {"scope": "global", "subject": "", "layer": "global", "tokens_per_day": 1}),
+        ("LimitSet", {"scope": "global", "subject": "x", "requests_per_second": 1}),
+        ("LimitSet", {"scope": "global", "layer": "tenant", "requests_per_second": 1}),
+        ("LimitSet", {"scope": "plan", "subject": "pro", "layer": "key", "tokens_per_minute": 9}),
+        ("LimitSet", {"scope": "plan", "subject": "pro", "tokens_per_minute": 9}),
+        ("LimitSet", {"scope": "plan", "subject": "pro", "layer": "global", "tokens_per_day": 9}),
+        ("LimitSet", {"scope": "plan", "layer": "tenant", "tokens_per_day": 9}),
+        ("LimitSet", {"scope": "plan", "subject": "", "layer": "tenant", "tokens_per_day": 9}),
+        ("LimitSet", {"scope": "key", "subject": "k", "requests_per_second": 10**12}),
+        ("LimitSet", {"scope": "key", "subject": "k", "requests_per_second": 10**12 + 1}),
+        ("LimitSet", {"scope": "key", "subject": "s" * 200, "requests_per_second": 1}),
+        ("LimitSet", {"scope": "key", "subject": "s" * 201, "requests_per_second": 1}),
+        ("LimitSet", {"scope": "key", "requests_per_second": 1}),
+        ("LimitSet", {"scope": "key", "subject": None, "requests_per_second": 1}),
+        ("LimitSet", {"scope": "environment", "subject": "e", "layer": "key", "tokens_per_day": 1}),
+        ("LimitSet", {"scope": "environment", "subject": "e", "tokens_per_day": 1, "rpm": 1}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": 0}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": -5}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": "60"}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": True}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": None}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": None, "tokens_per_day": 5}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_second": None}),
+        ("LimitSet", {**TENANT_RPM, "fail_mode": "sometimes"}),
+        ("LimitSet", {**TENANT_RPM, "fail_mode": None}),
+        ("LimitSet", {**TENANT_RPM, "scope": "region"}),
+        ("LimitSet", {"subject": "t1", "requests_per_minute": 60}),
     ],
 )
 def test_request_schemas_agree_with_the_parsers(

@@ -45,7 +45,7 @@ def entry(stack: Stack, **changes: object) -> dict[str, object]:
 
 def test_parse_skips_what_is_not_billable() -> None:
     line = json.dumps({"request_id": "r", "api_key_id": None, "model_id": None}).encode()
-    assert parse(line) is None
+    assert parse(line) == (None, None)
     with pytest.raises(MalformedEntry):
         parse(b"not json")
 

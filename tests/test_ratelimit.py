@@ -1,11 +1,19 @@
-"""The limiter's pure parts, and gcra.lua against the session's real Redis."""
+"""The limiter: limit resolution, headers, and one behaviour suite run against gcra.lua on
+the session's real Redis and against the in-process fallback (LocalGcra)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Sequence
+
+import pytest
 import redis
 
+from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable, parse_limit
 from crosslogic.ratelimit.limiter import (
-    Descriptor,
+    Decision,
+    Limit,
+    LocalGcra,
     format_reset,
     interpret,
     limits_for,
@@ -14,51 +22,163 @@ from crosslogic.ratelimit.limiter import (
 from crosslogic.ratelimit.store import load_script
 from crosslogic.stack import Stack
 
+WHO = Identity(tenant_id="t1", environment_id="e1", api_key_id="k1", plan="pro")
 
-def test_limits_from_descriptors() -> None:
-    descriptors = [
-        Descriptor(entries=(("key", "abc"),), requests_per_unit=5, unit=2, hits_addend=None),
-        Descriptor(entries=(("other", "x"),), requests_per_unit=None, unit=None, hits_addend=None),
-        Descriptor(entries=(("tenant", "t"),), requests_per_unit=None, unit=None, hits_addend=0),
+
+def test_resolution_prefers_the_subject_then_the_plan_then_defaults() -> None:
+    table = LimitTable(
+        [
+            LimitRow("global", "", "global", requests_per_second=1000),
+            LimitRow("plan", "pro", "tenant", tokens_per_minute=50_000),
+            LimitRow("plan", "pro", "key", requests_per_minute=100),
+            LimitRow(
+                "environment", "e1", "environment", requests_per_minute=30, fail_mode="closed"
+            ),
+        ],
+        default_key_rpm=600,
+    )
+    layers = {x.layer: x for x in table.resolve(WHO)}
+    assert layers["global"].row.requests_per_second == 1000
+    assert layers["tenant"].row.tokens_per_minute == 50_000
+    assert layers["environment"].row.fail_mode == "closed"
+    assert layers["key"].row.requests_per_minute == 100
+    other_plan = table.resolve(Identity("t2", "e2", "k2", plan="free", key_rpm=7))
+    assert [(x.layer, x.row.requests_per_minute) for x in other_plan] == [
+        ("global", None),
+        ("key", 7),
+    ]  # the key's own rpm over DEFAULT_KEY_RPM
+
+
+def test_limits_and_their_costs() -> None:
+    table = LimitTable(
+        [
+            LimitRow(
+                "key",
+                "k1",
+                "key",
+                requests_per_minute=5,
+                tokens_per_minute=100,
+                tokens_per_day=1000,
+            )
+        ],
+        default_key_rpm=600,
+    )
+    limits = limits_for(table.resolve(WHO), tokens=40)
+    assert [(x.kind, x.period_s, x.limit, x.cost) for x in limits] == [
+        ("requests", 60, 5, 1),
+        ("tokens", 60, 100, 40),
+        ("tokens", 86400, 1000, 40),
     ]
-    limits = limits_for(descriptors, default_rpm=100, request_hits=0)
-    assert [(x.layer, x.limit, x.period_s, x.cost) for x in limits] == [
-        ("key", 5, 60, 1),
-        ("tenant", 100, 60, 0),
-    ]
+    keys, argv = script_args(limits)
+    assert keys[0] == "crosslogic:rl:key:k1:requests:60" and argv[:4] == [60_000_000, 5, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"scope": "tenant", "subject": "x", "requests_per_minute": -1}, "requests_per_minute"),
+        ({"scope": "tenant", "subject": "x", "rpm": 5}, "rpm"),
+        ({"scope": "tenant", "subject": "x"}, None),
+        (
+            {
+                "scope": "tenant",
+                "subject": "x",
+                "requests_per_second": 10,
+                "requests_per_minute": 5,
+            },
+            "requests_per_second",
+        ),
+        ({"scope": "key", "subject": "x", "layer": "tenant", "requests_per_minute": 5}, "layer"),
+        ({"scope": "global", "subject": "x", "requests_per_minute": 5}, "subject"),
+        (
+            {
+                "scope": "plan",
+                "subject": "p",
+                "layer": "key",
+                "requests_per_minute": 5,
+                "fail_mode": "maybe",
+            },
+            "fail_mode",
+        ),
+    ],
+)
+def test_operator_input_is_validated(body: dict[str, object], param: str | None) -> None:
+    error = parse_limit(body)
+    assert not isinstance(error, LimitRow) and error.param == param
 
 
 def test_reset_format() -> None:
-    assert format_reset(0.02) == "20ms"
-    assert format_reset(1.2) == "2s"
-    assert format_reset(360) == "6m0s"
+    assert (format_reset(0.02), format_reset(1.2), format_reset(360)) == ("20ms", "2s", "6m0s")
 
 
-def gcra(
-    client: redis.Redis,
-    limits: list,
-) -> object:  # type: ignore[type-arg]
-    keys, argv = script_args(limits)
-    reply = client.eval(load_script("gcra.lua"), len(keys), *keys, *argv)
-    return interpret(limits, reply)
+Evaluate = Callable[[Sequence[Limit]], list[int]]
 
 
-def test_gcra_admits_exactly_the_limit_and_refuses_all_or_nothing(stack: Stack) -> None:
+@pytest.fixture(params=["redis", "local"])
+def evaluate(request: pytest.FixtureRequest) -> Evaluate:
+    if request.param == "local":
+        return LocalGcra().evaluate
+    stack: Stack = request.getfixturevalue("stack")
     client = redis.Redis(host=stack.settings.redis_host, port=stack.settings.redis_port)
-    client.delete("crosslogic:rl:key:t1:req:60", "crosslogic:rl:tenant:t1:req:60")
-    descriptors = [
-        Descriptor(entries=(("tenant", "t1"),), requests_per_unit=100, unit=2, hits_addend=None),
-        Descriptor(entries=(("key", "t1"),), requests_per_unit=3, unit=2, hits_addend=None),
-    ]
-    limits = limits_for(descriptors, default_rpm=10, request_hits=1)
-    decisions = [gcra(client, limits) for _ in range(5)]
-    assert [d.allowed for d in decisions] == [True, True, True, False, False]  # type: ignore[attr-defined]
+    request.addfinalizer(client.close)
+    script = client.register_script(load_script("gcra.lua"))
+
+    def run(limits: Sequence[Limit]) -> list[int]:
+        keys, argv = script_args(limits)
+        return [int(x) for x in script(keys=keys, args=argv)]
+
+    return run
+
+
+def limit(kind: str, value: int, *, cost: int = 1, layer: str = "key") -> Limit:
+    period = 60
+    return Limit(
+        layer=layer,
+        kind=kind,
+        redis_key=f"test:{uuid.uuid4()}:{kind}",
+        limit=value,
+        period_s=period,
+        cost=cost,
+    )
+
+
+def decide(evaluate: Evaluate, limits: Sequence[Limit]) -> Decision:
+    return interpret(limits, evaluate(limits))
+
+
+def test_admits_exactly_the_limit_and_refuses_all_or_nothing(evaluate: Evaluate) -> None:
+    tenant = limit("requests", 100, layer="tenant")
+    key = limit("requests", 3)
+    decisions = [decide(evaluate, [tenant, key]) for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
     refused = decisions[3]
-    assert refused.refused_by.layer == "key"  # type: ignore[attr-defined]
-    assert 0 < refused.retry_after_s <= 20  # type: ignore[attr-defined]
-    # the tenant layer was charged for the 3 admitted requests only
-    tenant_state = refused.states[0]  # type: ignore[attr-defined]
-    assert tenant_state.remaining == 97
-    # keys expire: memory stays bounded
-    assert 0 < client.pttl("crosslogic:rl:key:t1:req:60") <= 60_000
+    assert refused.refused_by == key and 0 < refused.retry_after_s <= 20
+    assert refused.states[0].remaining == 97  # the tenant paid for the 3 admitted only
+    assert dict(refused.headers())["x-ratelimit-remaining-requests"] == "0"
+    assert refused.error().status == 429 and refused.error().param == "key"
+
+
+def test_tokens_are_debited_while_any_remain(evaluate: Evaluate) -> None:
+    budget = limit("tokens", 100, cost=70)
+    first, second, third = (decide(evaluate, [budget]) for _ in range(3))
+    assert first.allowed and second.allowed  # 30 left: admitted, and charged all 70
+    assert not third.allowed  # in debt: refused until it is paid back
+    assert third.refused_by == budget
+    assert dict(second.headers())["x-ratelimit-remaining-tokens"] == "0"
+    assert second.reservation() == {"tokens": 70, "counters": [[budget.redis_key, 600_000.0]]}
+
+
+def test_settlement_refunds_an_overestimate(stack: Stack) -> None:
+    client = redis.Redis(host=stack.settings.redis_host, port=stack.settings.redis_port)
+    gcra = client.register_script(load_script("gcra.lua"))
+    settle = client.register_script(load_script("settle.lua"))
+    budget = limit("tokens", 100, cost=90)
+    keys, argv = script_args([budget])
+    first = interpret([budget], gcra(keys=keys, args=argv))
+    assert first.allowed and first.states[0].remaining == 10
+    # the request really used 10 tokens: refund the other 80
+    settle(keys=keys, args=[round(-80 * budget.interval_us)])
+    again = interpret([budget], gcra(keys=keys, args=argv))
+    assert again.allowed and again.states[0].remaining == 0  # 10 + 90 = 100
+    assert not interpret([budget], gcra(keys=keys, args=argv)).allowed
     client.close()

@@ -50,7 +50,7 @@ def _uuid(ident: str) -> bool:
         return False
 
 
-async def _audit(
+async def write_audit(
     conn: asyncpg.Connection,
     *,
     actor: str,
@@ -96,7 +96,7 @@ async def create_tenant(
             "tenant_exists",
             "name",
         )
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action="tenant.create",
@@ -134,7 +134,7 @@ async def set_tenant_status(
             status,
         )
     )
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action=f"tenant.{status}",
@@ -173,7 +173,7 @@ async def create_environment(
             "environment_exists",
             "name",
         )
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action="environment.create",
@@ -221,7 +221,7 @@ async def set_environment_status(
             status,
         )
     )
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action=f"environment.{status}",
@@ -275,7 +275,7 @@ async def create_key(
     if isinstance(environment, ApiError):
         return environment
     row, plaintext = await _insert_key(conn, environment=environment, spec=spec)
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action="api_key.create",
@@ -349,7 +349,7 @@ async def rotate_key(
             grace_end,
         )
     )
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action="api_key.rotate",
@@ -358,7 +358,7 @@ async def rotate_key(
         before=old,
         after=old_after,
     )
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action="api_key.create",
@@ -386,7 +386,7 @@ async def revoke_key(
             key_id,
         )
     )
-    await _audit(
+    await write_audit(
         conn,
         actor=actor,
         action="api_key.revoke",

@@ -200,8 +200,9 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/admin/nodes", list_nodes)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", list_models)
-    from crosslogic.admin import accounts, openapi  # they import this module: registered late
+    from crosslogic.admin import accounts, limits, openapi  # they import app: registered late
 
     accounts.add_routes(app)
+    limits.add_routes(app)
     openapi.add_route(app)
     return app

@@ -41,14 +41,52 @@ def _count(value: Any) -> int:
     return max(0, int(float(value)))
 
 
-def parse(line: bytes) -> UsageRecord | None:
-    """The usage record of a billable entry, None for a non-billable one."""
+@dataclass(frozen=True)
+class Settlement:
+    """A token reservation to correct: each counter moves by ``delta_tokens`` x its interval."""
+
+    request_id: str
+    counters: tuple[tuple[str, float], ...]  # (Redis key, microseconds per token)
+    delta_tokens: int
+
+
+def settlement(entry: dict[str, Any]) -> Settlement | None:
+    """Real usage minus what the rate limiter reserved, when the real usage is known.
+
+    Usage reported: that count. Never reached a node, or the node refused: nothing was
+    generated. Reached a node but no usage (a stream the client abandoned): unknown, so the
+    reservation stands (the conservative choice for a limit).
+    """
+    reservation = entry.get("reservation")
+    if not isinstance(reservation, dict) or not reservation.get("counters"):
+        return None
+    if entry.get("prompt_tokens") is not None:
+        real = _count(entry.get("prompt_tokens")) + _count(entry.get("completion_tokens"))
+    elif not entry.get("upstream_host") or entry.get("status") not in (200, 0):
+        real = 0
+    else:
+        return None
+    try:
+        counters = tuple((str(k), float(i)) for k, i in reservation["counters"])
+        reserved = _count(reservation.get("tokens"))
+    except (TypeError, ValueError):
+        return None
+    return Settlement(str(entry["request_id"]), counters, real - reserved)
+
+
+def parse(line: bytes) -> tuple[UsageRecord | None, Settlement | None]:
+    """The usage record of a billable entry (None for a non-billable one), and the token
+    reservation it settles (None if there is nothing to settle)."""
     try:
         entry = json.loads(line)
     except ValueError as exc:
         raise MalformedEntry(f"not JSON: {line[:80]!r}") from exc
     if not isinstance(entry, dict) or not entry.get("request_id"):
         raise MalformedEntry(f"no request_id: {line[:80]!r}")
+    return usage_record(entry), settlement(entry)
+
+
+def usage_record(entry: dict[str, Any]) -> UsageRecord | None:
     if not entry.get("api_key_id") or entry.get("model_id") is None:
         return None  # not an inference request (GET /v1/models)
     if not entry.get("upstream_host"):
@@ -72,4 +110,4 @@ def parse(line: bytes) -> UsageRecord | None:
             duration_ms=_count(entry.get("duration_ms")),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedEntry(f"bad field in {line[:120]!r}: {exc}") from exc
+        raise MalformedEntry(f"bad field in {entry.get('request_id')}: {exc}") from exc

@@ -18,8 +18,9 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from crosslogic.billing.accesslog import MalformedEntry, UsageRecord, parse
+from crosslogic.billing.accesslog import MalformedEntry, Settlement, UsageRecord, parse
 from crosslogic.billing.pricing import FREE, Price
+from crosslogic.billing.settlement import TokenSettler
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], 
     $7::text[], $8::bool[], $9::int[], $10::int[], $11::numeric[], $12::int[], $13::text[],
     $14::timestamptz[], $15::int[])
 ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id
 """
 
 
@@ -69,8 +71,16 @@ def split_complete(data: bytes) -> tuple[list[bytes], int]:
 
 
 class AccessLogConsumer:
-    def __init__(self, pool: asyncpg.Pool, path: Path, metrics: BillingMetrics) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        path: Path,
+        metrics: BillingMetrics,
+        *,
+        settler: TokenSettler | None = None,
+    ) -> None:
         self._pool = pool
+        self._settler = settler
         self._path = path
         self._metrics = metrics
 
@@ -103,20 +113,25 @@ class AccessLogConsumer:
         lines, consumed = split_complete(data)
         if consumed == 0:
             return 0
-        records = []
+        records: list[UsageRecord] = []
+        settlements: list[Settlement] = []
         for line in lines:
             try:
-                record = parse(line)
+                record, settle = parse(line)
             except MalformedEntry as exc:
                 self._metrics.malformed.inc()
                 log.error("skipping malformed access-log line: %s", exc)
                 continue
             if record is not None:
                 records.append(record)
+            if settle is not None:
+                settlements.append(settle)
         prices = await self._prices() if records else {}
+        inserted: set[str] = set()
         async with self._pool.acquire() as conn, conn.transaction():
             if records:
-                await conn.execute(_INSERT, *columns(records, prices))
+                rows = await conn.fetch(_INSERT, *columns(records, prices))
+                inserted = {r["request_id"] for r in rows}
             await conn.execute(
                 'INSERT INTO access_log_offsets (path, inode, "offset") VALUES ($1, $2, $3) '
                 'ON CONFLICT (path) DO UPDATE SET inode = $2, "offset" = $3, updated_at = now()',
@@ -124,7 +139,14 @@ class AccessLogConsumer:
                 position.inode,
                 position.offset + consumed,
             )
-        self._metrics.records.inc(len(records))
+        self._metrics.records.inc(len(inserted))
+        if self._settler is not None:
+            # After the commit, and only for rows this step inserted: a replayed batch (crash
+            # before the offset committed) inserts nothing and so settles nothing twice.
+            billable = {r.request_id for r in records}
+            await self._settler.settle(
+                [s for s in settlements if s.request_id in inserted or s.request_id not in billable]
+            )
         return consumed
 
     async def run(self, *, idle_sleep: float = 0.25) -> None:

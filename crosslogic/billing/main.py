@@ -9,13 +9,26 @@ import signal
 from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.settlement import TokenSettler
 from crosslogic.db.connection import create_pool
+from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.settings import Settings
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
     pool = await create_pool(settings, min_size=1, max_size=2)
-    consumer = AccessLogConsumer(pool, settings.access_log.resolve(), BillingMetrics(registry))
+    redis = PipelinedRedis(
+        settings.redis_host or "127.0.0.1",
+        settings.redis_port,
+        password=settings.redis_password,
+        timeout=1.0,
+    )
+    consumer = AccessLogConsumer(
+        pool,
+        settings.access_log.resolve(),
+        BillingMetrics(registry),
+        settler=TokenSettler(redis, registry),
+    )
     task = asyncio.create_task(consumer.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -26,4 +39,5 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    redis.close()
     await pool.close()

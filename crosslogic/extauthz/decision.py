@@ -31,6 +31,7 @@ class KeyRecord:
     expires_at: datetime | None
     allowed_models: frozenset[str] | None
     rate_limit_rpm: int | None
+    plan: str = "default"  # the tenant's plan: its default rate limits
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Allow:
     model: Model | None  # None on endpoints that name no model (GET /v1/models)
     force_include_usage: bool
     stream: bool = False  # the node will answer with SSE (usage is read from the stream)
+    tokens: int = 0  # estimated prompt + completion tokens: reserved against token limits
 
 
 def unauthorized(message: str) -> ApiError:
@@ -133,6 +135,7 @@ def decide(
         model=model,
         force_include_usage=_needs_usage(endpoint, payload),
         stream=endpoint in STREAMING_ENDPOINTS and payload.get("stream") is True,
+        tokens=estimate_tokens(endpoint, payload),
     )
 
 
@@ -142,3 +145,37 @@ def _needs_usage(endpoint: str, payload: dict[str, object]) -> bool:
         return False
     options = payload.get("stream_options")
     return not (isinstance(options, dict) and options.get("include_usage") is True)
+
+
+# Completion budget assumed when a request sets none: OpenAI's /v1/completions default is 16;
+# chat has no default, so we reserve a generous one (settled to the real count afterwards).
+DEFAULT_MAX_TOKENS = {"/v1/completions": 16, "/v1/chat/completions": 1024}
+CHARS_PER_TOKEN = 4  # a cheap upper-ish estimate; the real count settles it
+
+
+def _text_size(value: object) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_size(v) for k, v in value.items() if k in ("content", "text"))
+    return 0
+
+
+def estimate_tokens(endpoint: str, payload: dict[str, object]) -> int:
+    """Tokens to reserve before the request: prompt size plus the completion budget."""
+    if endpoint == "/v1/embeddings":
+        return max(1, _text_size(payload.get("input")) // CHARS_PER_TOKEN)
+    source = (
+        payload.get("messages") if endpoint == "/v1/chat/completions" else payload.get("prompt")
+    )
+    prompt = _text_size(source) // CHARS_PER_TOKEN + 1
+    budget = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
+        budget = DEFAULT_MAX_TOKENS.get(endpoint, 16)
+    choices = payload.get("n")
+    count = (
+        choices if isinstance(choices, int) and not isinstance(choices, bool) and choices > 0 else 1
+    )
+    return prompt + budget * count

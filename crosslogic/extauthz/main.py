@@ -20,9 +20,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     pool = await create_pool(settings, min_size=1, max_size=4)
     store = PostgresKeys(pool)
     cache = KeyCache(store.fetch_key, ttl=settings.key_cache_ttl, stale_for=settings.key_stale_for)
-    service = AuthorizationService(
-        cache=cache, metrics=AuthzMetrics(registry), default_rpm=settings.default_key_rpm
-    )
+    service = AuthorizationService(cache=cache, metrics=AuthzMetrics(registry))
     service.catalog = await store.fetch_catalog()
     tasks = (
         asyncio.create_task(refresh_catalog(service, store, every=2.0), name="catalog"),

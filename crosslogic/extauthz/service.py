@@ -88,7 +88,7 @@ def denied(error: ApiError) -> external_auth_pb2.CheckResponse:
     )
 
 
-def allowed(decision: Allow, *, default_rpm: int) -> external_auth_pb2.CheckResponse:
+def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
     key = decision.key
     metadata = struct_pb2.Struct()
     metadata.update(
@@ -97,10 +97,14 @@ def allowed(decision: Allow, *, default_rpm: int) -> external_auth_pb2.CheckResp
             "environment_id": key.environment_id,
             "api_key_id": key.api_key_id,
             "key_id": key.key_id,
-            "key_limit": {"requests_per_unit": key.rate_limit_rpm or default_rpm, "unit": "MINUTE"},
+            "plan": key.plan,
+            # strings: Envoy copies them into rate-limit descriptor entries as they are
+            "tokens": str(decision.tokens),
         }
     )
     headers = []
+    if key.rate_limit_rpm is not None:
+        metadata.update({"key_rpm": str(key.rate_limit_rpm)})
     if decision.model is not None:
         metadata.update({"model": decision.model.name, "model_id": decision.model.id})
         if decision.force_include_usage:
@@ -127,10 +131,9 @@ def allowed(decision: Allow, *, default_rpm: int) -> external_auth_pb2.CheckResp
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Envoy's ext_authz Check, answered from the in-process key cache and model catalog."""
 
-    def __init__(self, *, cache: KeyCache, metrics: AuthzMetrics, default_rpm: int) -> None:
+    def __init__(self, *, cache: KeyCache, metrics: AuthzMetrics) -> None:
         self._cache = cache
         self._metrics = metrics
-        self._default_rpm = default_rpm
         self.catalog: dict[str, Model] = {}
         self._responses: dict[tuple[object, ...], external_auth_pb2.CheckResponse] = {}
 
@@ -170,12 +173,18 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             log.debug("denied key %s: %s", record.key_id, decision.code)
             return decision.code or decision.type, denied(decision)
         self._cache.touch(record.api_key_id, at=time.time())
-        cache_key = (record, decision.model, decision.force_include_usage, decision.stream)
+        cache_key = (
+            record,
+            decision.model,
+            decision.force_include_usage,
+            decision.stream,
+            decision.tokens,
+        )
         response = self._responses.get(cache_key)
         if response is None:
             if len(self._responses) > 50_000:
                 self._responses.clear()
-            response = allowed(decision, default_rpm=self._default_rpm)
+            response = allowed(decision)
             self._responses[cache_key] = response
         return "allowed", response
 

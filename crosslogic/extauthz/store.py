@@ -25,7 +25,7 @@ _KEY_QUERY = """
 SELECT k.id::text AS api_key_id, k.key_id, k.tenant_id::text AS tenant_id,
        k.environment_id::text AS environment_id, k.status AS key_status,
        t.status AS tenant_status, e.status AS environment_status, k.expires_at,
-       k.allowed_models, k.rate_limit_rpm
+       k.allowed_models, k.rate_limit_rpm, t.plan
 FROM api_keys k
 JOIN tenants t ON t.id = k.tenant_id
 JOIN environments e ON e.id = k.environment_id
@@ -173,6 +173,7 @@ class PostgresKeys:
             expires_at=row["expires_at"],
             allowed_models=frozenset(allowed) if allowed is not None else None,
             rate_limit_rpm=row["rate_limit_rpm"],
+            plan=row["plan"],
         )
 
     async def record_last_used(self, used: dict[str, float]) -> None:

@@ -1,4 +1,4 @@
--- GCRA (generic cell rate algorithm) over several limits at once, all or nothing.
+-- GCRA (generic cell rate algorithm) over every limit of one request, all or nothing.
 --
 -- Why GCRA: one timestamp per limit (bounded memory, O(1)), no fixed-window boundary burst
 -- (a client can never get 2x the limit across a window edge), and the exact time until the
@@ -6,12 +6,19 @@
 -- Why all or nothing: a request refused by one layer must consume nothing in the others.
 -- Why Redis TIME: every rate-limit replica then shares one clock.
 --
--- KEYS[i]    the counter of limit i (holds its theoretical arrival time, TAT, in microseconds)
--- ARGV[3i-2] period of limit i in microseconds (e.g. 60e6 for "per minute")
--- ARGV[3i-1] limit i: requests (or tokens) allowed per period, > 0
--- ARGV[3i]   cost of this request against limit i (0 = check only)
--- Reply: {allowed (1|0), index of the limit that refused (0 if allowed),
---         retry_after_us, then for each limit i: remaining_i, reset_after_us_i}
+-- Two kinds of limit:
+--   strict (requests): admitted only if the whole cost fits.
+--   debit  (tokens):   admitted while at least one unit is left, then charged the whole
+--                      reservation, possibly into debt; later requests wait the debt out. A
+--                      request near the limit overshoots by at most its own reservation.
+--
+-- KEYS[i]      the counter of limit i: its theoretical arrival time (TAT) in microseconds
+-- ARGV[4i-3]   period of limit i in microseconds (60e6 for "per minute")
+-- ARGV[4i-2]   limit i: units allowed per period, > 0
+-- ARGV[4i-1]   cost of this request against limit i (0 = check only)
+-- ARGV[4i]     1 for a debit limit, 0 for a strict one
+-- Reply: {allowed (1|0), index of the refusing limit (0 if allowed), retry_after_us,
+--         then per limit i: remaining_i, reset_after_us_i}
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = #KEYS
@@ -19,21 +26,27 @@ local tats, new_tats = {}, {}
 local refused, retry_after = 0, 0
 
 for i = 1, n do
-  local period = tonumber(ARGV[3 * i - 2])
-  local interval = period / tonumber(ARGV[3 * i - 1])
+  local period = tonumber(ARGV[4 * i - 3])
+  local interval = period / tonumber(ARGV[4 * i - 2])
+  local cost = tonumber(ARGV[4 * i - 1])
+  local debit = ARGV[4 * i] == "1"
   local tat = math.max(tonumber(redis.call("GET", KEYS[i])) or now, now)
-  local new_tat = tat + tonumber(ARGV[3 * i]) * interval
-  tats[i], new_tats[i] = tat, new_tat
-  if refused == 0 and new_tat - period > now then
+  local needed = cost
+  if debit then
+    needed = math.min(cost, 1)
+  end
+  local allow_at = tat + needed * interval - period
+  tats[i], new_tats[i] = tat, tat + cost * interval
+  if refused == 0 and allow_at > now then
     refused = i
-    retry_after = math.ceil(new_tat - period - now)
+    retry_after = math.ceil(allow_at - now)
   end
 end
 
 local reply = {refused == 0 and 1 or 0, refused, retry_after}
 for i = 1, n do
-  local period = tonumber(ARGV[3 * i - 2])
-  local interval = period / tonumber(ARGV[3 * i - 1])
+  local period = tonumber(ARGV[4 * i - 3])
+  local interval = period / tonumber(ARGV[4 * i - 2])
   local state = tats[i]  -- refused: nothing is consumed anywhere
   if refused == 0 then
     state = new_tats[i]

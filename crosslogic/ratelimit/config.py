@@ -1,0 +1,147 @@
+"""Rate limits as operator data, pure: validating a limit, resolving a request's limits.
+
+Resolution per layer: the subject's own row (tenant, environment or key scope) wins, else the
+tenant's plan default for that layer, else nothing (the layer does not limit). The key layer
+also honours the key's own ``rate_limit_rpm`` and, failing everything, ``DEFAULT_KEY_RPM``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from crosslogic.openai_errors import ApiError, invalid_request
+
+LAYERS = ("global", "tenant", "environment", "key")
+SCOPES = ("global", "plan", "tenant", "environment", "key")
+FIELDS = ("requests_per_second", "requests_per_minute", "tokens_per_minute", "tokens_per_day")
+# field -> (kind, period in seconds)
+WINDOWS = {
+    "requests_per_second": ("requests", 1),
+    "requests_per_minute": ("requests", 60),
+    "tokens_per_minute": ("tokens", 60),
+    "tokens_per_day": ("tokens", 86400),
+}
+_MAX = 10**12
+
+
+@dataclass(frozen=True)
+class LimitRow:
+    """One row of ``rate_limits``."""
+
+    scope: str
+    subject: str
+    layer: str
+    requests_per_second: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    fail_mode: str = "open"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is asking, as ext_authz attributed the request."""
+
+    tenant_id: str
+    environment_id: str
+    api_key_id: str
+    plan: str
+    key_rpm: int | None = None  # the key's own rate_limit_rpm column
+
+
+@dataclass(frozen=True)
+class LayerLimits:
+    layer: str
+    ident: str  # "all" for the global layer
+    row: LimitRow
+
+
+class LimitTable:
+    """Every configured row, indexed for per-request resolution (rebuilt on each reload)."""
+
+    def __init__(self, rows: Iterable[LimitRow], *, default_key_rpm: int) -> None:
+        self.rows = tuple(rows)
+        self._by = {(r.scope, r.subject, r.layer): r for r in self.rows}
+        self._default_key = LimitRow(
+            scope="default", subject="", layer="key", requests_per_minute=default_key_rpm
+        )
+
+    def resolve(self, who: Identity) -> list[LayerLimits]:
+        out = []
+        glob = self._by.get(("global", "", "global"))
+        if glob is not None:
+            out.append(LayerLimits("global", "all", glob))
+        for layer, ident in (
+            ("tenant", who.tenant_id),
+            ("environment", who.environment_id),
+            ("key", who.api_key_id),
+        ):
+            row = self._by.get((layer, ident, layer)) or self._by.get(("plan", who.plan, layer))
+            if layer == "key":
+                row = row or self._default_key
+                if who.key_rpm is not None and (layer, ident, layer) not in self._by:
+                    row = replace(row, requests_per_minute=who.key_rpm)
+            if row is not None:
+                out.append(LayerLimits(layer, ident, row))
+        return out
+
+
+def parse_limit(body: Any) -> LimitRow | ApiError:
+    """Operator input for one limit: unknown fields, bad values and contradictions refused."""
+    if not isinstance(body, dict):
+        return invalid_request("The body must be a JSON object.")
+    allowed = {"scope", "subject", "layer", "fail_mode", *FIELDS}
+    extra = sorted(set(body) - allowed)
+    if extra:
+        return invalid_request(f"Unknown field(s): {', '.join(extra)}.", param=extra[0])
+    scope = body.get("scope")
+    if scope not in SCOPES:
+        return invalid_request(f"'scope' must be one of {', '.join(SCOPES)}.", param="scope")
+    layer = body.get("layer", scope if scope != "plan" else None)
+    if layer not in LAYERS:
+        return invalid_request(f"'layer' must be one of {', '.join(LAYERS)}.", param="layer")
+    if scope in ("tenant", "environment", "key", "global") and layer != scope:
+        return invalid_request(f"A {scope} limit limits the {scope} layer.", param="layer")
+    if scope == "plan" and layer == "global":
+        return invalid_request("The global layer is set with scope 'global'.", param="layer")
+    subject = body.get("subject", "")
+    if not isinstance(subject, str) or len(subject) > 200:
+        return invalid_request("'subject' must be a string.", param="subject")
+    if (scope == "global") != (subject == ""):
+        return invalid_request(
+            "'subject' names the plan, tenant, environment or key "
+            "(and is empty for the global scope).",
+            param="subject",
+        )
+    values: dict[str, int | None] = {}
+    for field in FIELDS:
+        value = body.get(field)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX
+        ):
+            return invalid_request(f"'{field}' must be a positive integer or null.", param=field)
+        values[field] = value
+    if all(v is None for v in values.values()):
+        return invalid_request("Set at least one of " + ", ".join(FIELDS) + ".")
+    rps, rpm = values["requests_per_second"], values["requests_per_minute"]
+    if rps is not None and rpm is not None and rps > rpm:
+        return invalid_request(
+            "'requests_per_second' above 'requests_per_minute' can never "
+            "apply: the minute window always binds first.",
+            param="requests_per_second",
+        )
+    tpm, tpd = values["tokens_per_minute"], values["tokens_per_day"]
+    if tpm is not None and tpd is not None and tpm > tpd:
+        return invalid_request(
+            "'tokens_per_minute' above 'tokens_per_day' can never apply.", param="tokens_per_minute"
+        )
+    fail_mode = body.get("fail_mode", "open")
+    if fail_mode not in ("open", "closed"):
+        return invalid_request("'fail_mode' must be 'open' or 'closed'.", param="fail_mode")
+    return LimitRow(scope=scope, subject=subject, layer=layer, fail_mode=fail_mode, **values)
+
+
+def row_from_record(record: Mapping[str, Any]) -> LimitRow:
+    return LimitRow(**{k: record[k] for k in ("scope", "subject", "layer", "fail_mode", *FIELDS)})
