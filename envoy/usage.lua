@@ -7,7 +7,9 @@
 -- Response side: scan the body chunk by chunk (never buffering it: embeddings can exceed the
 -- connection buffer, streams can last minutes) for the last complete "usage" object and store
 -- its counts in dynamic metadata "crosslogic.usage" (prompt_tokens, completion_tokens), where
--- the access log reads them. Envoy's LuaJIT has no JSON library, hence the patterns below.
+-- the access log reads them. It also keeps a running count of generation events
+-- (completion_seen): when a client abandons a stream before the usage chunk, that is what
+-- settles its token reservation. Envoy's LuaJIT has no JSON library, hence the patterns below.
 
 local NS = "crosslogic.usage"
 local WINDOW = 2048  -- bytes kept across chunk boundaries; a usage object is far smaller
@@ -90,12 +92,20 @@ function envoy_on_response(response_handle)
     response_handle:streamInfo():dynamicMetadata():set(NS, "streamed", true)
   end
   local window = ""
+  local events = 0  -- generation events seen: what a client that leaves early got
   for chunk in response_handle:bodyChunks() do
-    window = window .. chunk:getBytes(0, chunk:length())
+    local bytes = chunk:getBytes(0, chunk:length())
+    window = window .. bytes
+    -- fetched again after every yield: the handle from before the yield is stale
+    local md = response_handle:streamInfo():dynamicMetadata()
+    local _, found = string.gsub(bytes, '"finish_reason"%s*:%s*null', "")
+    if found > 0 then
+      events = events + found
+      -- the first event only announces the role; each later one carries a token
+      md:set(NS, "completion_seen", math.max(events - 1, 0))
+    end
     local prompt, completion = last_usage(window)
     if prompt ~= nil then
-      -- fetched again after every yield: the handle from before the yield is stale
-      local md = response_handle:streamInfo():dynamicMetadata()
       md:set(NS, "prompt_tokens", prompt)
       md:set(NS, "completion_tokens", completion)
     end

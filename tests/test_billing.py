@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from crosslogic.billing.accesslog import MalformedEntry, parse
+from crosslogic.billing.accesslog import MalformedEntry, Settlement, parse
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics, split_complete
 from crosslogic.db.connection import create_pool
 from crosslogic.stack import Stack
@@ -96,3 +96,20 @@ def test_consumer_writes_each_request_once_even_when_replayed(stack: Stack, tmp_
         len(run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", first["request_id"]))
         == 1
     )
+
+
+def test_settlement_of_each_kind_of_ending() -> None:
+    reservation = {"tokens": 100.0, "counters": [["k", 600000.0]]}
+    base = {"request_id": "r", "reservation": reservation, "upstream_host": "n:1", "status": 200}
+    usage = parse_entry({**base, "prompt_tokens": 5.0, "completion_tokens": 20.0})
+    assert usage is not None and usage.delta_tokens == 25 - 100
+    refused = parse_entry({**base, "upstream_host": None, "status": 503})
+    assert refused is not None and refused.delta_tokens == -100
+    abandoned = parse_entry({**base, "completion_seen": 7.0, "prompt_estimate": 3.0})
+    assert abandoned is not None and abandoned.delta_tokens == 10 - 100
+    assert parse_entry(base) is None  # nothing known: the reservation stands
+    assert parse_entry({**base, "reservation": None}) is None
+
+
+def parse_entry(entry: dict[str, object]) -> Settlement | None:
+    return parse(json.dumps(entry).encode())[1]

@@ -188,3 +188,27 @@ def test_redis_outage_fails_open_fast_and_closed_layers_refuse(stack: Stack) -> 
         except openai.RateLimitError:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
+
+def test_reservations_are_settled_to_the_real_usage(stack: Stack) -> None:
+    tenant, env = fresh_tenant(stack)
+    key = key_in(stack, tenant, env)
+    set_limit(stack, "key", key.api_key_id, tokens_per_minute=2000)
+    client = openai.OpenAI(base_url=stack.base_url, api_key=key.plaintext, max_retries=0)
+
+    def one_request() -> Any:
+        # no max_tokens: 1024 completion tokens are reserved; the node generates 16
+        return client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "hello"}]
+        )
+
+    first = one_request()
+    assert 900 < int(first.headers["x-ratelimit-remaining-tokens"]) < 1000
+    deadline = time.monotonic() + 10
+    request_id = first.headers["x-request-id"]
+    while not run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id):
+        assert time.monotonic() < deadline, "billing never recorded the request"
+        time.sleep(0.1)
+    time.sleep(0.3)  # settlement follows the commit of the usage row
+    # settled: 2000 - 17 (the first, real) - 1025 (the second, reserved)
+    assert int(one_request().headers["x-ratelimit-remaining-tokens"]) > 900

@@ -54,8 +54,9 @@ def settlement(entry: dict[str, Any]) -> Settlement | None:
     """Real usage minus what the rate limiter reserved, when the real usage is known.
 
     Usage reported: that count. Never reached a node, or the node refused: nothing was
-    generated. Reached a node but no usage (a stream the client abandoned): unknown, so the
-    reservation stands (the conservative choice for a limit).
+    generated. A stream the client abandoned before the usage chunk: the prompt estimate plus
+    the tokens the client was sent. Otherwise unknown: the reservation stands (the
+    conservative choice for a limit).
     """
     reservation = entry.get("reservation")
     if not isinstance(reservation, dict) or not reservation.get("counters"):
@@ -64,6 +65,8 @@ def settlement(entry: dict[str, Any]) -> Settlement | None:
         real = _count(entry.get("prompt_tokens")) + _count(entry.get("completion_tokens"))
     elif not entry.get("upstream_host") or entry.get("status") not in (200, 0):
         real = 0
+    elif entry.get("completion_seen") is not None:
+        real = _count(entry.get("prompt_estimate")) + _count(entry.get("completion_seen"))
     else:
         return None
     try:

@@ -51,6 +51,7 @@ class Allow:
     force_include_usage: bool
     stream: bool = False  # the node will answer with SSE (usage is read from the stream)
     tokens: int = 0  # estimated prompt + completion tokens: reserved against token limits
+    prompt_tokens: int = 0  # the prompt part of that estimate
 
 
 def unauthorized(message: str) -> ApiError:
@@ -136,6 +137,7 @@ def decide(
         force_include_usage=_needs_usage(endpoint, payload),
         stream=endpoint in STREAMING_ENDPOINTS and payload.get("stream") is True,
         tokens=estimate_tokens(endpoint, payload),
+        prompt_tokens=estimate_prompt(endpoint, payload),
     )
 
 
@@ -163,14 +165,20 @@ def _text_size(value: object) -> int:
     return 0
 
 
-def estimate_tokens(endpoint: str, payload: dict[str, object]) -> int:
-    """Tokens to reserve before the request: prompt size plus the completion budget."""
+def estimate_prompt(endpoint: str, payload: dict[str, object]) -> int:
     if endpoint == "/v1/embeddings":
         return max(1, _text_size(payload.get("input")) // CHARS_PER_TOKEN)
     source = (
         payload.get("messages") if endpoint == "/v1/chat/completions" else payload.get("prompt")
     )
-    prompt = _text_size(source) // CHARS_PER_TOKEN + 1
+    return _text_size(source) // CHARS_PER_TOKEN + 1
+
+
+def estimate_tokens(endpoint: str, payload: dict[str, object]) -> int:
+    """Tokens to reserve before the request: prompt size plus the completion budget."""
+    prompt = estimate_prompt(endpoint, payload)
+    if endpoint == "/v1/embeddings":
+        return prompt
     budget = payload.get("max_completion_tokens") or payload.get("max_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
         budget = DEFAULT_MAX_TOKENS.get(endpoint, 16)

@@ -100,6 +100,7 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
             "plan": key.plan,
             # strings: Envoy copies them into rate-limit descriptor entries as they are
             "tokens": str(decision.tokens),
+            "prompt_estimate": decision.prompt_tokens,
         }
     )
     headers = []
@@ -135,7 +136,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._cache = cache
         self._metrics = metrics
         self.catalog: dict[str, Model] = {}
-        self._responses: dict[tuple[object, ...], external_auth_pb2.CheckResponse] = {}
+        self._responses: dict[Allow, external_auth_pb2.CheckResponse] = {}
 
     async def Check(  # noqa: N802 (gRPC method name)
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
@@ -173,19 +174,13 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             log.debug("denied key %s: %s", record.key_id, decision.code)
             return decision.code or decision.type, denied(decision)
         self._cache.touch(record.api_key_id, at=time.time())
-        cache_key = (
-            record,
-            decision.model,
-            decision.force_include_usage,
-            decision.stream,
-            decision.tokens,
-        )
-        response = self._responses.get(cache_key)
+        # Allow is a frozen value holding the key record: equal decisions share a response
+        response = self._responses.get(decision)
         if response is None:
             if len(self._responses) > 50_000:
                 self._responses.clear()
             response = allowed(decision)
-            self._responses[cache_key] = response
+            self._responses[decision] = response
         return "allowed", response
 
 
