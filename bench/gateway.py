@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 NODE_ID = "bench-upstream"
 # evaluated on every request, never refusing one: the limiter's cost without its 429s
 BENCH_KEY_RPM = 1_000_000_000
+# Every layer limits requests and tokens, none ever refuses: the limiter's full cost (four
+# layers x their windows in one script) without its 429s.
+BENCH_LIMITS = """
+INSERT INTO rate_limits (scope, subject, layer, requests_per_second, requests_per_minute,
+                         tokens_per_minute, tokens_per_day)
+VALUES ('global', '', 'global', 1000000000, NULL, 1000000000000, NULL),
+       ('plan', 'default', 'tenant', NULL, 1000000000, 1000000000000, NULL),
+       ('plan', 'default', 'environment', NULL, 1000000000, NULL, 1000000000000),
+       ('plan', 'default', 'key', 1000000000, NULL, 1000000000000, NULL)
+ON CONFLICT DO NOTHING
+"""
 
 
 def post_json(url: str, body: dict[str, Any], *, token: str) -> dict[str, Any]:
@@ -138,6 +149,8 @@ class Gateway:
                 name="bench",
                 rate_limit_rpm=BENCH_KEY_RPM,
             )
+            await conn.execute(BENCH_LIMITS)
+            await conn.execute("SELECT pg_notify('crosslogic_limits', 'bench')")
         finally:
             await conn.close()
         return key.plaintext, key.api_key_id
