@@ -54,4 +54,10 @@ def render(
             f"no Envoy template in {folder}: set ENVOY_TEMPLATE_DIR to the repository's envoy/"
         )
     text = (folder / "envoy.yaml").read_text()
+    # the rate-limit filter is a fragment of its own: present only where the service decides
+    fragment = ""
+    if settings.ratelimit_at == "service":
+        lines = (folder / "ratelimit-filter.yaml").read_text().splitlines(keepends=True)
+        fragment = "".join(line for line in lines if not line.startswith("#"))
+    text = text.replace("${RATELIMIT_FILTER}\n", fragment)
     return Template(text).substitute({k: str(v) for k, v in values.items()})

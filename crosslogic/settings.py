@@ -75,6 +75,9 @@ class Settings:
     node_heartbeat_interval: float = 2.0
     node_heartbeat_timeout: float = 10.0
     xds_poll_interval: float = 1.0
+    # where the request-time rate-limit decision is made: "service" (Envoy's rate-limit filter
+    # calls the rate-limit service) or "authz" (ext_authz decides in the call it makes anyway)
+    ratelimit_at: str = "service"
     admin_token: str = ""  # when set, /admin/* requires "Authorization: Bearer <token>"
 
     @property
@@ -106,6 +109,13 @@ def _int(
 def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     return default if raw is None or raw == "" else parse_duration(name, raw)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+    return value
 
 
 def _opt(env: Mapping[str, str], name: str) -> str | None:
@@ -164,6 +174,7 @@ def load(env: Mapping[str, str]) -> Settings:
         node_heartbeat_timeout=_duration(env, "NODE_HEARTBEAT_TIMEOUT", d.node_heartbeat_timeout),
         xds_poll_interval=_duration(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
         admin_token=env.get("ADMIN_TOKEN", d.admin_token),
+        ratelimit_at=_choice(env, "RATELIMIT_AT", d.ratelimit_at, ("service", "authz")),
     )
     if settings.node_heartbeat_timeout <= settings.node_heartbeat_interval:
         raise SettingsError(
@@ -215,6 +226,7 @@ def to_env(settings: Settings) -> dict[str, str]:
         "NODE_HEARTBEAT_INTERVAL": settings.node_heartbeat_interval,
         "NODE_HEARTBEAT_TIMEOUT": settings.node_heartbeat_timeout,
         "XDS_POLL_INTERVAL": settings.xds_poll_interval,
+        "RATELIMIT_AT": settings.ratelimit_at,
         "ADMIN_TOKEN": settings.admin_token,
     }
     return {name: str(value) for name, value in pairs.items()}

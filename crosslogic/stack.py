@@ -199,11 +199,15 @@ class Stack:
             "xds": 1,
             "billing": 1,
             "extauthz": s.workers(s.extauthz_workers),
-            "ratelimit": s.workers(s.ratelimit_workers),
+            # with RATELIMIT_AT=authz nobody calls the rate-limit service: not started
+            "ratelimit": s.workers(s.ratelimit_workers) if s.ratelimit_at == "service" else 0,
         }
         for service in SERVICES:
             self.start_service(service, processes=counts[service], env=env)
-        for port in (s.xds_port, s.extauthz_port, s.ratelimit_port):
+        ports = [s.xds_port, s.extauthz_port]
+        if counts["ratelimit"]:
+            ports.append(s.ratelimit_port)
+        for port in ports:
             wait_until(
                 f"a service on port {port}",
                 lambda p=port: port_in_use(p),  # type: ignore[misc]

@@ -3,8 +3,12 @@ openai SDK understands, and Redis failing under load."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -12,9 +16,28 @@ import pytest
 
 from crosslogic.extauthz import provisioning
 from crosslogic.stack import Stack
-from tests.conftest import connect_and, run_db
+from tests.conftest import connect_and, run_db, stack_settings
 
 MODEL = "demo-llama"
+
+
+@pytest.fixture(scope="module")
+def authz_stack() -> Iterator[Stack]:
+    """A second system whose ext_authz makes the rate-limit decisions (RATELIMIT_AT=authz)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cla-", dir="/tmp"))
+    running = Stack(stack_settings(data_dir).with_overrides(ratelimit_at="authz"), nodes=1)
+    running.start()
+    yield running
+    running.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["service", "authz"])
+def limited(request: pytest.FixtureRequest) -> Stack:
+    """Every test below runs with the decision in the rate-limit service and in ext_authz."""
+    name = "stack" if request.param == "service" else "authz_stack"
+    chosen: Stack = request.getfixturevalue(name)
+    return chosen
 
 
 def set_limit(stack: Stack, scope: str, subject: str, **fields: Any) -> None:
@@ -83,7 +106,8 @@ def burst(stack: Stack, keys: list[str], count: int) -> list[int]:
 
 
 @pytest.mark.parametrize("layer", ["key", "environment", "tenant"])
-def test_each_layer_refuses_at_its_limit_under_concurrency(stack: Stack, layer: str) -> None:
+def test_each_layer_refuses_at_its_limit_under_concurrency(limited: Stack, layer: str) -> None:
+    stack = limited
     tenant, env = fresh_tenant(stack)
     keys = [key_in(stack, tenant, env).plaintext for _ in range(3)]
     subject = {"tenant": tenant, "environment": env}.get(layer)
@@ -98,7 +122,8 @@ def test_each_layer_refuses_at_its_limit_under_concurrency(stack: Stack, layer: 
     assert statuses.count(200) == 10 and statuses.count(429) == 20
 
 
-def test_global_layer_is_one_limit_across_rate_limit_processes(stack: Stack) -> None:
+def test_global_layer_is_one_limit_across_rate_limit_processes(limited: Stack) -> None:
+    stack = limited
     tenant, env = fresh_tenant(stack)
     keys = [key_in(stack, tenant, env).plaintext for _ in range(4)]
     run_db(stack, "DELETE FROM rate_limits WHERE scope = 'global'")
@@ -112,7 +137,8 @@ def test_global_layer_is_one_limit_across_rate_limit_processes(stack: Stack) -> 
         notify_and_wait(stack)
 
 
-def test_429_carries_what_the_sdk_needs_and_the_sdk_retries(stack: Stack) -> None:
+def test_429_carries_what_the_sdk_needs_and_the_sdk_retries(limited: Stack) -> None:
+    stack = limited
     tenant, env = fresh_tenant(stack)
     key = key_in(stack, tenant, env)
     set_limit(stack, "key", key.api_key_id, requests_per_second=1, tokens_per_minute=100_000)
@@ -131,7 +157,8 @@ def test_429_carries_what_the_sdk_needs_and_the_sdk_retries(stack: Stack) -> Non
     assert time.monotonic() - started >= 0.5
 
 
-def test_token_limit_holds_on_streams_within_one_reservation(stack: Stack) -> None:
+def test_token_limit_holds_on_streams_within_one_reservation(limited: Stack) -> None:
+    stack = limited
     tenant, env = fresh_tenant(stack)
     key = key_in(stack, tenant, env)
     set_limit(stack, "key", key.api_key_id, tokens_per_minute=100)
@@ -157,7 +184,8 @@ def test_token_limit_holds_on_streams_within_one_reservation(stack: Stack) -> No
     assert admitted >= 3 and used <= 100 + reservation
 
 
-def test_redis_outage_fails_open_fast_and_closed_layers_refuse(stack: Stack) -> None:
+def test_redis_outage_fails_open_fast_and_closed_layers_refuse(limited: Stack) -> None:
+    stack = limited
     if stack.redis is None:
         pytest.skip("an external Redis cannot be killed from the tests")
     tenant, env = fresh_tenant(stack)
@@ -190,7 +218,8 @@ def test_redis_outage_fails_open_fast_and_closed_layers_refuse(stack: Stack) -> 
             time.sleep(0.2)
 
 
-def test_reservations_are_settled_to_the_real_usage(stack: Stack) -> None:
+def test_reservations_are_settled_to_the_real_usage(limited: Stack) -> None:
+    stack = limited
     tenant, env = fresh_tenant(stack)
     key = key_in(stack, tenant, env)
     set_limit(stack, "key", key.api_key_id, tokens_per_minute=2000)

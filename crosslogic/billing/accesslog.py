@@ -58,7 +58,8 @@ def settlement(entry: dict[str, Any]) -> Settlement | None:
     the tokens the client was sent. Otherwise unknown: the reservation stands (the
     conservative choice for a limit).
     """
-    reservation = entry.get("reservation")
+    # from the rate-limit service, or from ext_authz when it decides (RATELIMIT_AT=authz)
+    reservation = entry.get("reservation") or entry.get("authz_reservation")
     if not isinstance(reservation, dict) or not reservation.get("counters"):
         return None
     if entry.get("prompt_tokens") is not None:

@@ -13,6 +13,7 @@ from crosslogic.extauthz.invalidation import flush_last_used, follow_changes
 from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics, refresh_catalog
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
+from crosslogic.ratelimit.runtime import open_limiter
 from crosslogic.settings import Settings
 
 
@@ -20,9 +21,13 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     pool = await create_pool(settings, min_size=1, max_size=4)
     store = PostgresKeys(pool)
     cache = KeyCache(store.fetch_key, ttl=settings.key_cache_ttl, stale_for=settings.key_stale_for)
-    service = AuthorizationService(cache=cache, metrics=AuthzMetrics(registry))
+    limits = await open_limiter(settings, registry) if settings.ratelimit_at == "authz" else None
+    service = AuthorizationService(
+        cache=cache, metrics=AuthzMetrics(registry), limiter=limits.limiter if limits else None
+    )
     service.catalog = await store.fetch_catalog()
     tasks = (
+        *((limits.task,) if limits else ()),
         asyncio.create_task(refresh_catalog(service, store, every=2.0), name="catalog"),
         asyncio.create_task(follow_changes(settings, cache), name="key-changes"),
         asyncio.create_task(
@@ -36,6 +41,8 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
             server, host=settings.server_host, port=settings.extauthz_port, tasks=tasks
         )
     finally:
+        if limits is not None:
+            await limits.close()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

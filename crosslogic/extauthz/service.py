@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -26,11 +27,16 @@ from crosslogic.extauthz.decision import (
     MISSING_KEY,
     UNKNOWN_KEY,
     Allow,
+    KeyRecord,
     Model,
     decide,
 )
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.openai_errors import ApiError
+from crosslogic.ratelimit.config import Identity
+from crosslogic.ratelimit.decider import UNAVAILABLE as RL_UNAVAILABLE
+from crosslogic.ratelimit.decider import RateLimiter
+from crosslogic.ratelimit.limiter import Decision
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +82,42 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def denied(error: ApiError) -> external_auth_pb2.CheckResponse:
+def denied(
+    error: ApiError, *, headers: Sequence[tuple[str, str]] = ()
+) -> external_auth_pb2.CheckResponse:
     code = 16 if error.status == 401 else 7  # UNAUTHENTICATED / PERMISSION_DENIED
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code, message=error.code or error.type),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=error.status),
-            headers=[_JSON],
+            headers=[_JSON, *(_header(k, v) for k, v in headers)],
             body=error.body().decode(),
         ),
     )
+
+
+def identity_of(key: KeyRecord) -> Identity:
+    return Identity(
+        tenant_id=key.tenant_id,
+        environment_id=key.environment_id,
+        api_key_id=key.api_key_id,
+        plan=key.plan,
+        key_rpm=key.rate_limit_rpm,
+    )
+
+
+def with_limits(
+    base: external_auth_pb2.CheckResponse, limits: Decision
+) -> external_auth_pb2.CheckResponse:
+    """The cached allow response plus this request's rate-limit headers and reservation."""
+    response = external_auth_pb2.CheckResponse()
+    response.CopyFrom(base)
+    for key, value in limits.headers():
+        response.ok_response.response_headers_to_add.append(_header(key, value))
+    reservation = limits.reservation()
+    if reservation is not None:
+        response.dynamic_metadata.update({"token_reservation": reservation})
+    return response
 
 
 def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
@@ -132,9 +164,12 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Envoy's ext_authz Check, answered from the in-process key cache and model catalog."""
 
-    def __init__(self, *, cache: KeyCache, metrics: AuthzMetrics) -> None:
+    def __init__(
+        self, *, cache: KeyCache, metrics: AuthzMetrics, limiter: RateLimiter | None = None
+    ) -> None:
         self._cache = cache
         self._metrics = metrics
+        self._limiter = limiter  # set when RATELIMIT_AT=authz: limits decided here too
         self.catalog: dict[str, Model] = {}
         self._responses: dict[Allow, external_auth_pb2.CheckResponse] = {}
 
@@ -181,7 +216,14 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 self._responses.clear()
             response = allowed(decision)
             self._responses[decision] = response
-        return "allowed", response
+        if self._limiter is None:
+            return "allowed", response
+        limits = await self._limiter.decide(identity_of(record), tokens=decision.tokens)
+        if limits is None:
+            return "rate_limit_unavailable", denied(RL_UNAVAILABLE, headers=[("retry-after", "1")])
+        if not limits.allowed:
+            return "rate_limited", denied(limits.error(), headers=limits.headers())
+        return "allowed", with_limits(response, limits)
 
 
 async def refresh_catalog(

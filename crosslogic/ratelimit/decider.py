@@ -1,0 +1,112 @@
+"""The rate-limit decision for one request, with Redis trouble handled per layer.
+
+Shared by both places a decision can be made (``RATELIMIT_AT``): the rate-limit service
+answering Envoy's rate-limit filter, or ext_authz in the same call that authorises. The
+decision, its metrics and its failure behaviour are the same either way.
+
+Redis gets a short timeout; after a failure the limiter stops asking it for a second, so an
+outage costs one timeout now and then, never one per request. Layers that fail open are then
+decided by this process's own GCRA; a layer that fails closed refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from crosslogic.openai_errors import ApiError
+from crosslogic.ratelimit.config import Identity, LimitTable
+from crosslogic.ratelimit.limiter import Decision, Limit, LocalGcra, interpret, limits_for
+from crosslogic.ratelimit.store import CounterStoreUnavailable, RedisCounters
+
+log = logging.getLogger(__name__)
+
+BREAKER_OPEN_S = 1.0
+UNAVAILABLE = ApiError(
+    429,
+    "Rate limiting is temporarily unavailable and this limit fails closed; retry shortly.",
+    "requests",
+    "rate_limit_unavailable",
+)
+UNLIMITED = Decision(allowed=True, states=())
+
+
+class RateLimitMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # name kept from the original design: operators' dashboards use it
+        self.exceeded = Counter(
+            "control_plane_rate_limit_exceeded_total",
+            "requests refused by a rate limit",
+            ["layer"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "crosslogic_ratelimit_decisions_total",
+            "rate-limit decisions",
+            ["result"],
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "crosslogic_ratelimit_redis_errors_total",
+            "Redis failures seen by the rate limiter",
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "crosslogic_ratelimit_decision_seconds",
+            "rate-limit decision latency",
+            registry=registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+        )
+
+
+class RateLimiter:
+    """``decide`` answers a Decision, or None for "refuse: Redis is down and a layer fails
+    closed". ``table`` is replaced whenever operators change the limits."""
+
+    def __init__(
+        self,
+        *,
+        counters: RedisCounters,
+        metrics: RateLimitMetrics,
+        table: LimitTable,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._counters = counters
+        self._metrics = metrics
+        self.table = table
+        self._local = LocalGcra()
+        self._clock = clock
+        self._redis_down_until = 0.0
+
+    async def decide(self, who: Identity, *, tokens: int) -> Decision | None:
+        started = time.perf_counter()
+        limits = limits_for(self.table.resolve(who), tokens=tokens)
+        if not limits:
+            return UNLIMITED
+        decision = await self._evaluate(limits)
+        if decision is None:
+            self._metrics.decisions.labels("fail_closed").inc()
+            return None
+        if decision.refused_by is not None:
+            self._metrics.exceeded.labels(decision.refused_by.layer).inc()
+        result = "ok" if decision.allowed else "over_limit"
+        self._metrics.decisions.labels("fail_open" if decision.degraded else result).inc()
+        self._metrics.latency.observe(time.perf_counter() - started)
+        return decision
+
+    async def _evaluate(self, limits: list[Limit]) -> Decision | None:
+        if self._clock() >= self._redis_down_until:
+            try:
+                return interpret(limits, await self._counters.evaluate(limits))
+            except CounterStoreUnavailable as exc:
+                self._metrics.redis_errors.inc()
+                self._redis_down_until = self._clock() + BREAKER_OPEN_S
+                log.warning(
+                    "Redis unavailable, deciding locally for %.0fs: %s", BREAKER_OPEN_S, exc
+                )
+        if any(limit.fail_mode == "closed" for limit in limits):
+            return None
+        return interpret(limits, self._local.evaluate(limits), degraded=True)

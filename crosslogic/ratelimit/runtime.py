@@ -1,0 +1,86 @@
+"""A RateLimiter with its resources: Redis, the limit table and the task that keeps it current.
+
+Whichever process decides (the rate-limit service, or ext_authz with RATELIMIT_AT=authz)
+opens it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from crosslogic.db.connection import connect, create_pool
+from crosslogic.ratelimit.admin import CHANNEL, load_rows
+from crosslogic.ratelimit.config import LimitTable
+from crosslogic.ratelimit.decider import RateLimiter, RateLimitMetrics
+from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.ratelimit.store import RedisCounters
+from crosslogic.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Well below Envoy's call timeouts: a Redis outage costs at most this, and is counted.
+REDIS_TIMEOUT_S = 0.03
+# Operators' changes are announced on admin.CHANNEL; the poll catches a lost notification.
+RELOAD_EVERY_S = 2.0
+
+
+async def load_table(pool: asyncpg.Pool, settings: Settings) -> LimitTable:
+    return LimitTable(await load_rows(pool), default_key_rpm=settings.default_key_rpm)
+
+
+async def follow_limits(
+    limiter: RateLimiter, pool: asyncpg.Pool, settings: Settings, *, wake: asyncio.Event
+) -> None:
+    """Reload the limit table when an operator changes it (NOTIFY) and every few seconds; a
+    failed reload keeps the last good table."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=RELOAD_EVERY_S)
+        wake.clear()
+        try:
+            limiter.table = await load_table(pool, settings)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("rate-limit reload failed, keeping the last table: %s", exc)
+
+
+@dataclass
+class OpenLimiter:
+    limiter: RateLimiter
+    task: asyncio.Task[None]  # the table follower: the process dies with it
+    _redis: PipelinedRedis
+    _pool: asyncpg.Pool
+    _listener: asyncpg.Connection
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self._redis.close()
+        await self._listener.close()
+        await self._pool.close()
+
+
+async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenLimiter:
+    redis = PipelinedRedis(
+        settings.redis_host or "127.0.0.1",
+        settings.redis_port,
+        password=settings.redis_password,
+        timeout=REDIS_TIMEOUT_S,
+    )
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    limiter = RateLimiter(
+        counters=RedisCounters(redis),
+        metrics=RateLimitMetrics(registry),
+        table=await load_table(pool, settings),
+    )
+    wake = asyncio.Event()
+    listener = await connect(settings)
+    await listener.add_listener(CHANNEL, lambda *_: wake.set())
+    task = asyncio.create_task(follow_limits(limiter, pool, settings, wake=wake), name="limits")
+    return OpenLimiter(limiter, task, redis, pool, listener)
