@@ -82,7 +82,7 @@ class Heartbeat(threading.Thread):
         self.join(5)
 
 
-def bench_settings(data_dir: Path, *, envoy_concurrency: int) -> Settings:
+def bench_settings(data_dir: Path, *, envoy_concurrency: int, ratelimit_at: str) -> Settings:
     return Settings(
         server_port=free_port(),
         prometheus_port=free_port(),
@@ -94,6 +94,7 @@ def bench_settings(data_dir: Path, *, envoy_concurrency: int) -> Settings:
         redis_port=free_port(),
         data_dir=data_dir,
         envoy_concurrency=envoy_concurrency,
+        ratelimit_at=ratelimit_at,
     )
 
 
@@ -101,8 +102,13 @@ class Gateway:
     """Starts the stack with no simulated node, registers ``upstream_port`` as the model's node
     and creates an API key with a limit that is never reached; ``stop`` undoes everything."""
 
-    def __init__(self, data_dir: Path, *, envoy_concurrency: int) -> None:
-        self.stack = Stack(bench_settings(data_dir, envoy_concurrency=envoy_concurrency), nodes=0)
+    def __init__(
+        self, data_dir: Path, *, envoy_concurrency: int, ratelimit_at: str = "service"
+    ) -> None:
+        settings = bench_settings(
+            data_dir, envoy_concurrency=envoy_concurrency, ratelimit_at=ratelimit_at
+        )
+        self.stack = Stack(settings, nodes=0)
         self.heartbeat: Heartbeat | None = None
         self.api_key = ""
         self.api_key_id = ""

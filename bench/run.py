@@ -39,7 +39,7 @@ def check_errors(label: str, result: WrkResult) -> None:
         )
 
 
-def run_gateway(gateway: Gateway, *, load: Load) -> GatewayRun:
+def run_gateway(gateway: Gateway, *, load: Load, label: str) -> GatewayRun:
     auth = f"Bearer {gateway.api_key}"
     completed, runs = 0, 1
     if load.warmup_s > 0:
@@ -66,7 +66,7 @@ def run_gateway(gateway: Gateway, *, load: Load) -> GatewayRun:
         completed=completed, in_flight=load.connections * runs, recorded=recorded, exact=exact
     )
     return GatewayRun(
-        target=Target("(c) CrossLogic gateway → upstream", result),
+        target=Target(label, result),
         services=services,
         billing=billing,
         ratelimit_failed_open=failures_after - failures_before,
@@ -109,6 +109,9 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
     work_dir = Path(tempfile.mkdtemp(prefix="clb-", dir="/tmp"))
     envoys = BaselineEnvoys(work_dir, concurrency=envoy_concurrency)
     gateway = Gateway(work_dir / "stack", envoy_concurrency=envoy_concurrency)
+    in_authz = Gateway(
+        work_dir / "stack-authz", envoy_concurrency=envoy_concurrency, ratelimit_at="authz"
+    )
     failed = False
 
     def tidy() -> None:
@@ -121,15 +124,25 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
         cleanup.callback(tidy)
         cleanup.callback(envoys.stop)
         cleanup.callback(gateway.stop)
+        cleanup.callback(in_authz.stop)
         try:
-            run_targets(load, envoys=envoys, gateway=gateway, envoy_concurrency=envoy_concurrency)
+            run_targets(
+                load,
+                envoys=envoys,
+                gateways=(gateway, in_authz),
+                envoy_concurrency=envoy_concurrency,
+            )
         except Exception:
             failed = True
             raise
 
 
 def run_targets(
-    load: Load, *, envoys: BaselineEnvoys, gateway: Gateway, envoy_concurrency: int
+    load: Load,
+    *,
+    envoys: BaselineEnvoys,
+    gateways: tuple[Gateway, Gateway],
+    envoy_concurrency: int,
 ) -> None:
     note = machine_note(load, envoy_concurrency=envoy_concurrency)
     announce(note)
@@ -145,19 +158,24 @@ def run_targets(
         f"http://127.0.0.1:{plain_port}{CHAT}",
         load=load,
     )
-    announce("(c) starting the whole system (PostgreSQL, Redis, services, Envoy)...")
-    gateway.start(upstream_port=upstream_port)
-    announce("(c) loading the gateway with an API key whose rate limit is never reached...")
-    print_results(a, b, run_gateway(gateway, load=load), note=note)
-    unloaded_latency(
-        {
-            "(a) upstream": f"http://127.0.0.1:{upstream_port}{CHAT}",
-            "(b) plain Envoy": f"http://127.0.0.1:{plain_port}{CHAT}",
-            "(c) gateway": gateway.url,
-        },
-        authorization=f"Bearer {gateway.api_key}",
-        duration_s=max(2, load.duration_s // 2),
-    )
+    urls = {
+        "(a) upstream": f"http://127.0.0.1:{upstream_port}{CHAT}",
+        "(b) plain Envoy": f"http://127.0.0.1:{plain_port}{CHAT}",
+    }
+    for name, gateway in zip(("c", "d"), gateways, strict=True):
+        where = gateway.stack.settings.ratelimit_at
+        label = f"({name}) gateway, limits decided in {where} → upstream"
+        announce(f"({name}) starting the whole system, RATELIMIT_AT={where}...")
+        gateway.start(upstream_port=upstream_port)
+        announce(f"({name}) loading it with an API key whose limits are never reached...")
+        print_results(a, b, run_gateway(gateway, load=load, label=label), note=note)
+        auth = f"Bearer {gateway.api_key}"
+        unloaded_latency(
+            {**urls, f"({name}) gateway, RATELIMIT_AT={where}": gateway.url},
+            authorization=auth,
+            duration_s=max(2, load.duration_s // 2),
+        )
+        gateway.stop()  # one system at a time: they share two cores
 
 
 def unloaded_latency(urls: dict[str, str], *, authorization: str, duration_s: int) -> None:
