@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.accesslog import MalformedEntry, Settlement, parse
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics, split_complete
+from crosslogic.billing.settlement import per_counter
 from crosslogic.db.connection import create_pool
 from crosslogic.stack import Stack
 from tests.conftest import run_db
@@ -113,3 +114,11 @@ def test_settlement_of_each_kind_of_ending() -> None:
 
 def parse_entry(entry: dict[str, object]) -> Settlement | None:
     return parse(json.dumps(entry).encode())[1]
+
+
+def test_a_batch_settles_each_counter_once() -> None:
+    items = [
+        Settlement("r1", (("tenant", 10.0), ("key", 100.0)), -5),
+        Settlement("r2", (("tenant", 10.0),), 2),
+    ]
+    assert per_counter(items) == {"tenant": -30.0, "key": -500.0}

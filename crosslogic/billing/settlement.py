@@ -2,14 +2,15 @@
 
 The rate-limit service debits an estimate before a request runs; here each reservation is
 corrected to the real count (refund or extra charge) with settle.lua, all of one batch
-pipelined on one connection. A failure leaves the reservation as it was: conservative for a
-limit, never lost usage (the usage rows are already committed).
+summed per counter so that one script call settles a whole batch. A failure leaves the
+reservations as they were: conservative for a limit, never lost usage (the usage rows are
+already committed).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter
@@ -36,22 +37,28 @@ class TokenSettler:
         due = [s for s in items if s.delta_tokens != 0]
         if not due:
             return
-        results = await asyncio.gather(
-            *(
-                self._redis.eval_script(
-                    self._script,
-                    [k for k, _ in s.counters],
-                    [round(s.delta_tokens * i) for _, i in s.counters],
+        adjustments = per_counter(due)
+        keys = list(adjustments)
+        try:
+            for start in range(0, len(keys), CHUNK):
+                chunk = keys[start : start + CHUNK]
+                await self._redis.eval_script(
+                    self._script, chunk, [round(adjustments[k]) for k in chunk]
                 )
-                for s in due
-            ),
-            return_exceptions=True,
-        )
-        failed = [r for r in results if isinstance(r, BaseException)]
-        self._settled.labels("ok").inc(len(due) - len(failed))
-        if failed:
-            self._settled.labels("failed").inc(len(failed))
-            if not all(isinstance(r, RedisUnavailable) for r in failed):
-                log.error("token settlement failed: %r", failed[0])
-            else:
-                log.warning("could not settle %d reservation(s): %s", len(failed), failed[0])
+        except RedisUnavailable as exc:
+            self._settled.labels("failed").inc(len(due))
+            log.warning("could not settle %d reservation(s): %s", len(due), exc)
+            return
+        self._settled.labels("ok").inc(len(due))
+
+
+CHUNK = 1000  # counters per script call
+
+
+def per_counter(items: Sequence[Settlement]) -> dict[str, float]:
+    """Microseconds to move each counter by: the batch's corrections, summed per counter."""
+    total: dict[str, float] = defaultdict(float)
+    for item in items:
+        for key, interval_us in item.counters:
+            total[key] += item.delta_tokens * interval_us
+    return dict(total)
