@@ -7,10 +7,11 @@ embedded ones, as in production.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import asyncpg
 import openai
 import pytest
 
+from crosslogic.cli import main
 from crosslogic.db.connection import connect
 from crosslogic.extauthz import provisioning
-from crosslogic.settings import Settings, load
+from crosslogic.extauthz.decision import KeyRecord
+from crosslogic.settings import Settings, load, to_env
 from crosslogic.stack import Stack, free_port
 
 
@@ -104,3 +107,44 @@ def new_key(stack: Stack, **options: Any) -> provisioning.CreatedKey:
 def client(stack: Stack) -> openai.OpenAI:
     assert stack.demo is not None
     return openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)
+
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture()
+def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    for name, value in to_env(stack.settings).items():
+        monkeypatch.setenv(name, value)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def cli_ok(outcome: tuple[int, str, str]) -> Any:
+    """The JSON a CLI command printed, after checking it succeeded."""
+    code, out, err = outcome
+    assert code == 0, err
+    return json.loads(out)
+
+
+def key_record(**changes: object) -> KeyRecord:
+    """A KeyRecord for the pure tests: active everything, changed as asked."""
+    base: dict[str, object] = dict(
+        api_key_id="a",
+        key_id="k",
+        tenant_id="t",
+        environment_id="e",
+        key_status="active",
+        tenant_status="active",
+        environment_status="active",
+        expires_at=None,
+        allowed_models=None,
+        rate_limit_rpm=None,
+    )
+    base.update(changes)
+    return KeyRecord(**base)  # type: ignore[arg-type]

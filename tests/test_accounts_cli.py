@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,30 +29,9 @@ from crosslogic.admin.registration import parse_heartbeat, parse_registration
 from crosslogic.cli import main
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import parse_limit
-from crosslogic.settings import Settings, to_env
+from crosslogic.settings import Settings
 from crosslogic.stack import Stack
-from tests.conftest import run_db
-
-Cli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture()
-def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    for name, value in to_env(stack.settings).items():
-        monkeypatch.setenv(name, value)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-def ok(outcome: tuple[int, str, str]) -> Any:
-    code, out, err = outcome
-    assert code == 0, err
-    return json.loads(out)
+from tests.conftest import Cli, cli_ok, run_db
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +52,14 @@ def tenancy(stack: Stack) -> Iterator[dict[str, str]]:
 
 def test_operator_lifecycle_is_audited_as_cli(cli: Cli, stack: Stack) -> None:
     name = f"cli-{uuid.uuid4().hex[:8]}"
-    tenant = ok(cli("tenants", "create", name, "--plan", "pro"))
+    tenant = cli_ok(cli("tenants", "create", name, "--plan", "pro"))
     assert (tenant["name"], tenant["plan"], tenant["status"]) == (name, "pro", "active")
-    assert name in [t["name"] for t in ok(cli("tenants", "list"))]
-    env = ok(cli("envs", "create", tenant["id"], "prod"))
+    assert name in [t["name"] for t in cli_ok(cli("tenants", "list"))]
+    env = cli_ok(cli("envs", "create", tenant["id"], "prod"))
     assert env["tenant_id"] == tenant["id"] and env["status"] == "active"
-    assert ok(cli("envs", "list", tenant["id"])) == [env]
+    assert cli_ok(cli("envs", "list", tenant["id"])) == [env]
 
-    key = ok(
+    key = cli_ok(
         cli(
             "keys",
             "create",
@@ -91,7 +69,7 @@ def test_operator_lifecycle_is_audited_as_cli(cli: Cli, stack: Stack) -> None:
     )
     assert key["key"].startswith(f"clk_{key['key_id']}_")
     assert (key["name"], key["allowed_models"], key["rate_limit_rpm"]) == ("ci", ["demo-llama"], 60)
-    listed = ok(cli("keys", "list", "--env", env["id"]))
+    listed = cli_ok(cli("keys", "list", "--env", env["id"]))
     assert [k["key_id"] for k in listed] == [key["key_id"]] and "key" not in listed[0]
     # the key is real: Envoy's ext_authz accepts it
     client = openai.OpenAI(base_url=stack.base_url, api_key=key["key"], max_retries=0)
@@ -100,20 +78,20 @@ def test_operator_lifecycle_is_audited_as_cli(cli: Cli, stack: Stack) -> None:
     code, out, err = cli("keys", "rotate", key["key_id"], "--grace", "5m", "--quiet")
     assert code == 0, err
     assert re.fullmatch(r"clk_\w+\n", out) and out.strip() != key["key"]
-    old = ok(cli("keys", "show", key["key_id"]))
+    old = cli_ok(cli("keys", "show", key["key_id"]))
     left = (datetime.fromisoformat(old["expires_at"]) - datetime.now(UTC)).total_seconds()
     assert 240 < left <= 300
-    assert ok(cli("keys", "revoke", key["key_id"]))["status"] == "revoked"
+    assert cli_ok(cli("keys", "revoke", key["key_id"]))["status"] == "revoked"
     code, out, err = cli("keys", "create", env["id"], "--quiet")
     assert code == 0 and re.fullmatch(r"clk_\w+\n", out), err
 
-    assert ok(cli("envs", "disable", env["id"]))["status"] == "disabled"
-    assert ok(cli("envs", "enable", env["id"]))["status"] == "active"
-    assert ok(cli("tenants", "suspend", tenant["id"]))["status"] == "suspended"
-    assert ok(cli("tenants", "activate", tenant["id"]))["status"] == "active"
-    assert ok(cli("tenants", "show", tenant["id"]))["status"] == "active"
+    assert cli_ok(cli("envs", "disable", env["id"]))["status"] == "disabled"
+    assert cli_ok(cli("envs", "enable", env["id"]))["status"] == "active"
+    assert cli_ok(cli("tenants", "suspend", tenant["id"]))["status"] == "suspended"
+    assert cli_ok(cli("tenants", "activate", tenant["id"]))["status"] == "active"
+    assert cli_ok(cli("tenants", "show", tenant["id"]))["status"] == "active"
 
-    entries = ok(cli("audit", "--entity", tenant["id"]))
+    entries = cli_ok(cli("audit", "--entity", tenant["id"]))
     assert [e["action"] for e in entries] == ["tenant.active", "tenant.suspended", "tenant.create"]
     assert entries[1]["before"]["status"] == "active"
     assert entries[1]["after"]["status"] == "suspended"
@@ -166,7 +144,7 @@ def test_bad_input_is_refused_with_the_api_message(
 
 def test_a_refused_change_is_rolled_back(cli: Cli, stack: Stack) -> None:
     name = f"cli-dup-{uuid.uuid4().hex[:8]}"
-    ok(cli("tenants", "create", name))
+    cli_ok(cli("tenants", "create", name))
     code, _, err = cli("tenants", "create", name)
     assert code == 1 and err == f"error: A tenant named '{name}' exists.\n"
     created = run_db(

@@ -10,26 +10,13 @@ import pytest
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import Allow, KeyRecord, Model, decide
 from crosslogic.openai_errors import ApiError
+from tests.conftest import key_record
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CATALOG = {"m": Model(id=1, name="m"), "other": Model(id=2, name="other")}
 
 
-def record(**changes: object) -> KeyRecord:
-    base = dict(
-        api_key_id="a",
-        key_id="k",
-        tenant_id="t",
-        environment_id="e",
-        key_status="active",
-        tenant_status="active",
-        environment_status="active",
-        expires_at=None,
-        allowed_models=None,
-        rate_limit_rpm=None,
-    )
-    base.update(changes)
-    return KeyRecord(**base)  # type: ignore[arg-type]
+record = key_record
 
 
 def run(

@@ -9,23 +9,9 @@ import pytest
 from crosslogic.db.connection import DatabaseUnavailable
 from crosslogic.extauthz.decision import KeyRecord
 from crosslogic.extauthz.store import KeyCache
+from tests.conftest import key_record
 
-
-def record(**changes: object) -> KeyRecord:
-    base: dict[str, object] = dict(
-        api_key_id="a",
-        key_id="k",
-        tenant_id="t",
-        environment_id="e",
-        key_status="active",
-        tenant_status="active",
-        environment_status="active",
-        expires_at=None,
-        allowed_models=None,
-        rate_limit_rpm=None,
-    )
-    base.update(changes)
-    return KeyRecord(**base)  # type: ignore[arg-type]
+record = key_record
 
 
 class FakeDb:

@@ -10,21 +10,16 @@ import asyncio
 import getpass
 import json
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from crosslogic.cli import main
 from crosslogic.db.connection import connect
 from crosslogic.ratelimit import admin as limits
 from crosslogic.ratelimit.config import LimitRow
-from crosslogic.settings import to_env
 from crosslogic.stack import Stack
-from tests.conftest import run_db
+from tests.conftest import Cli, cli_ok, run_db
 from tests.test_access_control import Admin
-
-Cli = Callable[..., tuple[int, str, str]]
 
 
 def ok(reply: tuple[int, Any]) -> Any:
@@ -53,25 +48,6 @@ def last_audit_id(stack: Stack) -> int:
 @pytest.fixture()
 def admin(stack: Stack) -> Admin:
     return Admin(stack)
-
-
-@pytest.fixture()
-def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    for name, value in to_env(stack.settings).items():
-        monkeypatch.setenv(name, value)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-def cli_ok(outcome: tuple[int, str, str]) -> Any:
-    code, out, err = outcome
-    assert code == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture()

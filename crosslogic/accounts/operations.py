@@ -76,6 +76,35 @@ async def _notify(conn: asyncpg.Connection, kind: str, ident: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, json.dumps({"kind": kind, "id": ident}))
 
 
+_TABLES = {"tenant": ("tenants", _TENANT), "environment": ("environments", _ENVIRONMENT)}
+
+
+async def _set_status(
+    conn: asyncpg.Connection, *, actor: str, entity: str, before: dict[str, Any], status: str
+) -> dict[str, Any]:
+    """Suspend/activate a tenant or disable/enable an environment: audited, and announced so
+    every ext_authz process drops the keys it cached under it."""
+    table, columns = _TABLES[entity]
+    after = as_dict(
+        await conn.fetchrow(
+            f"UPDATE {table} SET status = $2, updated_at = now() WHERE id = $1 RETURNING {columns}",
+            before["id"],
+            status,
+        )
+    )
+    await write_audit(
+        conn,
+        actor=actor,
+        action=f"{entity}.{status}",
+        entity=entity,
+        entity_id=before["id"],
+        before=before,
+        after=after,
+    )
+    await _notify(conn, entity, before["id"])
+    return after
+
+
 # -- tenants -----------------------------------------------------------------------------
 
 
@@ -127,24 +156,7 @@ async def set_tenant_status(
     before = await get_tenant(conn, tenant_id)
     if isinstance(before, ApiError):
         return before
-    after = as_dict(
-        await conn.fetchrow(
-            f"UPDATE tenants SET status = $2, updated_at = now() WHERE id = $1 RETURNING {_TENANT}",
-            tenant_id,
-            status,
-        )
-    )
-    await write_audit(
-        conn,
-        actor=actor,
-        action=f"tenant.{status}",
-        entity="tenant",
-        entity_id=tenant_id,
-        before=before,
-        after=after,
-    )
-    await _notify(conn, "tenant", tenant_id)
-    return after
+    return await _set_status(conn, actor=actor, entity="tenant", before=before, status=status)
 
 
 # -- environments ------------------------------------------------------------------------
@@ -213,25 +225,7 @@ async def set_environment_status(
     before = await get_environment(conn, environment_id)
     if isinstance(before, ApiError):
         return before
-    after = as_dict(
-        await conn.fetchrow(
-            f"UPDATE environments SET status = $2, updated_at = now() WHERE id = $1 "
-            f"RETURNING {_ENVIRONMENT}",
-            environment_id,
-            status,
-        )
-    )
-    await write_audit(
-        conn,
-        actor=actor,
-        action=f"environment.{status}",
-        entity="environment",
-        entity_id=environment_id,
-        before=before,
-        after=after,
-    )
-    await _notify(conn, "environment", environment_id)
-    return after
+    return await _set_status(conn, actor=actor, entity="environment", before=before, status=status)
 
 
 # -- keys --------------------------------------------------------------------------------
