@@ -26,6 +26,15 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM while starting behaves like Ctrl-C: Stack.start() stops what it had started."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _wait_for_signal(check: object) -> None:
     stop = threading.Event()
 
@@ -43,7 +52,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     stack = Stack(settings, nodes=args.nodes)
     print("starting CrossLogic (Postgres, Redis, services, Envoy, nodes)...", flush=True)
-    stack.start()
+    _interrupt_on_sigterm()
+    try:
+        stack.start()
+    except KeyboardInterrupt:
+        print("stopped while starting", flush=True)
+        return 130
     try:
         assert stack.demo is not None
         print(f"\nCrossLogic is up. Logs: {stack.supervisor.log_dir}", flush=True)
@@ -94,9 +108,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     stack = Stack(settings, nodes=0, log_to_files=False)
+    _interrupt_on_sigterm()
     try:
         stack.start_services()
         _wait_for_signal(stack.supervisor.check)
+    except KeyboardInterrupt:
+        return 130
     finally:
         stack.stop()
     return 0

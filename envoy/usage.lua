@@ -13,6 +13,14 @@
 
 local NS = "crosslogic.usage"
 local WINDOW = 2048  -- bytes kept across chunk boundaries; a usage object is far smaller
+local CARRY = 40  -- longer than any marker we count
+local UNFINISHED = '"finish_reason"%s*:%s*null'
+local ROLE = '"role"%s*:'
+
+local function count(text, pattern)
+  local _, n = string.gsub(text, pattern, "")
+  return n
+end
 
 local function force_include_usage(handle)
   local authz = handle:streamInfo():dynamicMetadata():get("envoy.filters.http.ext_authz")
@@ -24,18 +32,13 @@ local function force_include_usage(handle)
     return
   end
   local text = body:getBytes(0, body:length())
-  local out, n = string.gsub(text, '"include_usage"%s*:%s*false', '"include_usage":true', 1)
-  if n == 0 then
-    out, n = string.gsub(text, '("stream_options"%s*:%s*{)(%s*)(}?)', function(open, space, close)
-      if close == "}" then
-        return open .. '"include_usage":true}'
-      end
-      return open .. '"include_usage":true,' .. space
-    end, 1)
+  -- Add the option as the object's LAST key: JSON parsers keep the last of duplicate keys,
+  -- so whatever the client wrote earlier (false, null, escapes, decoys) cannot win.
+  local head = string.match(text, "^(.*)}%s*$")
+  if head == nil then
+    return  -- not an object; ext_authz already refused such bodies
   end
-  if n == 0 then
-    out = string.gsub(text, "^(%s*{)", '%1"stream_options":{"include_usage":true},', 1)
-  end
+  local out = head .. ',"stream_options":{"include_usage":true}}'
   body:setBytes(out)
   handle:headers():replace("content-length", tostring(string.len(out)))
 end
@@ -92,17 +95,21 @@ function envoy_on_response(response_handle)
     response_handle:streamInfo():dynamicMetadata():set(NS, "streamed", true)
   end
   local window = ""
-  local events = 0  -- generation events seen: what a client that leaves early got
+  local carry = ""  -- the end of the previous chunk: a marker may straddle two chunks
+  local events, roles = 0, 0  -- what a client that leaves early was sent
   for chunk in response_handle:bodyChunks() do
     local bytes = chunk:getBytes(0, chunk:length())
     window = window .. bytes
     -- fetched again after every yield: the handle from before the yield is stale
     local md = response_handle:streamInfo():dynamicMetadata()
-    local _, found = string.gsub(bytes, '"finish_reason"%s*:%s*null', "")
-    if found > 0 then
-      events = events + found
-      -- the first event only announces the role; each later one carries a token
-      md:set(NS, "completion_seen", math.max(events - 1, 0))
+    local joined = carry .. bytes
+    local open = count(joined, UNFINISHED) - count(carry, UNFINISHED)
+    local role = count(joined, ROLE) - count(carry, ROLE)
+    carry = string.sub(bytes, -CARRY)
+    if open > 0 then
+      events, roles = events + open, roles + role
+      -- each unfinished event carries a token, except chat's opening one per choice (role)
+      md:set(NS, "completion_seen", math.max(events - roles, 0))
     end
     local prompt, completion = last_usage(window)
     if prompt ~= nil then

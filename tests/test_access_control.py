@@ -266,3 +266,86 @@ def test_names_with_a_trailing_newline_are_refused_cleanly(
         "POST", f"/admin/tenants/{environment['tenant_id']}/environments", {"name": "prod\n"}
     )
     assert status == 400 and reply["error"]["param"] == "name"
+
+
+def test_clients_cannot_choose_the_request_id(stack: Stack) -> None:
+    # the request id is the billing idempotency key: reusing one must not merge requests
+    assert stack.demo is not None
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).encode()
+    ids = []
+    for _ in range(2):
+        request = urllib.request.Request(
+            f"{stack.base_url}/chat/completions",
+            data=body,
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {stack.demo.api_key}",
+                "Content-Type": "application/json",
+                "x-request-id": "chosen-by-the-client",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            ids.append(r.headers["x-request-id"])
+    assert "chosen-by-the-client" not in ids and ids[0] != ids[1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        '"stream_options": {"include_usage": null}',
+        '"stream_options": null',
+        '"stream_options": {"include\\u005fusage": false}',
+        '"metadata": {"include_usage": false}, "stream_options": {"include_usage": false}',
+        '"stream_options": {}',
+    ],
+)
+def test_no_stream_escapes_usage_capture(stack: Stack, options: str) -> None:
+    assert stack.demo is not None
+    body = (
+        f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "a b c"}}], '
+        f'"max_tokens": 4, "stream": true, {options}}}'
+    )
+    request = urllib.request.Request(
+        f"{stack.base_url}/chat/completions",
+        data=body.encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {stack.demo.api_key}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        stream = r.read().decode()
+        request_id = r.headers["x-request-id"]
+    assert '"usage": {"prompt_tokens": 3' in stream  # the node was asked for the usage chunk
+    deadline = time.monotonic() + 10
+    while not (
+        rows := run_db(stack, "SELECT * FROM usage_records WHERE request_id = $1", request_id)
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (3, 4)
+    assert not rows[0]["usage_estimated"]
+
+
+def test_streams_must_be_booleans(stack: Stack) -> None:
+    assert stack.demo is not None
+    for value in (b"1", b'"true"'):
+        status, reply = raw_post(
+            stack, stack.demo.api_key, b'{"model": "demo-llama", "stream": ' + value + b"}"
+        )
+        assert status == 400 and reply["error"]["param"] == "stream"
+
+
+def test_large_embedding_responses_are_streamed_through_and_metered(stack: Stack) -> None:
+    assert stack.demo is not None
+    client = openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)
+    raw = client.embeddings.with_raw_response.create(
+        model=MODEL, input=["word"] * 2048, encoding_format="float"
+    )
+    assert len(raw.parse().data) == 2048  # a body well over Envoy's 1 MiB buffer
+    deadline = time.monotonic() + 10
+    request_id = raw.headers["x-request-id"]
+    while not (
+        rows := run_db(stack, "SELECT * FROM usage_records WHERE request_id = $1", request_id)
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert rows[0]["prompt_tokens"] == 2048

@@ -122,3 +122,21 @@ def test_a_batch_settles_each_counter_once() -> None:
         Settlement("r2", (("tenant", 10.0),), 2),
     ]
     assert per_counter(items) == {"tenant": -30.0, "key": -500.0}
+
+
+def test_an_abandoned_stream_is_recorded_from_what_the_client_was_sent(stack: Stack) -> None:
+    entry = {
+        **entry_of(stack),
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "completion_seen": 7.0,
+        "prompt_estimate": 3.0,
+        "flags": "DC",
+    }
+    record, _ = parse(json.dumps(entry).encode())
+    assert record is not None
+    assert (record.prompt_tokens, record.completion_tokens, record.usage_estimated) == (3, 7, True)
+
+
+def entry_of(stack: Stack) -> dict[str, object]:
+    return entry(stack)

@@ -98,3 +98,17 @@ def test_a_fetch_racing_an_invalidation_is_not_cached() -> None:
         assert cache.cached(b"h") is None  # so the next request reads the new state
 
     asyncio.run(go())
+
+
+def test_a_request_after_a_revoke_does_not_join_an_older_fetch() -> None:
+    async def go() -> None:
+        cache, db, _ = make()
+        older = asyncio.ensure_future(cache.get(b"h"))
+        await asyncio.sleep(0)  # that fetch read the row before the change
+        db.rows[b"h"] = record(key_status="revoked")
+        cache.invalidate(kind="key", ident="a")
+        newer = await cache.get(b"h")
+        await older
+        assert newer is not None and newer.key_status == "revoked"
+
+    asyncio.run(go())

@@ -453,3 +453,14 @@ def test_a_refused_change_leaves_nothing_behind(stack: Stack, subjects: dict[str
             await conn.close()
 
     asyncio.run(go())
+
+
+def test_request_limits_as_large_as_the_api_allows(admin: Admin) -> None:
+    plan = f"big-{uuid.uuid4().hex[:8]}"
+    status, row = admin(
+        "PUT",
+        "/admin/limits",
+        {"scope": "plan", "subject": plan, "layer": "key", "requests_per_minute": 3_000_000_000},
+    )
+    assert status == 200, row
+    assert admin("DELETE", f"/admin/limits/{row['id']}")[0] == 200

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import openai
@@ -78,6 +79,52 @@ def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
         _, alive = psutil.wait_procs(family, timeout=10)
         assert not alive, f"left running: {alive}"
         assert not [p for p in ports.values() if port_in_use(p)]
+    finally:
+        if up.poll() is None:
+            up.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_sigterm_while_starting_leaves_nothing_behind() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="cls-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k not in ("DB_HOST", "REDIS_HOST")}
+    env.update(
+        {
+            name: str(free_port())
+            for name in (
+                "SERVER_PORT",
+                "PROMETHEUS_PORT",
+                "EXTAUTHZ_PORT",
+                "RATELIMIT_PORT",
+                "XDS_PORT",
+                "ENVOY_PORT",
+                "ENVOY_ADMIN_PORT",
+                "REDIS_PORT",
+            )
+        }
+    )
+    env["DATA_DIR"] = str(data_dir)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "crosslogic", "up"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        family: list[psutil.Process] = []
+        deadline = time.monotonic() + 20
+        while not family:  # wait until it has started something (Postgres, Redis, services)
+            assert time.monotonic() < deadline
+            family = psutil.Process(up.pid).children(recursive=True)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        family = psutil.Process(up.pid).children(recursive=True)
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=30)
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"left running: {alive}"
+        postmaster = data_dir / "pg" / "postmaster.pid"
+        assert not postmaster.exists(), "the embedded PostgreSQL is still running"
     finally:
         if up.poll() is None:
             up.kill()

@@ -30,6 +30,7 @@ class UsageRecord:
     completion_tokens: int
     status_code: int
     response_flags: str
+    usage_estimated: bool
     started_at: datetime
     duration_ms: int
 
@@ -50,6 +51,16 @@ class Settlement:
     delta_tokens: int
 
 
+def counted_usage(entry: dict[str, Any]) -> tuple[int, int, bool] | None:
+    """(prompt, completion, estimated): as the node reported it, or, for a stream the client
+    left before the usage chunk, the prompt estimate and the tokens the client was sent."""
+    if entry.get("prompt_tokens") is not None:
+        return _count(entry["prompt_tokens"]), _count(entry.get("completion_tokens")), False
+    if entry.get("completion_seen") is not None:
+        return _count(entry.get("prompt_estimate")), _count(entry["completion_seen"]), True
+    return None
+
+
 def settlement(entry: dict[str, Any]) -> Settlement | None:
     """Real usage minus what the rate limiter reserved, when the real usage is known.
 
@@ -62,12 +73,11 @@ def settlement(entry: dict[str, Any]) -> Settlement | None:
     reservation = entry.get("reservation") or entry.get("authz_reservation")
     if not isinstance(reservation, dict) or not reservation.get("counters"):
         return None
-    if entry.get("prompt_tokens") is not None:
-        real = _count(entry.get("prompt_tokens")) + _count(entry.get("completion_tokens"))
+    usage = counted_usage(entry)
+    if usage is not None:
+        real = usage[0] + usage[1]
     elif not entry.get("upstream_host") or entry.get("status") not in (200, 0):
         real = 0
-    elif entry.get("completion_seen") is not None:
-        real = _count(entry.get("prompt_estimate")) + _count(entry.get("completion_seen"))
     else:
         return None
     try:
@@ -95,6 +105,9 @@ def usage_record(entry: dict[str, Any]) -> UsageRecord | None:
         return None  # not an inference request (GET /v1/models)
     if not entry.get("upstream_host"):
         return None  # refused before any node (rate limit, no healthy node)
+    usage = counted_usage(entry)
+    # no usage at all: an error answer (nothing generated), or unknown (flagged as estimated)
+    prompt, completion, estimated = usage or (0, 0, entry.get("status") == 200)
     try:
         started = datetime.strptime(entry["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ")
         return UsageRecord(
@@ -106,8 +119,9 @@ def usage_record(entry: dict[str, Any]) -> UsageRecord | None:
             node_id=entry.get("upstream_node") or entry.get("upstream_host"),
             endpoint=str(entry.get("path") or "").split("?", 1)[0],
             streamed=bool(entry.get("streamed")),
-            prompt_tokens=_count(entry.get("prompt_tokens")),
-            completion_tokens=_count(entry.get("completion_tokens")),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            usage_estimated=estimated,
             status_code=int(entry.get("status") or 0),
             response_flags=str(entry.get("flags") or "-"),
             started_at=started.replace(tzinfo=UTC),

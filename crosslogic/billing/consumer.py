@@ -29,10 +29,10 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 _INSERT = """
 INSERT INTO usage_records (request_id, tenant_id, environment_id, api_key_id, model_id, node_id,
     endpoint, streamed, prompt_tokens, completion_tokens, cost_usd, status_code, response_flags,
-    started_at, duration_ms)
+    started_at, duration_ms, usage_estimated)
 SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[],
     $7::text[], $8::bool[], $9::int[], $10::int[], $11::numeric[], $12::int[], $13::text[],
-    $14::timestamptz[], $15::int[])
+    $14::timestamptz[], $15::int[], $16::bool[])
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id
 """
@@ -189,4 +189,5 @@ def columns(records: Sequence[UsageRecord], prices: dict[int, Price]) -> list[li
         [r.response_flags for r in records],
         [r.started_at for r in records],
         [r.duration_ms for r in records],
+        [r.usage_estimated for r in records],
     ]

@@ -49,7 +49,8 @@ class Allow:
     key: KeyRecord
     model: Model | None  # None on endpoints that name no model (GET /v1/models)
     force_include_usage: bool
-    stream: bool = False  # the node will answer with SSE (usage is read from the stream)
+    stream: bool = False  # the node will answer with SSE
+    scan_usage: bool = False  # read usage chunk by chunk: streams, and bodies that can be big
     tokens: int = 0  # estimated prompt + completion tokens: reserved against token limits
     prompt_tokens: int = 0  # the prompt part of that estimate
 
@@ -114,6 +115,14 @@ def decide(
         return invalid_request(
             "You must provide a model parameter.", param="model", code="missing_model"
         )
+    raw_stream = payload.get("stream", False)
+    if raw_stream is not None and not isinstance(raw_stream, bool):
+        # a server might read 1 or "true" as true: the stream would escape usage capture
+        return invalid_request("'stream' must be a boolean.", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return invalid_request("'stream_options' must be an object.", param="stream_options")
+    stream = raw_stream is True and endpoint in STREAMING_ENDPOINTS
     model = catalog.get(name)
     if model is None:
         return ApiError(
@@ -135,7 +144,8 @@ def decide(
         key=key,
         model=model,
         force_include_usage=_needs_usage(endpoint, payload),
-        stream=endpoint in STREAMING_ENDPOINTS and payload.get("stream") is True,
+        stream=stream,
+        scan_usage=stream or endpoint == "/v1/embeddings",
         tokens=estimate_tokens(endpoint, payload),
         prompt_tokens=estimate_prompt(endpoint, payload),
     )

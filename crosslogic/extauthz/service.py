@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "envoy.filters.http.ext_authz"
 CLUSTER_HEADER = "x-crosslogic-cluster"
-# picks how Envoy reads token usage from the response: "sse" (Lua) or "json" (C++ filter)
+# how Envoy reads token usage from the response: "scan" (Lua, chunk by chunk: streams and
+# embeddings, which can be larger than Envoy's buffer) or "json" (the C++ filter, buffered)
 USAGE_HEADER = "x-crosslogic-usage"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _JSON = base_pb2.HeaderValueOption(
@@ -143,7 +144,7 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
         if decision.force_include_usage:
             metadata.update({"force_include_usage": True})
         headers.append(_header(CLUSTER_HEADER, decision.model.cluster))
-        headers.append(_header(USAGE_HEADER, "sse" if decision.stream else "json"))
+        headers.append(_header(USAGE_HEADER, "scan" if decision.scan_usage else "json"))
     else:
         allowed_models = key.allowed_models
         headers.append(

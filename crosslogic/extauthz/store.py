@@ -64,7 +64,7 @@ class KeyCache:
         self._stale_for = stale_for
         self._clock = clock
         self._entries: dict[bytes, _Entry] = {}
-        self._inflight: dict[bytes, asyncio.Future[KeyRecord | None]] = {}
+        self._inflight: dict[tuple[bytes, int], asyncio.Future[KeyRecord | None]] = {}
         # bumped by every invalidation: a fetch that started before one must not be cached
         self._generation = 0
         self._used: dict[str, float] = {}
@@ -111,13 +111,16 @@ class KeyCache:
         entry = self.cached(key_hash)
         if entry is not None:
             return entry.record
-        pending = self._inflight.get(key_hash)
+        # join a fetch only if it started after the last invalidation: one that started before
+        # may return the row as it was before a revoke
+        flight = (key_hash, self._generation)
+        pending = self._inflight.get(flight)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[KeyRecord | None] = asyncio.get_running_loop().create_future()
-        self._inflight[key_hash] = future
+        self._inflight[flight] = future
         try:
-            record = await self._load(key_hash)
+            record = await self._load(key_hash, generation=flight[1])
             future.set_result(record)
             return record
         except BaseException as exc:
@@ -125,10 +128,9 @@ class KeyCache:
             future.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         finally:
-            del self._inflight[key_hash]
+            del self._inflight[flight]
 
-    async def _load(self, key_hash: bytes) -> KeyRecord | None:
-        generation = self._generation
+    async def _load(self, key_hash: bytes, *, generation: int) -> KeyRecord | None:
         try:
             record = await self._fetch(key_hash)
         except DatabaseUnavailable:

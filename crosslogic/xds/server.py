@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -41,8 +42,10 @@ class SnapshotCache:
         self._changed = asyncio.Event()
         return True
 
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
+    def wait_changed(self) -> Coroutine[Any, Any, bool]:
+        """Wait for the next publish after NOW: the event is taken at the call, not when the
+        returned coroutine first runs (a publish in between would otherwise be missed)."""
+        return self._changed.wait()
 
 
 @dataclass
