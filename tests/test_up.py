@@ -16,22 +16,21 @@ import psutil
 
 from crosslogic.stack import free_port, port_in_use
 
+PORTS = (
+    "SERVER_PORT",
+    "PROMETHEUS_PORT",
+    "EXTAUTHZ_PORT",
+    "RATELIMIT_PORT",
+    "XDS_PORT",
+    "ENVOY_PORT",
+    "ENVOY_ADMIN_PORT",
+    "REDIS_PORT",
+)
 
-def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
-    ports = {
-        name: free_port()
-        for name in (
-            "SERVER_PORT",
-            "PROMETHEUS_PORT",
-            "EXTAUTHZ_PORT",
-            "RATELIMIT_PORT",
-            "XDS_PORT",
-            "ENVOY_PORT",
-            "ENVOY_ADMIN_PORT",
-            "REDIS_PORT",
-        )
-    }
+
+def up_environment(data_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Free ports, a data dir and embedded databases for a `crosslogic up` of its own."""
+    ports = {name: free_port() for name in PORTS}
     env = {k: v for k, v in os.environ.items() if k not in ("DB_HOST", "REDIS_HOST")}
     env.update({k: str(v) for k, v in ports.items()})
     env.update(
@@ -43,6 +42,12 @@ def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
             "NODE_HEARTBEAT_INTERVAL": "0.5",
         }
     )
+    return ports, env
+
+
+def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
+    ports, env = up_environment(data_dir)
     up = subprocess.Popen(
         [sys.executable, "-m", "crosslogic", "up"],
         env=env,
@@ -87,23 +92,7 @@ def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
 
 def test_sigterm_while_starting_leaves_nothing_behind() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="cls-", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if k not in ("DB_HOST", "REDIS_HOST")}
-    env.update(
-        {
-            name: str(free_port())
-            for name in (
-                "SERVER_PORT",
-                "PROMETHEUS_PORT",
-                "EXTAUTHZ_PORT",
-                "RATELIMIT_PORT",
-                "XDS_PORT",
-                "ENVOY_PORT",
-                "ENVOY_ADMIN_PORT",
-                "REDIS_PORT",
-            )
-        }
-    )
-    env["DATA_DIR"] = str(data_dir)
+    _, env = up_environment(data_dir)
     up = subprocess.Popen(
         [sys.executable, "-m", "crosslogic", "up"],
         env=env,

@@ -141,13 +141,18 @@ async def list_tenants(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     return [as_dict(r) for r in await conn.fetch(f"SELECT {_TENANT} FROM tenants ORDER BY name")]
 
 
-async def get_tenant(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | ApiError:
+async def _get(conn: asyncpg.Connection, entity: str, ident: str) -> dict[str, Any] | ApiError:
+    table, columns = _TABLES[entity]
     row = (
-        await conn.fetchrow(f"SELECT {_TENANT} FROM tenants WHERE id = $1", tenant_id)
-        if _uuid(tenant_id)
+        await conn.fetchrow(f"SELECT {columns} FROM {table} WHERE id = $1", ident)
+        if _uuid(ident)
         else None
     )
-    return as_dict(row) if row is not None else _not_found("tenant", tenant_id)
+    return as_dict(row) if row is not None else _not_found(entity, ident)
+
+
+async def get_tenant(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any] | ApiError:
+    return await _get(conn, "tenant", tenant_id)
 
 
 async def set_tenant_status(
@@ -209,14 +214,7 @@ async def list_environments(conn: asyncpg.Connection, tenant_id: str) -> list[di
 async def get_environment(
     conn: asyncpg.Connection, environment_id: str
 ) -> dict[str, Any] | ApiError:
-    row = (
-        await conn.fetchrow(
-            f"SELECT {_ENVIRONMENT} FROM environments WHERE id = $1", environment_id
-        )
-        if _uuid(environment_id)
-        else None
-    )
-    return as_dict(row) if row is not None else _not_found("environment", environment_id)
+    return await _get(conn, "environment", environment_id)
 
 
 async def set_environment_status(
