@@ -16,7 +16,7 @@ from typing import Any
 from crosslogic.db.connection import connect
 from crosslogic.extauthz import provisioning
 from crosslogic.settings import Settings
-from crosslogic.stack import Stack, free_port, wait_until
+from crosslogic.stack import Stack, wait_until, with_free_ports
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,8 @@ class Heartbeat(threading.Thread):
 
 
 def bench_settings(data_dir: Path, *, envoy_concurrency: int, ratelimit_at: str) -> Settings:
-    return Settings(
-        server_port=free_port(),
-        prometheus_port=free_port(),
-        extauthz_port=free_port(),
-        ratelimit_port=free_port(),
-        xds_port=free_port(),
-        envoy_port=free_port(),
-        envoy_admin_port=free_port(),
-        redis_port=free_port(),
-        data_dir=data_dir,
-        envoy_concurrency=envoy_concurrency,
-        ratelimit_at=ratelimit_at,
+    return with_free_ports(
+        Settings(data_dir=data_dir, envoy_concurrency=envoy_concurrency, ratelimit_at=ratelimit_at)
     )
 
 

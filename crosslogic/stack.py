@@ -39,6 +39,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def with_free_ports(settings: Settings) -> Settings:
+    """Every listening port moved to a free one: a second system beside a first (tests,
+    the benchmark)."""
+    return settings.with_overrides(
+        server_port=free_port(),
+        prometheus_port=free_port(),
+        extauthz_port=free_port(),
+        ratelimit_port=free_port(),
+        xds_port=free_port(),
+        envoy_port=free_port(),
+        envoy_admin_port=free_port(),
+        # an external Redis keeps its port
+        redis_port=free_port() if settings.redis_host is None else settings.redis_port,
+    )
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0

@@ -24,19 +24,11 @@ from crosslogic.db.connection import connect
 from crosslogic.extauthz import provisioning
 from crosslogic.extauthz.decision import KeyRecord
 from crosslogic.settings import Settings, load, to_env
-from crosslogic.stack import Stack, free_port
+from crosslogic.stack import Stack, with_free_ports
 
 
 def stack_settings(data_dir: Path) -> Settings:
-    return load(os.environ).with_overrides(
-        server_port=free_port(),
-        prometheus_port=free_port(),
-        extauthz_port=free_port(),
-        ratelimit_port=free_port(),
-        xds_port=free_port(),
-        envoy_port=free_port(),
-        envoy_admin_port=free_port(),
-        redis_port=free_port() if not os.environ.get("REDIS_HOST") else load(os.environ).redis_port,
+    return with_free_ports(load(os.environ)).with_overrides(
         data_dir=data_dir,
         access_log_path=None,
         extauthz_workers=2,

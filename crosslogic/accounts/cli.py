@@ -275,18 +275,7 @@ async def _execute(settings: Settings, work: Work, actor: str) -> Result:
     """Run ``work`` in one transaction; an ApiError result rolls it back."""
     conn = await connect(settings)
     try:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            result = await work(conn, actor)
-        except BaseException:
-            await tx.rollback()
-            raise
-        if isinstance(result, ApiError):
-            await tx.rollback()
-        else:
-            await tx.commit()
-        return result
+        return await ops.atomically(conn, lambda c: work(c, actor))
     finally:
         await conn.close()
 

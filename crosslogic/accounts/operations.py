@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -28,6 +29,28 @@ _KEY = (
     "allowed_models, allowed_regions, rate_limit_rpm, expires_at, revoked_at, last_used_at, "
     "rotated_from::text, created_at, updated_at"
 )
+
+
+Outcome = TypeVar("Outcome")
+
+
+async def atomically(
+    conn: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[Outcome]]
+) -> Outcome:
+    """Run ``work`` in one transaction that commits only if it succeeded: an exception or an
+    ApiError result rolls everything back, audit row and NOTIFY included."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        result = await work(conn)
+    except BaseException:
+        await tx.rollback()
+        raise
+    if isinstance(result, ApiError):
+        await tx.rollback()
+    else:
+        await tx.commit()
+    return result
 
 
 def _plain(value: Any) -> Any:

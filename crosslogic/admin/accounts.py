@@ -39,18 +39,7 @@ async def in_transaction(
 ) -> Result:
     """Run ``work`` in one transaction; an ApiError result rolls it back."""
     async with request.app[POOL].acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            result = await work(conn)
-        except BaseException:
-            await tx.rollback()
-            raise
-        if isinstance(result, ApiError):
-            await tx.rollback()
-        else:
-            await tx.commit()
-        return result
+        return await ops.atomically(conn, work)
 
 
 async def create_tenant(request: web.Request) -> web.Response:
