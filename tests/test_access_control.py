@@ -15,6 +15,7 @@ import pytest
 
 from crosslogic.stack import Stack
 from tests.conftest import run_db
+from tests.test_e2e import node_metrics, usage_row
 
 MODEL = "demo-llama"
 
@@ -205,16 +206,7 @@ def test_nodes_never_see_keys_or_internal_headers(stack: Stack) -> None:
     spoofing.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1
     )
-    request = urllib.request.Request(
-        f"{stack.admin_url}/admin/nodes",
-        headers={"Authorization": f"Bearer {stack.settings.admin_token}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as r:
-        nodes = [n for n in json.load(r)["nodes"] if n["live"]]
-    for node in nodes:
-        url = f"http://{node['address']}:{node['port']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
+    for text in node_metrics(stack).values():
         leaked = re.search(
             r"^crosslogic_node_requests_with_gateway_headers_total (\S+)$", text, re.M
         )
@@ -315,12 +307,8 @@ def test_no_stream_escapes_usage_capture(stack: Stack, options: str) -> None:
         stream = r.read().decode()
         request_id = r.headers["x-request-id"]
     assert '"usage": {"prompt_tokens": 3' in stream  # the node was asked for the usage chunk
-    deadline = time.monotonic() + 10
-    while not (
-        rows := run_db(stack, "SELECT * FROM usage_records WHERE request_id = $1", request_id)
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    rows = usage_row(stack, request_id)
+    assert rows, "billing never recorded the request"
     assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == (3, 4)
     assert not rows[0]["usage_estimated"]
 
@@ -341,11 +329,7 @@ def test_large_embedding_responses_are_streamed_through_and_metered(stack: Stack
         model=MODEL, input=["word"] * 2048, encoding_format="float"
     )
     assert len(raw.parse().data) == 2048  # a body well over Envoy's 1 MiB buffer
-    deadline = time.monotonic() + 10
     request_id = raw.headers["x-request-id"]
-    while not (
-        rows := run_db(stack, "SELECT * FROM usage_records WHERE request_id = $1", request_id)
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    rows = usage_row(stack, request_id)
+    assert rows, "billing never recorded the request"
     assert rows[0]["prompt_tokens"] == 2048

@@ -17,21 +17,28 @@ from tests.conftest import new_key, run_db
 MODEL = "demo-llama"
 
 
-def node_generated_tokens(stack: Stack) -> dict[str, float]:
-    """vllm:generation_tokens_total per live node, read from each node's /metrics."""
+def node_metrics(stack: Stack) -> dict[str, str]:
+    """The /metrics text of every live node, by node id."""
     request = urllib.request.Request(
         f"{stack.admin_url}/admin/nodes",
         headers={"Authorization": f"Bearer {stack.settings.admin_token}"},
     )
     with urllib.request.urlopen(request, timeout=5) as r:
         nodes = [n for n in json.load(r)["nodes"] if n["live"]]
-    totals = {}
+    texts = {}
     for node in nodes:
         url = f"http://{node['address']}:{node['port']}/metrics"
         with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
+            texts[node["id"]] = r.read().decode()
+    return texts
+
+
+def node_generated_tokens(stack: Stack) -> dict[str, float]:
+    """vllm:generation_tokens_total per live node."""
+    totals = {}
+    for node_id, text in node_metrics(stack).items():
         match = re.search(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-        totals[node["id"]] = float(match.group(1)) if match else 0.0
+        totals[node_id] = float(match.group(1)) if match else 0.0
     return totals
 
 
