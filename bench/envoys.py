@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
-from crosslogic.stack import envoy_binary, free_port, http_ok, wait_until
+from crosslogic.stack import envoy_binary, free_ports, http_ok, wait_until
 from crosslogic.supervisor import Supervisor, base_env
 
 HERE = Path(__file__).resolve().parent
@@ -21,7 +21,7 @@ class BaselineEnvoys:
 
     def start(self, name: str, template: str, **values: int) -> int:
         """Render ``template`` with a free PORT and ADMIN_PORT, start it, return its PORT."""
-        port, admin_port = free_port(), free_port()
+        port, admin_port = free_ports(2)
         text = Template((HERE / template).read_text()).substitute(
             {"PORT": port, "ADMIN_PORT": admin_port, **values}
         )

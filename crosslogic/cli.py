@@ -221,12 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = from_environ()
-    except SettingsError as exc:
+        configure_logging(settings.log_level)
+        if args.command in accounts_cli.COMMANDS:
+            return accounts_cli.run(settings, args)
+        if args.command in limits_cli.COMMANDS:
+            return limits_cli.run(settings, args)
+        return COMMANDS[args.command](settings, args)
+    except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    if args.command in accounts_cli.COMMANDS:
-        return accounts_cli.run(settings, args)
-    if args.command in limits_cli.COMMANDS:
-        return limits_cli.run(settings, args)
-    return COMMANDS[args.command](settings, args)

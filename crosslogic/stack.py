@@ -7,6 +7,7 @@ class, so what the tests exercise is what an operator runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from crosslogic.db.connection import connect
 from crosslogic.db.migrate import migrate
 from crosslogic.demo import DEMO_MODEL, Demo
 from crosslogic.metrics import MULTIPROC_ENV, prepare_multiproc_dir
-from crosslogic.settings import Settings, to_env
+from crosslogic.settings import Settings, SettingsError, to_env
 from crosslogic.supervisor import Child, Supervisor
 
 log = logging.getLogger(__name__)
@@ -33,25 +34,35 @@ log = logging.getLogger(__name__)
 SERVICES = ("admin", "xds", "extauthz", "ratelimit", "billing")
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different free ports. The sockets stay bound until all are picked: one at a
+    time, the kernel hands out the same port twice now and then (about 1 run in 500 for 8),
+    and two gRPC services then share it silently (SO_REUSEPORT)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def with_free_ports(settings: Settings) -> Settings:
     """Every listening port moved to a free one: a second system beside a first (tests,
     the benchmark)."""
+    server, prometheus, extauthz, ratelimit, xds, envoy, envoy_admin, redis = free_ports(8)
     return settings.with_overrides(
-        server_port=free_port(),
-        prometheus_port=free_port(),
-        extauthz_port=free_port(),
-        ratelimit_port=free_port(),
-        xds_port=free_port(),
-        envoy_port=free_port(),
-        envoy_admin_port=free_port(),
+        server_port=server,
+        prometheus_port=prometheus,
+        extauthz_port=extauthz,
+        ratelimit_port=ratelimit,
+        xds_port=xds,
+        envoy_port=envoy,
+        envoy_admin_port=envoy_admin,
         # an external Redis keeps its port
-        redis_port=free_port() if settings.redis_host is None else settings.redis_port,
+        redis_port=redis if settings.redis_host is None else settings.redis_port,
     )
 
 
@@ -76,9 +87,10 @@ def wait_until(
         time.sleep(0.05)
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, *, headers: dict[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=1) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -159,12 +171,20 @@ class Stack:
             self.settings = s = s.with_overrides(redis_host="127.0.0.1")
         s.access_log.parent.mkdir(parents=True, exist_ok=True)
         s.access_log.touch()
-        self.demo = asyncio.run(self._prepare_database())
+        self.demo = seeded = asyncio.run(self._prepare_database())
         self.start_services()
         self.start_envoy()
         for i in range(self.node_count):
             self.start_node(f"{self.model}-{i + 1}")
         self.wait_healthy_nodes(self.node_count)
+        # what `up` prints must work once printed: the demo key through Envoy and ext_authz
+        wait_until(
+            "the demo key to be accepted through Envoy",
+            lambda: http_ok(
+                f"{self.base_url}/models", headers={"Authorization": f"Bearer {seeded.api_key}"}
+            ),
+            check=self.supervisor.check,
+        )
 
     def start_redis(self) -> None:
         """The embedded redis-server (also used by tests that restart it mid-flight)."""
@@ -191,9 +211,16 @@ class Stack:
         }
         if s.redis_host is None:
             wanted["REDIS_PORT"] = s.redis_port
+        by_port: dict[int, list[str]] = {}
+        for name, port in wanted.items():
+            by_port.setdefault(port, []).append(name)
+        # gRPC servers share a port without an error (SO_REUSEPORT): refuse it here instead
+        shared = [f"{' = '.join(names)} = {port}" for port, names in by_port.items() if names[1:]]
+        if shared:
+            raise SettingsError(f"one port for two services: {'; '.join(shared)}")
         busy = [f"{name}={port}" for name, port in wanted.items() if port_in_use(port)]
         if busy:
-            raise RuntimeError(
+            raise SettingsError(
                 f"port(s) already in use: {', '.join(busy)}. Stop what listens there or set "
                 "those variables to free ports."
             )

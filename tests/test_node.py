@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from crosslogic.node import tokens
 from crosslogic.node.main import run
 from crosslogic.node.registration import RegistrationConfig, backoff_delay, run_registration
 from crosslogic.node.server import NODE_STATE, NodeConfig, NodeLoad, make_app
+from crosslogic.stack import free_port
 
 MODEL = "demo-llama"
 
@@ -524,7 +524,7 @@ async def _register_for_a_while(
 
 def test_registration_retries_reregisters_and_deregisters() -> None:
     cp = _FakeControlPlane(refuse_registrations=2, forget_after_heartbeats=2, enough_heartbeats=4)
-    port = _free_port()
+    port = free_port()
     config = _registration_config(
         f"http://127.0.0.1:{port}", port=port, node_id=None, admin_token="s3cret"
     )
@@ -554,7 +554,7 @@ def test_registration_retries_reregisters_and_deregisters() -> None:
 
 
 def test_registration_survives_an_unreachable_control_plane() -> None:
-    port = _free_port()
+    port = free_port()
     config = _registration_config(f"http://127.0.0.1:{port}", node_id="n1")
     registered = asyncio.run(_register_for_a_while(config))
     assert registered == []
@@ -564,12 +564,6 @@ def test_backoff_doubles_and_is_capped() -> None:
     delays = [backoff_delay(a, initial=0.5, maximum=4) for a in range(6)]
     assert delays == [0.5, 1, 2, 4, 4, 4]
     assert backoff_delay(10_000, initial=0.5, maximum=4) == 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- main.py -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import psutil
 
-from crosslogic.stack import free_port, port_in_use
+from crosslogic.stack import free_ports, port_in_use
 
 PORTS = (
     "SERVER_PORT",
@@ -30,7 +30,7 @@ PORTS = (
 
 def up_environment(data_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Free ports, a data dir and embedded databases for a `crosslogic up` of its own."""
-    ports = {name: free_port() for name in PORTS}
+    ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
     env = {k: v for k, v in os.environ.items() if k not in ("DB_HOST", "REDIS_HOST")}
     env.update({k: str(v) for k, v in ports.items()})
     env.update(
@@ -118,3 +118,31 @@ def test_sigterm_while_starting_leaves_nothing_behind() -> None:
         if up.poll() is None:
             up.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_one_port_for_two_services_is_refused_before_anything_starts() -> None:
+    # gRPC servers would share it silently (SO_REUSEPORT): half the checks would go astray
+    data_dir = Path(tempfile.mkdtemp(prefix="clp-", dir="/tmp"))
+    ports, env = up_environment(data_dir)
+    env["RATELIMIT_PORT"] = env["EXTAUTHZ_PORT"]
+    try:
+        up = subprocess.run(
+            [sys.executable, "-m", "crosslogic", "up"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert up.returncode == 2
+        assert (
+            "configuration error: one port for two services: "
+            f"EXTAUTHZ_PORT = RATELIMIT_PORT = {ports['EXTAUTHZ_PORT']}"
+        ) in up.stderr
+        assert not (data_dir / "pg").exists()  # refused before Postgres was started
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_free_ports_are_different() -> None:
+    for _ in range(200):
+        assert len(set(free_ports(8))) == 8
