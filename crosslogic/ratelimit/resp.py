@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -50,8 +50,8 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's does not subclass asyncio.Transport: no isinstance)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)

@@ -19,7 +19,7 @@ from crosslogic.ratelimit.admin import CHANNEL, load_rows
 from crosslogic.ratelimit.config import LimitTable
 from crosslogic.ratelimit.decider import RateLimiter, RateLimitMetrics
 from crosslogic.ratelimit.resp import PipelinedRedis
-from crosslogic.ratelimit.store import RedisCounters
+from crosslogic.ratelimit.store import CounterStoreUnavailable, RedisCounters
 from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,14 @@ async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenL
         password=settings.redis_password,
         timeout=REDIS_TIMEOUT_S,
     )
+    counters = RedisCounters(redis)
+    try:
+        await counters.prepare()
+    except CounterStoreUnavailable as exc:
+        log.warning("Redis unreachable at start, limits fail open or closed until it is: %s", exc)
     pool = await create_pool(settings, min_size=1, max_size=2)
     limiter = RateLimiter(
-        counters=RedisCounters(redis),
+        counters=counters,
         metrics=RateLimitMetrics(registry),
         table=await load_table(pool, settings),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib import resources
 
+import hiredis
+
 from crosslogic.ratelimit.limiter import Limit, script_args
 from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
 
@@ -23,6 +25,13 @@ class RedisCounters:
     def __init__(self, client: PipelinedRedis) -> None:
         self._client = client
         self._gcra = load_script("gcra.lua")
+
+    async def prepare(self) -> None:
+        """Connect and load the script before the first request needs them."""
+        try:
+            await self._client.call("SCRIPT", "LOAD", self._gcra)
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
+            raise CounterStoreUnavailable(str(exc)) from exc
 
     async def evaluate(self, limits: Sequence[Limit]) -> list[int]:
         keys, argv = script_args(limits)
