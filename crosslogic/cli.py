@@ -135,8 +135,8 @@ def cmd_service(settings: Settings, args: argparse.Namespace) -> int:
         from crosslogic.ratelimit.main import run
     else:
         from crosslogic.billing.main import run
-    # uvloop: with it ext_authz answered ~1.5x the requests/s of asyncio's own loop on the same
-    # cores (measured through Envoy); grpc.aio, asyncpg and aiohttp all run on it
+    # uvloop: a Python gRPC hop behind Envoy measured ~0.1 ms faster unloaded and ~5% more
+    # requests/s than on asyncio's own loop; grpc.aio, asyncpg and aiohttp all run on it
     uvloop.run(run(settings, registry))
     return 0
 
