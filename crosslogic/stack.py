@@ -71,6 +71,17 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def refuse_shared_ports(wanted: dict[str, int]) -> None:
+    """gRPC servers bind a port another one holds without an error (SO_REUSEPORT), and each
+    then gets part of the other's calls: refuse such a configuration before starting."""
+    by_port: dict[int, list[str]] = {}
+    for name, port in wanted.items():
+        by_port.setdefault(port, []).append(name)
+    shared = [f"{' = '.join(names)} = {port}" for port, names in by_port.items() if names[1:]]
+    if shared:
+        raise SettingsError(f"one port for two services: {'; '.join(shared)}")
+
+
 def wait_until(
     what: str,
     probe: Callable[[], bool],
@@ -198,26 +209,26 @@ class Stack:
             self.redis.wait(5)
             self.redis = None
 
-    def _check_ports(self) -> None:
+    def _service_ports(self) -> dict[str, int]:
         s = self.settings
-        wanted = {
+        return {
             "SERVER_PORT": s.server_port,
             "PROMETHEUS_PORT": s.prometheus_port,
             "EXTAUTHZ_PORT": s.extauthz_port,
             "RATELIMIT_PORT": s.ratelimit_port,
             "XDS_PORT": s.xds_port,
+        }
+
+    def _check_ports(self) -> None:
+        s = self.settings
+        wanted = {
+            **self._service_ports(),
             "ENVOY_PORT": s.envoy_port,
             "ENVOY_ADMIN_PORT": s.envoy_admin_port,
         }
         if s.redis_host is None:
             wanted["REDIS_PORT"] = s.redis_port
-        by_port: dict[int, list[str]] = {}
-        for name, port in wanted.items():
-            by_port.setdefault(port, []).append(name)
-        # gRPC servers share a port without an error (SO_REUSEPORT): refuse it here instead
-        shared = [f"{' = '.join(names)} = {port}" for port, names in by_port.items() if names[1:]]
-        if shared:
-            raise SettingsError(f"one port for two services: {'; '.join(shared)}")
+        refuse_shared_ports(wanted)
         busy = [f"{name}={port}" for name, port in wanted.items() if port_in_use(port)]
         if busy:
             raise SettingsError(
@@ -235,6 +246,7 @@ class Stack:
 
     def start_services(self) -> None:
         s = self.settings
+        refuse_shared_ports(self._service_ports())  # `serve` starts here, without _check_ports
         prepare_multiproc_dir(self.data_dir / "metrics")
         env = self.child_env()
         counts = {

@@ -143,6 +143,21 @@ def test_one_port_for_two_services_is_refused_before_anything_starts() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def test_serve_refuses_one_port_for_two_services_too() -> None:
+    # `serve` runs every service of a container: the same silent sharing would happen there
+    env = {**os.environ, "DB_HOST": "127.0.0.1", "REDIS_HOST": "127.0.0.1"}
+    env["SERVER_PORT"], env["XDS_PORT"] = "47002", "47002"
+    serve = subprocess.run(
+        [sys.executable, "-m", "crosslogic", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert serve.returncode == 2
+    assert "one port for two services: SERVER_PORT = XDS_PORT = 47002" in serve.stderr
+
+
 def test_free_ports_are_different() -> None:
     for _ in range(200):
         assert len(set(free_ports(8))) == 8
