@@ -45,6 +45,14 @@ def up_environment(data_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
     return ports, env
 
 
+def log_tails(data_dir: Path, lines: int = 15) -> str:
+    """The end of every process log of a failed `up`: CI keeps nothing else."""
+    return "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        for log in sorted((data_dir / "logs").glob("*.log"))
+    )
+
+
 def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
     ports, env = up_environment(data_dir)
@@ -66,12 +74,14 @@ def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
                 lines["curl"] = line.strip()
             if "Ctrl-C" in line:
                 break
-        assert set(lines) == {"OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL", "curl"}, lines
+        assert set(lines) == {"OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL", "curl"}, log_tails(
+            data_dir
+        )
         family = psutil.Process(up.pid).children(recursive=True)
         curl = subprocess.run(
             lines["curl"], shell=True, capture_output=True, text=True, timeout=30, check=True
         )
-        assert '"chat.completion"' in curl.stdout
+        assert '"chat.completion"' in curl.stdout, log_tails(data_dir)
         client = openai.OpenAI(
             base_url=lines["OPENAI_BASE_URL"], api_key=lines["OPENAI_API_KEY"], max_retries=0
         )
