@@ -9,13 +9,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import psutil
+import pytest
 
 from crosslogic.stack import free_ports, port_in_use
 
+CROSSLOGIC = [sys.executable, "-m", "crosslogic"]
 PORTS = (
     "SERVER_PORT",
     "PROMETHEUS_PORT",
@@ -45,6 +48,14 @@ def up_environment(data_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
     return ports, env
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # short: the embedded PostgreSQL's Unix socket lives below it (~107-byte path limit)
+    path = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def log_tails(data_dir: Path, lines: int = 15) -> str:
     """The end of every process log of a failed `up`: CI keeps nothing else."""
     return "\n".join(
@@ -53,11 +64,10 @@ def log_tails(data_dir: Path, lines: int = 15) -> str:
     )
 
 
-def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
+def test_up_prints_working_lines_and_stops_everything_on_ctrl_c(data_dir: Path) -> None:
     ports, env = up_environment(data_dir)
     up = subprocess.Popen(
-        [sys.executable, "-m", "crosslogic", "up"],
+        [*CROSSLOGIC, "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -97,14 +107,12 @@ def test_up_prints_working_lines_and_stops_everything_on_ctrl_c() -> None:
     finally:
         if up.poll() is None:
             up.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def test_sigterm_while_starting_leaves_nothing_behind() -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="cls-", dir="/tmp"))
+def test_sigterm_while_starting_leaves_nothing_behind(data_dir: Path) -> None:
     _, env = up_environment(data_dir)
     up = subprocess.Popen(
-        [sys.executable, "-m", "crosslogic", "up"],
+        [*CROSSLOGIC, "up"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -127,30 +135,19 @@ def test_sigterm_while_starting_leaves_nothing_behind() -> None:
     finally:
         if up.poll() is None:
             up.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def test_one_port_for_two_services_is_refused_before_anything_starts() -> None:
+def test_one_port_for_two_services_is_refused_before_anything_starts(data_dir: Path) -> None:
     # gRPC servers would share it silently (SO_REUSEPORT): half the checks would go astray
-    data_dir = Path(tempfile.mkdtemp(prefix="clp-", dir="/tmp"))
     ports, env = up_environment(data_dir)
     env["RATELIMIT_PORT"] = env["EXTAUTHZ_PORT"]
-    try:
-        up = subprocess.run(
-            [sys.executable, "-m", "crosslogic", "up"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert up.returncode == 2
-        assert (
-            "configuration error: one port for two services: "
-            f"EXTAUTHZ_PORT = RATELIMIT_PORT = {ports['EXTAUTHZ_PORT']}"
-        ) in up.stderr
-        assert not (data_dir / "pg").exists()  # refused before Postgres was started
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+    up = subprocess.run([*CROSSLOGIC, "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert up.returncode == 2
+    assert (
+        "configuration error: one port for two services: "
+        f"EXTAUTHZ_PORT = RATELIMIT_PORT = {ports['EXTAUTHZ_PORT']}"
+    ) in up.stderr
+    assert not (data_dir / "pg").exists()  # refused before Postgres was started
 
 
 def test_serve_refuses_one_port_for_two_services_too() -> None:
@@ -158,11 +155,7 @@ def test_serve_refuses_one_port_for_two_services_too() -> None:
     env = {**os.environ, "DB_HOST": "127.0.0.1", "REDIS_HOST": "127.0.0.1"}
     env["SERVER_PORT"], env["XDS_PORT"] = "47002", "47002"
     serve = subprocess.run(
-        [sys.executable, "-m", "crosslogic", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [*CROSSLOGIC, "serve"], env=env, capture_output=True, text=True, timeout=60
     )
     assert serve.returncode == 2
     assert "one port for two services: SERVER_PORT = XDS_PORT = 47002" in serve.stderr
