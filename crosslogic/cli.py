@@ -17,6 +17,7 @@ from crosslogic.accounts import cli as accounts_cli
 from crosslogic.demo import Demo, client_lines
 from crosslogic.ratelimit import cli as limits_cli
 from crosslogic.settings import Settings, SettingsError, from_environ
+from crosslogic.supervisor import ChildFailed
 
 SERVICE_NAMES = ("admin", "xds", "extauthz", "ratelimit", "billing")
 
@@ -60,6 +61,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopped while starting", flush=True)
         return 130
+    except ChildFailed as exc:  # Stack.start stopped everything already
+        print(f"crosslogic up: {exc}", file=sys.stderr, flush=True)
+        return 1
     try:
         assert stack.demo is not None
         print(f"\nCrossLogic is up. Logs: {stack.supervisor.log_dir}", flush=True)
@@ -71,6 +75,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ADMIN_TOKEN={stack.settings.admin_token}")
         print("\nPress Ctrl-C to stop everything.", flush=True)
         _wait_for_signal(stack.supervisor.check)
+    except ChildFailed as exc:  # a crash loop: the supervisor gave up on one child
+        print(f"crosslogic up: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         print("stopping...", flush=True)
         stack.stop()
@@ -116,6 +123,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         _wait_for_signal(stack.supervisor.check)
     except KeyboardInterrupt:
         return 130
+    except ChildFailed as exc:
+        print(f"crosslogic serve: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         stack.stop()
     return 0

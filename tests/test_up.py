@@ -64,6 +64,33 @@ def log_tails(data_dir: Path, lines: int = 15) -> str:
     )
 
 
+def crashed_children(pid: int) -> list[psutil.Process]:
+    """The children of `up` that the test kills: a service, Envoy and both databases."""
+    chosen = []
+    for proc in psutil.Process(pid).children():
+        line = " ".join(proc.cmdline())
+        if proc.name() in ("envoy", "postgres", "redis-server") or "service billing" in line:
+            chosen.append(proc)
+    assert len(chosen) == 4, chosen
+    return chosen
+
+
+def wait_answered(
+    client: openai.OpenAI, model: str, up: subprocess.Popen[str], data_dir: Path
+) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert up.poll() is None, log_tails(data_dir)
+        try:
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}]
+            )
+            return
+        except openai.APIError:
+            assert time.monotonic() < deadline, log_tails(data_dir)
+            time.sleep(0.1)
+
+
 def test_up_prints_working_lines_and_stops_everything_on_ctrl_c(data_dir: Path) -> None:
     ports, env = up_environment(data_dir)
     up = subprocess.Popen(
@@ -99,8 +126,16 @@ def test_up_prints_working_lines_and_stops_everything_on_ctrl_c(data_dir: Path) 
             model=lines["MODEL"], messages=[{"role": "user", "content": "hi"}]
         )
         assert reply.choices[0].message.content
+        # a crash of any one child is healed, not a reason to stop the stack
+        for victim in crashed_children(up.pid):
+            victim.kill()
+        wait_answered(client, lines["MODEL"], up, data_dir)
+        family = psutil.Process(up.pid).children(recursive=True)
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0
+        said = up.stdout.read()
+        for name in ("billing-1", "envoy", "postgres", "redis"):
+            assert f"{name} exited with -9; restarting it" in said, said
         _, alive = psutil.wait_procs(family, timeout=10)
         assert not alive, f"left running: {alive}"
         assert not [p for p in ports.values() if port_in_use(p)]
