@@ -79,8 +79,10 @@ def test_operator_lifecycle_is_audited_as_cli(cli: Cli, stack: Stack) -> None:
     assert code == 0, err
     assert re.fullmatch(r"clk_\w+\n", out) and out.strip() != key["key"]
     old = cli_ok(cli("keys", "show", key["key_id"]))
-    left = (datetime.fromisoformat(old["expires_at"]) - datetime.now(UTC)).total_seconds()
-    assert 240 < left <= 300
+    left = (datetime.fromisoformat(old["grace_ends_at"]) - datetime.now(UTC)).total_seconds()
+    assert 240 < left <= 300 and old["expires_at"] is None  # its own expiry is kept
+    code, out, err = cli("keys", "rotate", key["key_id"])  # a key is rotated once
+    assert (code, out) == (1, "") and "was already rotated to" in err, err
     assert cli_ok(cli("keys", "revoke", key["key_id"]))["status"] == "revoked"
     code, out, err = cli("keys", "create", env["id"], "--quiet")
     assert code == 0 and re.fullmatch(r"clk_\w+\n", out), err

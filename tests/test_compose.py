@@ -370,6 +370,30 @@ def test_one_shot_and_long_running_roles(services: dict[str, dict[str, Any]]) ->
     }
 
 
+def test_long_running_services_restart_and_one_shot_jobs_do_not(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # a one-shot job is one another service waits to complete; everything else serves
+    one_shot = {
+        target
+        for svc in services.values()
+        for target, condition in depends_on(svc).items()
+        if condition == "service_completed_successfully"
+    }
+    assert one_shot == {"migrate", "envoy-config"}
+    for name, svc in services.items():
+        policy = str(svc.get("restart", "no"))
+        if name in one_shot:
+            # restarting a finished job would redo it; a failing one would loop forever
+            assert policy == "no" or re.fullmatch(r"on-failure:[1-9]\d*", policy), (name, policy)
+        else:
+            assert policy in ("unless-stopped", "always") or re.fullmatch(
+                r"on-failure(:[1-9]\d*)?", policy
+            ), f"{name} is long-running but has restart: {policy}"
+    long_running = set(services) - one_shot
+    assert long_running == {"postgres", "redis", "envoy", "control-plane", "node-1", "node-2"}
+
+
 def test_services_find_postgres_and_redis(services: dict[str, dict[str, Any]]) -> None:
     postgres = environment(services["postgres"])
     for name in ("migrate", "control-plane"):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
 
+from crosslogic.accounts import rotation
 from crosslogic.accounts.requests import KeySpec
 from crosslogic.extauthz import keys
 from crosslogic.openai_errors import ApiError
@@ -27,7 +28,7 @@ _ENVIRONMENT = "id::text, tenant_id::text, name, status, created_at, updated_at"
 _KEY = (
     "id::text AS api_key_id, key_id, tenant_id::text, environment_id::text, name, status, "
     "allowed_models, allowed_regions, rate_limit_rpm, expires_at, revoked_at, last_used_at, "
-    "rotated_from::text, created_at, updated_at"
+    "rotated_from::text, rotated_at, grace_ends_at, created_at, updated_at"
 )
 
 
@@ -322,6 +323,12 @@ async def get_key(conn: asyncpg.Connection, key_id: str) -> dict[str, Any] | Api
     return as_dict(row) if row is not None else _not_found("api_key", key_id)
 
 
+async def _lock_key(conn: asyncpg.Connection, key_id: str) -> asyncpg.Record | None:
+    # FOR UPDATE: concurrent rotations (or a rotation and a revoke) of one key take turns,
+    # and each sees what the other committed
+    return await conn.fetchrow(f"SELECT {_KEY} FROM api_keys WHERE key_id = $1 FOR UPDATE", key_id)
+
+
 async def rotate_key(
     conn: asyncpg.Connection,
     *,
@@ -330,37 +337,43 @@ async def rotate_key(
     grace_seconds: int,
     now: datetime | None = None,
 ) -> dict[str, Any] | ApiError:
-    """A new key with the same settings; the old one keeps working for ``grace_seconds``."""
-    old = await get_key(conn, key_id)
-    if isinstance(old, ApiError):
-        return old
-    if old["status"] != "active":
-        return ApiError(
-            409,
-            f"Key '{key_id}' is revoked; create a new one.",
-            "invalid_request_error",
-            "api_key_revoked",
-        )
+    """A new key with the same settings and the old key's own expiry; the old one keeps
+    working for ``grace_seconds`` (or until its own expiry, if sooner). See ``rotation``."""
+    locked = await _lock_key(conn, key_id)
+    if locked is None:
+        return _not_found("api_key", key_id)
     now = now or datetime.now(UTC)
-    grace_end = now + timedelta(seconds=grace_seconds)
-    old_expiry = datetime.fromisoformat(old["expires_at"]) if old["expires_at"] else None
+    successor = None
+    if locked["rotated_at"] is not None:
+        successor = await conn.fetchval(
+            "SELECT key_id FROM api_keys WHERE rotated_from = $1 ORDER BY created_at LIMIT 1",
+            locked["api_key_id"],
+        )
+    refused = rotation.refusal(locked, successor=successor, now=now)
+    if refused is not None:
+        return refused
+    old = as_dict(locked)
     spec = KeySpec(
-        name=old["name"],
-        expires_at=old_expiry,
-        allowed_models=old["allowed_models"],
-        allowed_regions=old["allowed_regions"],
-        rate_limit_rpm=old["rate_limit_rpm"],
+        name=locked["name"],
+        expires_at=locked["expires_at"],
+        allowed_models=locked["allowed_models"],
+        allowed_regions=locked["allowed_regions"],
+        rate_limit_rpm=locked["rate_limit_rpm"],
     )
     environment = await get_environment(conn, old["environment_id"])
     assert not isinstance(environment, ApiError)  # the foreign key guarantees it
     new, plaintext = await _insert_key(
         conn, environment=environment, spec=spec, rotated_from=old["api_key_id"]
     )
+    grace_end = rotation.grace_end(
+        expires_at=locked["expires_at"], now=now, grace_seconds=grace_seconds
+    )
     old_after = as_dict(
         await conn.fetchrow(
-            f"UPDATE api_keys SET expires_at = LEAST(coalesce(expires_at, $2), $2), "
-            f"updated_at = now() WHERE key_id = $1 RETURNING {_KEY}",
+            f"UPDATE api_keys SET rotated_at = $2, grace_ends_at = $3, updated_at = now() "
+            f"WHERE key_id = $1 RETURNING {_KEY}",
             key_id,
+            now,
             grace_end,
         )
     )
@@ -389,9 +402,12 @@ async def rotate_key(
 async def revoke_key(
     conn: asyncpg.Connection, *, actor: str, key_id: str
 ) -> dict[str, Any] | ApiError:
-    before = await get_key(conn, key_id)
-    if isinstance(before, ApiError):
-        return before
+    """Immediate, also in a grace period (which it ends); a key's successor and predecessor
+    are separate keys and are not touched."""
+    locked = await _lock_key(conn, key_id)
+    if locked is None:
+        return _not_found("api_key", key_id)
+    before = as_dict(locked)
     if before["status"] == "revoked":
         return before  # idempotent: revoking twice is not an error
     after = as_dict(

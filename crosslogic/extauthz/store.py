@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 _KEY_QUERY = """
 SELECT k.id::text AS api_key_id, k.key_id, k.tenant_id::text AS tenant_id,
        k.environment_id::text AS environment_id, k.status AS key_status,
-       t.status AS tenant_status, e.status AS environment_status, k.expires_at,
+       t.status AS tenant_status, e.status AS environment_status,
+       LEAST(k.expires_at, k.grace_ends_at) AS expires_at,  -- LEAST skips NULLs
        k.allowed_models, k.rate_limit_rpm, t.plan
 FROM api_keys k
 JOIN tenants t ON t.id = k.tenant_id
