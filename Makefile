@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test bench lint install clean
+.PHONY: up test chaos bench lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# the fault matrix alone (make test runs it too); prints its table
+chaos: $(STAMP)
+	$(BIN)/pytest tests/test_chaos.py -s -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
