@@ -293,9 +293,12 @@ class Stack:
         return len(children)
 
     def start_envoy(self) -> None:
+        """A new Envoy process, under a new boot id (its usage journal: see journal/)."""
         s = self.settings
         path = self.data_dir / "envoy.yaml"
-        path.write_text(envoy_config.render(s))
+        config = envoy_config.fresh_config(s)
+        path.write_text(config.text)
+        self.envoy_boot_id = config.boot_id
         concurrency = s.workers(s.envoy_concurrency)
         self.supervisor.spawn(
             "envoy",
@@ -306,9 +309,10 @@ class Stack:
                 "--concurrency",
                 str(concurrency),
                 "--disable-hot-restart",
-                # usage reaches billing in 0.5 s, not the 10 s default
+                # usage reaches billing in 0.5 s, not the 10 s default; what a killed Envoy
+                # had not flushed is recovered from the admission journal
                 "--file-flush-interval-msec",
-                "500",
+                str(round(s.envoy_log_flush_interval * 1000)),
                 "--log-level",
                 "warning",
             ],
