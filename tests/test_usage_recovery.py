@@ -1,0 +1,144 @@
+"""Usage survives an Envoy crash: what a SIGKILLed Envoy never wrote to its access log is
+billed from the admission journal, once, at its estimate; in normal operation the journal
+empties and rows are exact."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import redis
+
+from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
+from crosslogic.journal.contract import journal_key
+from crosslogic.stack import Stack, wait_until
+from tests.conftest import run_db, stack_settings
+
+MODEL = "demo-llama"
+
+
+def journal(stack: Stack) -> redis.Redis:
+    return redis.Redis(port=stack.settings.redis_port, socket_timeout=2)
+
+
+def rows_of(stack: Stack, ids: list[str]) -> dict[str, list[dict[str, object]]]:
+    rows = run_db(stack, "SELECT * FROM usage_records WHERE request_id = ANY($1::text[])", ids)
+    found: dict[str, list[dict[str, object]]] = {i: [] for i in ids}
+    for row in rows:
+        found[row["request_id"]].append(dict(row))
+    return found
+
+
+def billing_knows_boot(stack: Stack, boot: str) -> bool:
+    return bool(run_db(stack, "SELECT 1 FROM envoy_boots WHERE boot_id = $1", boot))
+
+
+def send_requests(client: openai.OpenAI) -> dict[str, tuple[str, dict[str, object]]]:
+    """JSON and streamed requests of each endpoint; request id -> (endpoint, body)."""
+    sent: dict[str, tuple[str, dict[str, object]]] = {}
+    for i in range(3):
+        body: dict[str, object] = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"count to {i} please"}],
+            "max_tokens": 4 + i,
+        }
+        raw = client.chat.completions.with_raw_response.create(**body)  # type: ignore[call-overload]
+        assert raw.parse().choices
+        sent[raw.headers["x-request-id"]] = ("/v1/chat/completions", body)
+        streamed = {**body, "stream": True}
+        raw = client.chat.completions.with_raw_response.create(**streamed)  # type: ignore[call-overload]
+        assert list(raw.parse())  # the whole stream, usage chunk included
+        sent[raw.headers["x-request-id"]] = ("/v1/chat/completions", streamed)
+    body = {"model": MODEL, "prompt": "once upon a time", "max_tokens": 3}
+    raw = client.completions.with_raw_response.create(**body)  # type: ignore[call-overload]
+    assert raw.parse().choices
+    sent[raw.headers["x-request-id"]] = ("/v1/completions", body)
+    return sent
+
+
+@pytest.fixture(params=["service", "authz"])
+def slow_log_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A system of its own (this test kills its Envoy) whose Envoy writes its access log
+    once a minute, so that a kill loses the lines of every request just made."""
+    data_dir = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
+    settings = stack_settings(data_dir).with_overrides(
+        envoy_log_flush_interval=60.0, ratelimit_at=request.param, extauthz_workers=1
+    )
+    running = Stack(settings, nodes=1)
+    running.start()
+    yield running
+    running.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_usage_of_a_killed_envoy_is_billed_from_the_journal(slow_log_stack: Stack) -> None:
+    stack = slow_log_stack
+    assert stack.demo is not None
+    dead_boot = stack.envoy_boot_id
+    wait_until("billing to learn the live Envoy", lambda: billing_knows_boot(stack, dead_boot))
+    client = openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)
+    sent = send_requests(client)
+    ids = list(sent)
+    # journaled under the request id the client saw (Envoy's x-request-id)
+    assert None not in journal(stack).hmget(journal_key(dead_boot), ids)
+
+    envoy = next(c for c in stack.supervisor.children if c.name == "envoy")
+    envoy.proc.kill()
+    envoy.proc.wait(10)
+    stack.supervisor.children.remove(envoy)
+    logged = stack.settings.access_log.read_text()
+    unlogged = [i for i in ids if i not in logged]
+    assert unlogged, "Envoy flushed every line before the kill: nothing was tested"
+
+    stack.start_envoy()
+    assert stack.envoy_boot_id != dead_boot
+    wait_until(
+        "every request to have a usage row",
+        lambda: all(rows_of(stack, ids).values()),
+        timeout=60,
+    )
+    rows = rows_of(stack, ids)
+    for request_id, (endpoint, body) in sent.items():
+        (row,) = rows[request_id]  # exactly one
+        if request_id in unlogged:
+            prompt = estimate_prompt(endpoint, body)
+            assert row["source"] == "journal" and row["usage_estimated"] is True
+            assert row["prompt_tokens"] == prompt
+            assert row["completion_tokens"] == estimate_tokens(endpoint, body) - prompt
+            assert row["streamed"] is bool(body.get("stream"))
+        else:
+            assert row["source"] == "access_log" and row["usage_estimated"] is False
+    wait_until(
+        "the dead boot's journal to be deleted",
+        lambda: not journal(stack).exists(journal_key(dead_boot)),
+    )
+    reconciled = run_db(
+        stack,
+        "SELECT recovered FROM envoy_boots WHERE boot_id = $1 AND reconciled_at IS NOT NULL",
+        dead_boot,
+    )
+    assert [r["recovered"] for r in reconciled] == [len(unlogged)]
+    # the new Envoy serves and journals under its own boot
+    assert client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=1
+    ).choices
+
+
+def test_in_normal_operation_the_journal_empties_and_rows_are_exact(
+    stack: Stack, client: openai.OpenAI
+) -> None:
+    sent = send_requests(client)
+    ids = list(sent)
+    wait_until("usage rows", lambda: all(rows_of(stack, ids).values()))
+    for found in rows_of(stack, ids).values():
+        (row,) = found
+        assert row["source"] == "access_log" and row["usage_estimated"] is False
+    key = journal_key(stack.envoy_boot_id)
+    wait_until(
+        "billing to clear the journal entries",
+        lambda: journal(stack).hmget(key, ids) == [None] * len(ids),
+    )
