@@ -61,17 +61,19 @@ class BillingMetrics:
             "consumer steps that failed (Postgres down, ...) and will be retried",
             registry=registry,
         )
+        # one billing process per log; "mostrecent": a restarted process's value, not the
+        # last one a dead process left in the multiprocess directory
         self.lag = Gauge(
             "crosslogic_billing_access_log_lag_bytes",
             "bytes of access log not yet consumed (file size - committed offset)",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
         )
         self.lag_seconds = Gauge(
             "crosslogic_billing_access_log_lag_seconds",
             "age of the oldest access-log line not yet consumed (0: caught up)",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
         )
 
 

@@ -37,7 +37,7 @@ class RecoveryMetrics:
             "crosslogic_usage_journal_pending",
             "admitted requests whose access-log line billing has not consumed yet",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
         )
         self.recovered = Counter(
             "crosslogic_usage_journal_recovered_total",

@@ -62,7 +62,7 @@ class TokenSettler:
             "crosslogic_billing_settlements_pending",
             "token reservations whose correction failed and is waiting to be retried",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
         )
 
     @property
@@ -102,7 +102,9 @@ class TokenSettler:
                 await self._redis.eval_script(self._script, chunk, [round(todo[k]) for k in chunk])
                 done = start + len(chunk)
         except RedisUnavailable as exc:
-            # what was applied stays applied; the rest is kept, summed with later corrections
+            # What was applied stays applied; the rest is kept, summed with later corrections.
+            # (A chunk whose reply was lost after Redis ran it is applied twice: it takes a
+            # reply slower than the 1 s timeout, and costs a limit accuracy, never usage.)
             self._merge({k: todo[k] for k in keys[done:]}, items)
             self._failures += 1
             wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self._failures - 1))
@@ -120,6 +122,7 @@ class TokenSettler:
         while True:
             await asyncio.sleep(every)
             await self.flush()
+            self._pending_gauge.set(self._pending_items)  # current, also after a restart
 
 
 def per_counter(items: Sequence[Settlement]) -> dict[str, float]:
