@@ -312,7 +312,7 @@ class Stack:
                 # usage reaches billing in 0.5 s, not the 10 s default; what a killed Envoy
                 # had not flushed is recovered from the admission journal
                 "--file-flush-interval-msec",
-                str(round(s.envoy_log_flush_interval * 1000)),
+                str(max(1, round(s.envoy_log_flush_interval * 1000))),
                 "--log-level",
                 "warning",
             ],

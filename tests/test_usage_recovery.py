@@ -17,6 +17,9 @@ from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
 from crosslogic.journal.contract import journal_key
 from crosslogic.stack import Stack, wait_until
 from tests.conftest import run_db, stack_settings
+from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, limited, set_limit
+
+__all__ = ["authz_stack", "limited"]  # fixtures: every placement of the rate-limit decision
 
 MODEL = "demo-llama"
 
@@ -141,4 +144,26 @@ def test_in_normal_operation_the_journal_empties_and_rows_are_exact(
     wait_until(
         "billing to clear the journal entries",
         lambda: journal(stack).hmget(key, ids) == [None] * len(ids),
+    )
+
+
+def test_a_refused_request_leaves_no_journal_entry(limited: Stack) -> None:
+    """Refused after ext_authz journaled it (by the rate-limit filter, or by ext_authz's own
+    limiter in the same round trip): the entry must go, or a dead Envoy's leftovers would
+    bill a request that never ran."""
+    stack = limited
+    tenant, env = fresh_tenant(stack)
+    key = key_in(stack, tenant, env)
+    set_limit(stack, "key", key.api_key_id, requests_per_minute=1)
+    own = openai.OpenAI(base_url=stack.base_url, api_key=key.plaintext, max_retries=0)
+    messages = [{"role": "user", "content": "x"}]
+    served = own.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, max_tokens=1
+    )
+    with pytest.raises(openai.RateLimitError) as caught:
+        own.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    ids = [served.headers["x-request-id"], caught.value.response.headers["x-request-id"]]
+    wait_until(
+        "both journal entries to be gone",
+        lambda: journal(stack).hmget(journal_key(stack.envoy_boot_id), ids) == [None, None],
     )

@@ -67,7 +67,12 @@ class TokenSettler:
 
     @property
     def pending(self) -> int:
+        """Reservations whose correction has not landed yet."""
         return self._pending_items
+
+    def pending_adjustments(self) -> dict[str, float]:
+        """Counter -> microseconds still to move it by."""
+        return dict(self._pending)
 
     async def settle(self, items: Sequence[Settlement]) -> None:
         due = [s for s in items if s.delta_tokens != 0]
