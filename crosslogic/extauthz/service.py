@@ -249,8 +249,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             if journal is not None and journaled and boot:
                 await journal.withdraw(boot, request_id)
             if limits is None:
-                headers = [("retry-after", "1")]
-                return "rate_limit_unavailable", denied(RL_UNAVAILABLE, headers=headers)
+                retry = [("retry-after", "1")]
+                return "rate_limit_unavailable", denied(RL_UNAVAILABLE, headers=retry)
             return "rate_limited", denied(limits.error(), headers=limits.headers())
         return "allowed", with_limits(response, limits)
 
