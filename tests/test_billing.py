@@ -162,3 +162,27 @@ def test_failed_settlements_are_kept_summed_per_counter_and_bounded() -> None:
     pending, a = asyncio.run(go())
     assert pending == 2
     assert a == -30.0  # -50 + 20; "c" was over the bound of two counters and dropped
+
+
+def test_a_boot_followed_by_another_in_the_log_is_known_superseded(
+    stack: Stack, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.log"
+    old, new = "a" * 16, "b" * 16
+    lines = [entry(stack, boot=old), entry(stack, boot=old), entry(stack, boot=new)]
+    log.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
+
+    async def consume() -> AccessLogConsumer:
+        pool = await create_pool(stack.settings)
+        try:
+            consumer = AccessLogConsumer(pool, log, BillingMetrics(CollectorRegistry()))
+            while await consumer.step():
+                pass
+            return consumer
+        finally:
+            await pool.close()
+
+    consumer = asyncio.run(consume())
+    assert consumer.boots == {old, new}
+    # every line the old boot wrote lies before the offset committed with the new one's
+    assert consumer.superseded == {old: (log.stat().st_ino, log.stat().st_size)}

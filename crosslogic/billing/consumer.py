@@ -120,6 +120,11 @@ class AccessLogConsumer:
         self._metrics = metrics
         self.committed: Position | None = None
         self.boots: set[str] = set()
+        # boot -> (inode, offset): a boot whose lines were followed by another boot's. Only
+        # one Envoy writes the file at a time (no hot restart), so that boot is dead and
+        # every line it wrote lies before the offset.
+        self.superseded: dict[str, tuple[int, int]] = {}
+        self._last_boot: str | None = None
 
     @property
     def path(self) -> Path:
@@ -154,6 +159,7 @@ class AccessLogConsumer:
         records: list[UsageRecord] = []
         settlements: list[Settlement] = []
         seen: dict[str, list[str]] = {}
+        replaced: list[str] = []
         for raw in lines:
             try:
                 line = parse_line(raw)
@@ -167,6 +173,9 @@ class AccessLogConsumer:
                 settlements.append(line.settlement)
             if line.boot is not None:
                 seen.setdefault(line.boot, []).append(line.request_id)
+                if self._last_boot is not None and self._last_boot != line.boot:
+                    replaced.append(self._last_boot)
+                self._last_boot = line.boot
         prices = await self._prices() if records else {}
         inserted: set[str] = set()
         async with self._pool.acquire() as conn, conn.transaction():
@@ -182,6 +191,8 @@ class AccessLogConsumer:
         self.committed = Position(position.inode, position.offset + consumed)
         self._metrics.records.inc(len(inserted))
         self.boots.update(seen)
+        for boot in replaced:
+            self.superseded.setdefault(boot, (position.inode, self.committed.offset))
         if self._settler is not None:
             # After the commit, and only for rows this step inserted: a replayed batch (crash
             # before the offset committed) inserts nothing and so settles nothing twice.

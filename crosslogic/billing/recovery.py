@@ -2,8 +2,9 @@
 
 Billing learns which Envoy process is live from Envoy's admin ``/server_info`` (the boot id
 is in the node metadata) and which processes wrote its log from the lines themselves; each
-is recorded in ``envoy_boots``. A boot is superseded when another one is live; the log's
-size at that moment bounds what it wrote. Once the consumer's committed offset passes it,
+is recorded in ``envoy_boots``. A boot is superseded when another one is live (the log's
+size at that moment bounds what it wrote) or when another boot's lines follow its own in
+the log (the offset of that batch bounds it). Once the consumer's committed offset passes it,
 what is left of that boot's journal becomes usage rows at the estimate (journal/reconcile.py
 decides), exactly once (unique request_id), and the journal is deleted.
 """
@@ -89,6 +90,16 @@ class JournalReconciler:
                 self._path,
             )
             self._consumer.boots.difference_update(known)
+        for replaced, (inode, size) in list(self._consumer.superseded.items()):
+            # seen in the log itself: another boot's lines followed this one's
+            await self._pool.execute(
+                "UPDATE envoy_boots SET superseded_at = now(), log_inode = $2, log_size = $3 "
+                "WHERE boot_id = $1 AND superseded_at IS NULL",
+                replaced,
+                inode,
+                size,
+            )
+            del self._consumer.superseded[replaced]
         if live is not None:
             # After the live boot answered: the file cannot grow any more from older boots,
             # so its size now bounds what they wrote.
@@ -117,9 +128,9 @@ class JournalReconciler:
         for row in rows:
             if not row["dead"]:
                 continue
-            boot = DeadBoot(row["boot_id"], row["log_inode"], row["log_size"])
-            if ready(boot, committed):
-                total += await self._reconcile(boot.boot_id)
+            dead = DeadBoot(row["boot_id"], row["log_inode"], row["log_size"])
+            if ready(dead, committed):
+                total += await self._reconcile(dead.boot_id)
         return total
 
     async def _reconcile(self, boot: str) -> int:
