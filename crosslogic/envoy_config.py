@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from crosslogic.journal.contract import new_boot_id, valid_boot_id
 from crosslogic.settings import Settings
 
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -25,10 +27,17 @@ def render(
     control_plane_host: str = "127.0.0.1",
     node_id: str = "crosslogic-envoy",
     lua_path: Path | None = None,
+    boot_id: str | None = None,
 ) -> str:
+    """The bootstrap for one Envoy process; ``boot_id`` names that process (generated when
+    not given). Use :func:`fresh_config` to start a new Envoy: each process needs its own."""
+    boot_id = boot_id or new_boot_id()
+    if not valid_boot_id(boot_id):
+        raise ValueError(f"boot id must be 16-64 lower-case hex digits: {boot_id!r}")
     folder = template_dir()
     values = {
         "ENVOY_NODE_ID": node_id,
+        "ENVOY_BOOT_ID": boot_id,
         "ENVOY_ADMIN_ADDRESS": admin_address,
         "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
         "ENVOY_LISTEN_ADDRESS": listen_address,
@@ -61,3 +70,18 @@ def render(
         fragment = "".join(line for line in lines if not line.startswith("#"))
     text = text.replace("${RATELIMIT_FILTER}\n", fragment)
     return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    boot_id: str
+    text: str
+
+
+def fresh_config(settings: Settings, **options: object) -> EnvoyConfig:
+    """The config for a new Envoy process (a start or a restart), under a new boot id.
+
+    A restarted Envoy must not reuse its predecessor's boot id: billing recovers the usage a
+    dead process never wrote to its access log by telling the processes apart."""
+    boot_id = new_boot_id()
+    return EnvoyConfig(boot_id, render(settings, boot_id=boot_id, **options))  # type: ignore[arg-type]

@@ -62,6 +62,10 @@ class Settings:
     xds_port: int = 9003
     envoy_port: int = 10000
     envoy_admin_port: int = 9901
+    envoy_admin_host: str = "127.0.0.1"  # where billing asks Envoy which process is live
+    # how often Envoy writes its access log: what a SIGKILLed Envoy had not written is
+    # recovered from the admission journal, so this trades billing latency for write calls
+    envoy_log_flush_interval: float = 0.5
     # Process model: every gRPC service can run as several processes sharing a port.
     extauthz_workers: int = 0  # 0: one per core
     ratelimit_workers: int = 0
@@ -159,6 +163,10 @@ def load(env: Mapping[str, str]) -> Settings:
         xds_port=_int(env, "XDS_PORT", d.xds_port, **port),
         envoy_port=_int(env, "ENVOY_PORT", d.envoy_port, **port),
         envoy_admin_port=_int(env, "ENVOY_ADMIN_PORT", d.envoy_admin_port, **port),
+        envoy_admin_host=env.get("ENVOY_ADMIN_HOST", d.envoy_admin_host),
+        envoy_log_flush_interval=_duration(
+            env, "ENVOY_LOG_FLUSH_INTERVAL", d.envoy_log_flush_interval
+        ),
         extauthz_workers=_int(env, "EXTAUTHZ_WORKERS", d.extauthz_workers, **count),
         ratelimit_workers=_int(env, "RATELIMIT_WORKERS", d.ratelimit_workers, **count),
         envoy_concurrency=_int(env, "ENVOY_CONCURRENCY", d.envoy_concurrency, **count),
@@ -214,6 +222,8 @@ def to_env(settings: Settings) -> dict[str, str]:
         "XDS_PORT": settings.xds_port,
         "ENVOY_PORT": settings.envoy_port,
         "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
+        "ENVOY_ADMIN_HOST": settings.envoy_admin_host,
+        "ENVOY_LOG_FLUSH_INTERVAL": settings.envoy_log_flush_interval,
         "EXTAUTHZ_WORKERS": settings.extauthz_workers,
         "RATELIMIT_WORKERS": settings.ratelimit_workers,
         "ENVOY_CONCURRENCY": settings.envoy_concurrency,

@@ -132,8 +132,10 @@ class Stack:
         self.supervisor = Supervisor(self.data_dir / "logs" if log_to_files else None)
         self.postgres: embedded.EmbeddedPostgres | None = None
         self.redis: Child | None = None
+        self.postgres_child: Child | None = None
         self.nodes: list[Child] = []
         self.envoy: Child | None = None
+        self.envoy_boot_id: str | None = None
         self.demo: Demo | None = None
 
     # -- addresses -----------------------------------------------------------------------
@@ -199,9 +201,12 @@ class Stack:
         )
 
     def start_postgres(self) -> None:
-        """The embedded PostgreSQL, a supervised child like every other process."""
-        self.postgres = pg = embedded.init_postgres(self.data_dir / "pg")
-        self.supervisor.spawn(
+        """The embedded PostgreSQL, a supervised child like every other process (also used by
+        tests that stop it mid-flight)."""
+        if self.postgres is None:
+            self.postgres = embedded.init_postgres(self.data_dir / "pg")
+        pg = self.postgres
+        self.postgres_child = self.supervisor.spawn(
             "postgres",
             pg.argv(),
             env=self.child_env(),
@@ -215,6 +220,13 @@ class Stack:
             check=self.supervisor.check,
         )
 
+    def stop_postgres(self) -> None:
+        """An outage: killed, and the supervisor does not bring it back."""
+        if self.postgres_child is not None:
+            self.postgres_child.proc.kill()
+            self.supervisor.stop_child(self.postgres_child)
+            self.postgres_child = None
+
     def start_redis(self) -> None:
         """The embedded redis-server (also used by tests that restart it mid-flight)."""
         port = self.settings.redis_port
@@ -226,7 +238,7 @@ class Stack:
         wait_until("Redis", lambda: embedded.redis_ready(port), check=self.supervisor.check)
 
     def stop_redis(self) -> None:
-        """An outage, not a clean shutdown (and the supervisor does not bring it back)."""
+        """An outage: killed, and the supervisor does not bring it back."""
         if self.redis is not None:
             self.redis.proc.kill()
             self.supervisor.stop_child(self.redis)
@@ -319,8 +331,11 @@ class Stack:
         return self.data_dir / "envoy.yaml"
 
     def render_envoy_config(self) -> None:
-        """A fresh config for every Envoy process: run before each (re)start."""
-        self.envoy_config_path().write_text(envoy_config.render(self.settings))
+        """A fresh config, under a new boot id, for every Envoy process: run before each
+        (re)start (the usage journal of a dead Envoy is told apart by it: see journal/)."""
+        config = envoy_config.fresh_config(self.settings)
+        self.envoy_config_path().write_text(config.text)
+        self.envoy_boot_id = config.boot_id
 
     def start_envoy(self) -> None:
         s = self.settings
@@ -334,9 +349,10 @@ class Stack:
                 "--concurrency",
                 str(concurrency),
                 "--disable-hot-restart",
-                # usage reaches billing in 0.5 s, not the 10 s default
+                # usage reaches billing in 0.5 s, not the 10 s default; what a killed Envoy
+                # had not flushed is recovered from the admission journal
                 "--file-flush-interval-msec",
-                "500",
+                str(max(1, round(s.envoy_log_flush_interval * 1000))),
                 "--log-level",
                 "warning",
             ],
@@ -392,8 +408,7 @@ class Stack:
         # reverse start order: nodes and Envoy first, the databases last
         self.supervisor.stop_all()
         self.nodes.clear()
-        self.envoy = self.redis = None
-        self.postgres = None
+        self.envoy = self.redis = self.postgres_child = None
 
 
 def postgres_ready(socket_dir: Path) -> bool:

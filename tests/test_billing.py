@@ -12,9 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.accesslog import MalformedEntry, Settlement, parse
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics, split_complete
-from crosslogic.billing.settlement import per_counter
+from crosslogic.billing.settlement import TokenSettler, per_counter
 from crosslogic.db.connection import create_pool
-from crosslogic.stack import Stack
+from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.stack import Stack, free_port
 from tests.conftest import run_db
 
 
@@ -140,3 +141,48 @@ def test_an_abandoned_stream_is_recorded_from_what_the_client_was_sent(stack: St
 
 def entry_of(stack: Stack) -> dict[str, object]:
     return entry(stack)
+
+
+def test_failed_settlements_are_kept_summed_per_counter_and_bounded() -> None:
+    """Redis unreachable (a port nobody listens on): corrections wait, summed per counter,
+    within the memory bound, and nothing raises."""
+
+    async def go() -> tuple[int, float]:
+        redis = PipelinedRedis("127.0.0.1", free_port(), timeout=0.5)
+        now = [0.0]
+        settler = TokenSettler(redis, CollectorRegistry(), clock=lambda: now[0], max_pending=2)
+        await settler.settle([Settlement("r1", (("a", 10.0), ("b", 1.0)), -5)])
+        assert settler.pending == 1
+        # within the backoff: merged, not tried again
+        await settler.settle([Settlement("r2", (("a", 10.0), ("c", 1.0)), 2)])
+        now[0] += 60
+        await settler.flush()  # tried again and failed again: still kept
+        return settler.pending, settler.pending_adjustments()["a"]
+
+    pending, a = asyncio.run(go())
+    assert pending == 2
+    assert a == -30.0  # -50 + 20; "c" was over the bound of two counters and dropped
+
+
+def test_a_boot_followed_by_another_in_the_log_is_known_superseded(
+    stack: Stack, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.log"
+    old, new = "a" * 16, "b" * 16
+    lines = [entry(stack, boot=old), entry(stack, boot=old), entry(stack, boot=new)]
+    log.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
+
+    async def consume() -> AccessLogConsumer:
+        pool = await create_pool(stack.settings)
+        try:
+            consumer = AccessLogConsumer(pool, log, BillingMetrics(CollectorRegistry()))
+            while await consumer.step():
+                pass
+            return consumer
+        finally:
+            await pool.close()
+
+    consumer = asyncio.run(consume())
+    assert consumer.boots == {old, new}
+    # every line the old boot wrote lies before the offset committed with the new one's
+    assert consumer.superseded == {old: (log.stat().st_ino, log.stat().st_size)}

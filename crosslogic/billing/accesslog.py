@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
@@ -33,6 +33,7 @@ class UsageRecord:
     usage_estimated: bool
     started_at: datetime
     duration_ms: int
+    source: str = "access_log"  # or "journal": recovered from the admission journal
 
 
 def _count(value: Any) -> int:
@@ -88,16 +89,49 @@ def settlement(entry: dict[str, Any]) -> Settlement | None:
     return Settlement(str(entry["request_id"]), counters, real - reserved)
 
 
-def parse(line: bytes) -> tuple[UsageRecord | None, Settlement | None]:
-    """The usage record of a billable entry (None for a non-billable one), and the token
-    reservation it settles (None if there is nothing to settle)."""
+@dataclass(frozen=True)
+class Line:
+    """One access-log line: its usage record (None when not billable), the reservation it
+    settles (None when there is nothing to settle), and the Envoy process that wrote it
+    (whose admission journal entry the line makes redundant)."""
+
+    request_id: str
+    boot: str | None
+    record: UsageRecord | None
+    settlement: Settlement | None
+
+
+def parse_line(line: bytes) -> Line:
     try:
         entry = json.loads(line)
     except ValueError as exc:
         raise MalformedEntry(f"not JSON: {line[:80]!r}") from exc
     if not isinstance(entry, dict) or not entry.get("request_id"):
         raise MalformedEntry(f"no request_id: {line[:80]!r}")
-    return usage_record(entry), settlement(entry)
+    boot = entry.get("boot")
+    return Line(
+        request_id=str(entry["request_id"]),
+        boot=boot if isinstance(boot, str) and boot not in ("", "-") else None,
+        record=usage_record(entry),
+        settlement=settlement(entry),
+    )
+
+
+def parse(line: bytes) -> tuple[UsageRecord | None, Settlement | None]:
+    """The usage record of a billable entry (None for a non-billable one), and the token
+    reservation it settles (None if there is nothing to settle)."""
+    parsed = parse_line(line)
+    return parsed.record, parsed.settlement
+
+
+def end_time(line: bytes) -> datetime | None:
+    """When the request of a line ended (its start plus its duration), if readable."""
+    try:
+        entry = json.loads(line)
+        started = datetime.strptime(entry["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        return started.replace(tzinfo=UTC) + timedelta(milliseconds=_count(entry["duration_ms"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def usage_record(entry: dict[str, Any]) -> UsageRecord | None:

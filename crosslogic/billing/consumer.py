@@ -12,15 +12,23 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from crosslogic.billing.accesslog import MalformedEntry, Settlement, UsageRecord, parse
+from crosslogic.billing.accesslog import (
+    MalformedEntry,
+    Settlement,
+    UsageRecord,
+    end_time,
+    parse_line,
+)
 from crosslogic.billing.pricing import FREE, Price
 from crosslogic.billing.settlement import TokenSettler
+from crosslogic.journal.store import JournalStore, JournalUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +37,10 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 _INSERT = """
 INSERT INTO usage_records (request_id, tenant_id, environment_id, api_key_id, model_id, node_id,
     endpoint, streamed, prompt_tokens, completion_tokens, cost_usd, status_code, response_flags,
-    started_at, duration_ms, usage_estimated)
+    started_at, duration_ms, usage_estimated, source)
 SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[],
     $7::text[], $8::bool[], $9::int[], $10::int[], $11::numeric[], $12::int[], $13::text[],
-    $14::timestamptz[], $15::int[], $16::bool[])
+    $14::timestamptz[], $15::int[], $16::bool[], $17::text[])
 ON CONFLICT (request_id) DO NOTHING
 RETURNING request_id
 """
@@ -48,11 +56,24 @@ class BillingMetrics:
             "access-log lines that could not be parsed",
             registry=registry,
         )
+        self.errors = Counter(
+            "crosslogic_billing_step_errors_total",
+            "consumer steps that failed (Postgres down, ...) and will be retried",
+            registry=registry,
+        )
+        # one billing process per log; "mostrecent": a restarted process's value, not the
+        # last one a dead process left in the multiprocess directory
         self.lag = Gauge(
             "crosslogic_billing_access_log_lag_bytes",
-            "bytes of access log not yet consumed",
+            "bytes of access log not yet consumed (file size - committed offset)",
             registry=registry,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
+        )
+        self.lag_seconds = Gauge(
+            "crosslogic_billing_access_log_lag_seconds",
+            "age of the oldest access-log line not yet consumed (0: caught up)",
+            registry=registry,
+            multiprocess_mode="mostrecent",
         )
 
 
@@ -70,7 +91,19 @@ def split_complete(data: bytes) -> tuple[list[bytes], int]:
     return [line for line in data[: end + 1].split(b"\n") if line.strip()], end + 1
 
 
+# A step that takes longer than this is stuck (a Postgres that stopped answering without
+# closing the connection): cancelled and retried, never waited on forever.
+STEP_TIMEOUT_S = 60.0
+RETRY_MAX_S = 5.0
+
+
 class AccessLogConsumer:
+    """Reads the access log from the committed offset and commits rows and offset together.
+
+    ``committed`` is the last offset known to be committed (kept in memory, so the lag can be
+    reported while Postgres is down); ``boots`` collects the Envoy boots the lines came from.
+    """
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -78,11 +111,24 @@ class AccessLogConsumer:
         metrics: BillingMetrics,
         *,
         settler: TokenSettler | None = None,
+        journal: JournalStore | None = None,
     ) -> None:
         self._pool = pool
         self._settler = settler
+        self._journal = journal
         self._path = path
         self._metrics = metrics
+        self.committed: Position | None = None
+        self.boots: set[str] = set()
+        # boot -> (inode, offset): a boot whose lines were followed by another boot's. Only
+        # one Envoy writes the file at a time (no hot restart), so that boot is dead and
+        # every line it wrote lies before the offset.
+        self.superseded: dict[str, tuple[int, int]] = {}
+        self._last_boot: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     async def _position(self) -> Position | None:
         row = await self._pool.fetchrow(
@@ -91,10 +137,7 @@ class AccessLogConsumer:
         return Position(row["inode"], row["offset"]) if row else None
 
     async def _prices(self) -> dict[int, Price]:
-        rows = await self._pool.fetch(
-            "SELECT id, input_price_per_mtok, output_price_per_mtok FROM models"
-        )
-        return {r["id"]: Price(r["input_price_per_mtok"], r["output_price_per_mtok"]) for r in rows}
+        return await prices(self._pool)
 
     async def step(self) -> int:
         """Consume what is there now; returns the number of bytes consumed."""
@@ -106,7 +149,7 @@ class AccessLogConsumer:
         if position is None or position.inode != stat.st_ino or position.offset > stat.st_size:
             # a new or truncated file: Envoy starts writing it from the beginning
             position = Position(stat.st_ino, 0)
-        self._metrics.lag.set(stat.st_size - position.offset)
+        self.committed = position
         if stat.st_size == position.offset:
             return 0
         data = await asyncio.to_thread(_read, self._path, position.offset)
@@ -115,23 +158,29 @@ class AccessLogConsumer:
             return 0
         records: list[UsageRecord] = []
         settlements: list[Settlement] = []
-        for line in lines:
+        seen: dict[str, list[str]] = {}
+        replaced: list[str] = []
+        for raw in lines:
             try:
-                record, settle = parse(line)
+                line = parse_line(raw)
             except MalformedEntry as exc:
                 self._metrics.malformed.inc()
                 log.error("skipping malformed access-log line: %s", exc)
                 continue
-            if record is not None:
-                records.append(record)
-            if settle is not None:
-                settlements.append(settle)
+            if line.record is not None:
+                records.append(line.record)
+            if line.settlement is not None:
+                settlements.append(line.settlement)
+            if line.boot is not None:
+                seen.setdefault(line.boot, []).append(line.request_id)
+                if self._last_boot is not None and self._last_boot != line.boot:
+                    replaced.append(self._last_boot)
+                self._last_boot = line.boot
         prices = await self._prices() if records else {}
         inserted: set[str] = set()
         async with self._pool.acquire() as conn, conn.transaction():
             if records:
-                rows = await conn.fetch(_INSERT, *columns(records, prices))
-                inserted = {r["request_id"] for r in rows}
+                inserted = await insert_usage(conn, records, prices)
             await conn.execute(
                 'INSERT INTO access_log_offsets (path, inode, "offset") VALUES ($1, $2, $3) '
                 'ON CONFLICT (path) DO UPDATE SET inode = $2, "offset" = $3, updated_at = now()',
@@ -139,7 +188,11 @@ class AccessLogConsumer:
                 position.inode,
                 position.offset + consumed,
             )
+        self.committed = Position(position.inode, position.offset + consumed)
         self._metrics.records.inc(len(inserted))
+        self.boots.update(seen)
+        for boot in replaced:
+            self.superseded.setdefault(boot, (position.inode, self.committed.offset))
         if self._settler is not None:
             # After the commit, and only for rows this step inserted: a replayed batch (crash
             # before the offset committed) inserts nothing and so settles nothing twice.
@@ -147,18 +200,79 @@ class AccessLogConsumer:
             await self._settler.settle(
                 [s for s in settlements if s.request_id in inserted or s.request_id not in billable]
             )
+        if self._journal is not None and seen:
+            # Every line consumed, billable or not, accounts for its request: its journal
+            # entry is not needed any more. A failure only leaves entries that the journal's
+            # reconciliation skips (their rows exist: ON CONFLICT DO NOTHING).
+            try:
+                await self._journal.forget(seen)
+            except JournalUnavailable as exc:
+                log.warning("could not clear %d journal entries: %s", len(seen), exc)
         return consumed
 
+    def observe(self, *, now: datetime | None = None) -> None:
+        """Set the lag gauges from the file and the last committed offset: true even while
+        Postgres is down (they are not a by-product of a successful step)."""
+        committed = self.committed
+        try:
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            self._metrics.lag.set(0)
+            self._metrics.lag_seconds.set(0)
+            return
+        if committed is None:
+            return  # the offset was never read: unknown, not zero
+        offset = committed.offset if committed.inode == stat.st_ino else 0
+        behind = max(0, stat.st_size - offset)
+        self._metrics.lag.set(behind)
+        if behind == 0:
+            self._metrics.lag_seconds.set(0)
+            return
+        ended = end_time(_first_line(self._path, offset))
+        if ended is not None:
+            moment = now or datetime.now(UTC)
+            self._metrics.lag_seconds.set(max(0.0, (moment - ended).total_seconds()))
+
     async def run(self, *, idle_sleep: float = 0.25) -> None:
+        failures = 0
         while True:
             try:
-                consumed = await self.step()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.error("billing step failed, retrying: %s", exc)
+                consumed = await asyncio.wait_for(self.step(), STEP_TIMEOUT_S)
+                failures = 0
+            except Exception as exc:  # anything: logged, counted, retried; never silently fatal
+                # Postgres down or restarted, a connection killed, a stuck query: the pool
+                # reconnects on the next acquire; the file keeps every line meanwhile.
+                failures += 1
+                self._metrics.errors.inc()
+                log.error("billing step failed (retry %d): %r", failures, exc)
                 consumed = 0
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(min(RETRY_MAX_S, 0.25 * 2**failures))
             if consumed == 0:
                 await asyncio.sleep(idle_sleep)
+
+    async def observe_forever(self, *, every: float = 1.0) -> None:
+        while True:
+            await asyncio.to_thread(self.observe)
+            await asyncio.sleep(every)
+
+
+async def prices(pool: asyncpg.Pool | asyncpg.Connection) -> dict[int, Price]:
+    rows = await pool.fetch("SELECT id, input_price_per_mtok, output_price_per_mtok FROM models")
+    return {r["id"]: Price(r["input_price_per_mtok"], r["output_price_per_mtok"]) for r in rows}
+
+
+async def insert_usage(
+    conn: asyncpg.Connection, records: Sequence[UsageRecord], prices: dict[int, Price]
+) -> set[str]:
+    """Insert rows that do not exist yet (by request_id); returns the ids inserted."""
+    rows = await conn.fetch(_INSERT, *columns(records, prices))
+    return {r["request_id"] for r in rows}
+
+
+def _first_line(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.readline(64 * 1024)
 
 
 def _read(path: Path, offset: int) -> bytes:
@@ -190,4 +304,5 @@ def columns(records: Sequence[UsageRecord], prices: dict[int, Price]) -> list[li
         [r.started_at for r in records],
         [r.duration_ms for r in records],
         [r.usage_estimated for r in records],
+        [r.source for r in records],
     ]

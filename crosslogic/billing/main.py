@@ -1,43 +1,94 @@
-"""The billing process: the access-log consumer (aggregation and Stripe export come later)."""
+"""The billing process: the access-log consumer, settlement retries, the journal's
+reconciliation and the pipeline gauges (aggregation and Stripe export come later).
+
+Every loop retries its own transient failures (Postgres or Redis down); a loop that ends
+anyway ends the process with an error, so that its supervisor restarts it instead of
+leaving billing alive and idle.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.db.connection import create_pool
+from crosslogic.journal.store import JournalStore
 from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.settings import Settings
 
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "crosslogic-billing"  # in pg_stat_activity
+
+
+class TaskDied(RuntimeError):
+    """A billing loop ended, which none should."""
+
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
-    pool = await create_pool(settings, min_size=1, max_size=2)
+    pool = await create_pool(settings, min_size=1, max_size=3, application_name=APPLICATION_NAME)
     redis = PipelinedRedis(
         settings.redis_host or "127.0.0.1",
         settings.redis_port,
         password=settings.redis_password,
         timeout=1.0,
     )
+    settler = TokenSettler(redis, registry)
+    journal = JournalStore(redis)
     consumer = AccessLogConsumer(
         pool,
         settings.access_log.resolve(),
         BillingMetrics(registry),
-        settler=TokenSettler(redis, registry),
+        settler=settler,
+        journal=journal,
     )
-    task = asyncio.create_task(consumer.run())
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+    envoy_admin = f"http://{settings.envoy_admin_host}:{settings.envoy_admin_port}"
+    reconciler = JournalReconciler(
+        pool,
+        consumer,
+        journal,
+        RecoveryMetrics(registry),
+        live=lambda: live_boot(session, envoy_admin),
+    )
+    tasks = [
+        asyncio.create_task(consumer.run(), name="consumer"),
+        asyncio.create_task(consumer.observe_forever(), name="lag-gauges"),
+        asyncio.create_task(settler.retry_forever(), name="settlement-retries"),
+        asyncio.create_task(reconciler.run(), name="journal-reconciliation"),
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    # finish the batch in hand: its offset commits with its rows, so nothing is lost either way
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    redis.close()
-    await pool.close()
+
+    async def stopped() -> None:
+        await stop.wait()
+
+    waiter = asyncio.create_task(stopped(), name="signal")
+    try:
+        done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # a batch cut short commits nothing: its offset commits with its rows, so it is
+        # read again by the next process
+        waiter.cancel()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await session.close()
+        redis.close()
+        await pool.close()
+    for task in done:
+        if task is not waiter:
+            # the supervisor sees a non-zero exit and restarts billing
+            error = None if task.cancelled() else task.exception()
+            raise TaskDied(f"billing task {task.get_name()} ended: {error!r}") from error

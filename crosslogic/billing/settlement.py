@@ -1,19 +1,22 @@
 """Settling token reservations in Redis once billing knows the real usage.
 
-The rate-limit service debits an estimate before a request runs; here each reservation is
-corrected to the real count (refund or extra charge) with settle.lua, all of one batch
-summed per counter so that one script call settles a whole batch. A failure leaves the
-reservations as they were: conservative for a limit, never lost usage (the usage rows are
-already committed).
+The rate limiter debits an estimate before a request runs; here each reservation is
+corrected to the real count (refund or extra charge) with settle.lua, summed per counter so
+that one script call settles a whole batch. Corrections that cannot be applied (Redis down)
+are kept, still summed per counter, and retried with backoff until they land: a limit is
+never left wrong after Redis returns. The usage rows are committed before, so no usage is
+lost either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crosslogic.billing.accesslog import Settlement
 from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
@@ -21,38 +24,110 @@ from crosslogic.ratelimit.store import load_script
 
 log = logging.getLogger(__name__)
 
+CHUNK = 1000  # counters per script call
+# Pending corrections are one float per counter (a counter is a key, tenant or environment
+# window): this bounds memory through a long outage; beyond it new counters are dropped.
+MAX_PENDING_COUNTERS = 100_000
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+
 
 class TokenSettler:
-    def __init__(self, redis: PipelinedRedis, registry: CollectorRegistry) -> None:
+    """``settle`` applies a batch's corrections (and any still pending); ``retry_forever``
+    keeps trying what failed. Neither raises when Redis is down."""
+
+    def __init__(
+        self,
+        redis: PipelinedRedis,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_pending: int = MAX_PENDING_COUNTERS,
+    ) -> None:
         self._redis = redis
         self._script = load_script("settle.lua")
+        self._clock = clock
+        self._max_pending = max_pending
+        self._pending: dict[str, float] = {}  # counter -> microseconds still to move it by
+        self._pending_items = 0  # reservations whose correction is (partly) in _pending
+        self._failures = 0
+        self._retry_at = 0.0
         self._settled = Counter(
             "crosslogic_billing_token_settlements_total",
             "token reservations settled to the real usage",
-            ["result"],
+            ["result"],  # ok, failed (kept and retried), dropped (over the memory bound)
             registry=registry,
         )
+        self._pending_gauge = Gauge(
+            "crosslogic_billing_settlements_pending",
+            "token reservations whose correction failed and is waiting to be retried",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+
+    @property
+    def pending(self) -> int:
+        """Reservations whose correction has not landed yet."""
+        return self._pending_items
+
+    def pending_adjustments(self) -> dict[str, float]:
+        """Counter -> microseconds still to move it by."""
+        return dict(self._pending)
 
     async def settle(self, items: Sequence[Settlement]) -> None:
         due = [s for s in items if s.delta_tokens != 0]
-        if not due:
+        if due:
+            self._merge(per_counter(due), len(due))
+        await self.flush()
+
+    def _merge(self, adjustments: dict[str, float], items: int) -> None:
+        dropped = 0
+        for key, delta in adjustments.items():
+            if key in self._pending or len(self._pending) < self._max_pending:
+                self._pending[key] = self._pending.get(key, 0.0) + delta
+            else:
+                dropped += 1
+        if dropped:
+            self._settled.labels("dropped").inc(dropped)
+            log.error("settlement backlog full: dropped corrections of %d counter(s)", dropped)
+        self._pending_items += items
+        self._pending_gauge.set(self._pending_items)
+
+    async def flush(self) -> None:
+        """Apply everything pending, unless a recent failure asks to wait (backoff)."""
+        if not self._pending or self._clock() < self._retry_at:
             return
-        adjustments = per_counter(due)
-        keys = list(adjustments)
+        todo, items = self._pending, self._pending_items
+        self._pending, self._pending_items = {}, 0
+        keys = list(todo)
+        done = 0
         try:
             for start in range(0, len(keys), CHUNK):
                 chunk = keys[start : start + CHUNK]
-                await self._redis.eval_script(
-                    self._script, chunk, [round(adjustments[k]) for k in chunk]
-                )
+                await self._redis.eval_script(self._script, chunk, [round(todo[k]) for k in chunk])
+                done = start + len(chunk)
         except RedisUnavailable as exc:
-            self._settled.labels("failed").inc(len(due))
-            log.warning("could not settle %d reservation(s): %s", len(due), exc)
+            # What was applied stays applied; the rest is kept, summed with later corrections.
+            # (A chunk whose reply was lost after Redis ran it is applied twice: it takes a
+            # reply slower than the 1 s timeout, and costs a limit accuracy, never usage.)
+            self._merge({k: todo[k] for k in keys[done:]}, items)
+            self._failures += 1
+            wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self._failures - 1))
+            self._retry_at = self._clock() + wait
+            self._settled.labels("failed").inc(items)
+            log.warning(
+                "could not settle %d reservation(s), retrying in %.1fs: %s", items, wait, exc
+            )
             return
-        self._settled.labels("ok").inc(len(due))
+        self._failures = 0
+        self._settled.labels("ok").inc(items)
+        self._pending_gauge.set(self._pending_items)
 
-
-CHUNK = 1000  # counters per script call
+    async def retry_forever(self, *, every: float = 0.25) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self.flush()
+            self._pending_gauge.set(self._pending_items)  # current, also after a restart
 
 
 def per_counter(items: Sequence[Settlement]) -> dict[str, float]:

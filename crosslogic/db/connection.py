@@ -24,10 +24,17 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 5) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 5, application_name: str = ""
+) -> asyncpg.Pool:
+    """``application_name`` shows in pg_stat_activity: which process holds a connection."""
     try:
         return await asyncpg.create_pool(
-            min_size=min_size, max_size=max_size, command_timeout=10, **connect_kwargs(settings)
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=10,
+            server_settings={"application_name": application_name} if application_name else None,
+            **connect_kwargs(settings),
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(

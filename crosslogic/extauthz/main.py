@@ -13,7 +13,9 @@ from crosslogic.extauthz.invalidation import flush_last_used, follow_changes
 from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics, refresh_catalog
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
-from crosslogic.ratelimit.runtime import open_limiter
+from crosslogic.journal.writer import AdmissionWriter, JournalMetrics
+from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.ratelimit.runtime import REDIS_TIMEOUT_S, open_limiter
 from crosslogic.settings import Settings
 
 
@@ -22,8 +24,23 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     store = PostgresKeys(pool)
     cache = KeyCache(store.fetch_key, ttl=settings.key_cache_ttl, stale_for=settings.key_stale_for)
     limits = await open_limiter(settings, registry) if settings.ratelimit_at == "authz" else None
+    # the journal shares the limiter's connection when there is one: both commands of a
+    # request then leave in one write
+    redis = (
+        limits.redis
+        if limits
+        else PipelinedRedis(
+            settings.redis_host or "127.0.0.1",
+            settings.redis_port,
+            password=settings.redis_password,
+            timeout=REDIS_TIMEOUT_S,
+        )
+    )
     service = AuthorizationService(
-        cache=cache, metrics=AuthzMetrics(registry), limiter=limits.limiter if limits else None
+        cache=cache,
+        metrics=AuthzMetrics(registry),
+        limiter=limits.limiter if limits else None,
+        journal=AdmissionWriter(redis, JournalMetrics(registry)),
     )
     service.catalog = await store.fetch_catalog()
     tasks = (
@@ -43,6 +60,8 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     finally:
         if limits is not None:
             await limits.close()
+        else:
+            redis.close()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

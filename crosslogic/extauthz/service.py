@@ -30,8 +30,11 @@ from crosslogic.extauthz.decision import (
     KeyRecord,
     Model,
     decide,
+    endpoint_of,
 )
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
+from crosslogic.journal.contract import BOOT_HEADER, Admission, encode
+from crosslogic.journal.writer import AdmissionWriter
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity
 from crosslogic.ratelimit.decider import UNAVAILABLE as RL_UNAVAILABLE
@@ -166,11 +169,17 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     """Envoy's ext_authz Check, answered from the in-process key cache and model catalog."""
 
     def __init__(
-        self, *, cache: KeyCache, metrics: AuthzMetrics, limiter: RateLimiter | None = None
+        self,
+        *,
+        cache: KeyCache,
+        metrics: AuthzMetrics,
+        limiter: RateLimiter | None = None,
+        journal: AdmissionWriter | None = None,
     ) -> None:
         self._cache = cache
         self._metrics = metrics
         self._limiter = limiter  # set when RATELIMIT_AT=authz: limits decided here too
+        self._journal = journal  # every admitted model request, before Envoy hears "allow"
         self.catalog: dict[str, Model] = {}
         self._responses: dict[Allow, external_auth_pb2.CheckResponse] = {}
 
@@ -178,12 +187,14 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
-        outcome, response = await self._check(request.attributes.request.http)
+        outcome, response = await self._check(request.attributes.request.http, context)
         self._metrics.decisions.labels(outcome).inc()
         self._metrics.latency.observe(time.perf_counter() - started)
         return response
 
-    async def _check(self, http: object) -> tuple[str, external_auth_pb2.CheckResponse]:
+    async def _check(
+        self, http: object, context: grpc.aio.ServicerContext
+    ) -> tuple[str, external_auth_pb2.CheckResponse]:
         headers = http.headers  # type: ignore[attr-defined]
         token = keys.bearer_token(headers.get("authorization", ""))
         if token is None or not keys.looks_valid(token):
@@ -217,14 +228,58 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 self._responses.clear()
             response = allowed(decision)
             self._responses[decision] = response
+        journal = self._journal if decision.model is not None else None
+        # Envoy's x-request-id, the access log's request_id (http.id is an internal stream id)
+        request_id = headers.get("x-request-id", "")
+        boot = boot_of(context) if journal is not None else None
         if self._limiter is None:
+            if journal is not None:
+                await journal.admit(boot, request_id, admission(decision, http))
             return "allowed", response
-        limits = await self._limiter.decide(identity_of(record), tokens=decision.tokens)
-        if limits is None:
-            return "rate_limit_unavailable", denied(RL_UNAVAILABLE, headers=[("retry-after", "1")])
-        if not limits.allowed:
+        deciding = self._limiter.decide(identity_of(record), tokens=decision.tokens)
+        if journal is None:
+            limits = await deciding
+            journaled = False
+        else:
+            # issued in one event-loop turn, so both leave in one write: one round trip
+            limits, journaled = await asyncio.gather(
+                deciding, journal.admit(boot, request_id, admission(decision, http))
+            )
+        if limits is None or not limits.allowed:
+            if journal is not None and journaled and boot:
+                await journal.withdraw(boot, request_id)
+            if limits is None:
+                retry = [("retry-after", "1")]
+                return "rate_limit_unavailable", denied(RL_UNAVAILABLE, headers=retry)
             return "rate_limited", denied(limits.error(), headers=limits.headers())
         return "allowed", with_limits(response, limits)
+
+
+def boot_of(context: grpc.aio.ServicerContext) -> str | None:
+    """The boot id of the Envoy process asking (its ext_authz initial_metadata)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == BOOT_HEADER:
+            return str(value)
+    return None
+
+
+def admission(decision: Allow, http: object) -> str:
+    """The journal record of an admitted model request."""
+    assert decision.model is not None
+    key = decision.key
+    return encode(
+        Admission(
+            tenant_id=key.tenant_id,
+            environment_id=key.environment_id,
+            api_key_id=key.api_key_id,
+            model_id=decision.model.id,
+            endpoint=endpoint_of(http.path),  # type: ignore[attr-defined]
+            streamed=decision.stream,
+            prompt_estimate=decision.prompt_tokens,
+            token_estimate=decision.tokens,
+            admitted_at=datetime.now(UTC),
+        )
+    )
 
 
 async def refresh_catalog(

@@ -53,7 +53,7 @@ async def follow_limits(
 class OpenLimiter:
     limiter: RateLimiter
     task: asyncio.Task[None]  # the table follower: the process dies with it
-    _redis: PipelinedRedis
+    redis: PipelinedRedis  # also carries ext_authz's journal writes: one write per turn
     _pool: asyncpg.Pool
     _listener: asyncpg.Connection
 
@@ -61,7 +61,7 @@ class OpenLimiter:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        self._redis.close()
+        self.redis.close()
         await self._listener.close()
         await self._pool.close()
 

@@ -1,0 +1,1 @@
+"""The admission journal: what ext_authz admitted, kept until billing has the usage row."""

@@ -1,0 +1,53 @@
+"""Billing's side of the admission journal in Redis (the layout is in contract.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import hiredis
+
+from crosslogic.journal.contract import journal_key
+from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
+
+CHUNK = 1000  # request ids per HDEL
+
+
+class JournalUnavailable(RuntimeError):
+    """Redis did not answer, or refused a command."""
+
+
+class JournalStore:
+    """Forgets entries whose usage rows are committed, and reads and drops a dead boot's."""
+
+    def __init__(self, redis: PipelinedRedis) -> None:
+        self._redis = redis
+
+    async def _all(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        # gathered: the commands leave in one write and cost one round trip
+        try:
+            return list(await asyncio.gather(*(self._redis.call(*c) for c in commands)))
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
+            raise JournalUnavailable(str(exc)) from exc
+
+    async def forget(self, by_boot: Mapping[str, Sequence[str]]) -> None:
+        commands = [
+            ("HDEL", journal_key(boot), *ids[i : i + CHUNK])
+            for boot, ids in by_boot.items()
+            for i in range(0, len(ids), CHUNK)
+        ]
+        if commands:
+            await self._all(commands)
+
+    async def entries(self, boot: str) -> dict[str, bytes]:
+        (flat,) = await self._all([("HGETALL", journal_key(boot))])
+        return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+    async def drop(self, boot: str) -> None:
+        await self._all([("DEL", journal_key(boot))])
+
+    async def pending(self, boots: Sequence[str]) -> int:
+        if not boots:
+            return 0
+        return sum(int(n) for n in await self._all(("HLEN", journal_key(b)) for b in boots))

@@ -1,0 +1,75 @@
+"""ext_authz's side of the admission journal: one HSET per admitted model request.
+
+The write goes out with the rate-limit script when ext_authz also decides limits (the
+pipelined client sends the commands of one event-loop turn in one write), so a request
+still costs one Redis round trip. Redis down: the request is admitted anyway (the access
+log still records it, unless Envoy dies too) and counted; after a failure the journal is
+not tried for a second, so an outage never costs a timeout per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import hiredis
+from prometheus_client import CollectorRegistry, Counter
+
+from crosslogic.journal.contract import journal_key
+from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+BREAKER_OPEN_S = 1.0
+
+
+class JournalMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.errors = Counter(
+            "crosslogic_usage_journal_errors_total",
+            "admitted model requests that could not be journaled",
+            ["reason"],  # redis_error, redis_skipped (breaker open), no_boot
+            registry=registry,
+        )
+
+
+class AdmissionWriter:
+    """``admit`` journals one admitted request and never raises; ``withdraw`` takes an entry
+    back when the request was refused after all (a rate limit decided in the same turn)."""
+
+    def __init__(
+        self,
+        redis: PipelinedRedis,
+        metrics: JournalMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._metrics = metrics
+        self._clock = clock
+        self._down_until = 0.0
+
+    async def admit(self, boot: str | None, request_id: str, record: str) -> bool:
+        if not boot or not request_id:
+            self._metrics.errors.labels("no_boot").inc()
+            return False
+        if self._clock() < self._down_until:
+            self._metrics.errors.labels("redis_skipped").inc()
+            return False
+        try:
+            await self._redis.call("HSET", journal_key(boot), request_id, record)
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
+            self._metrics.errors.labels("redis_error").inc()
+            self._down_until = self._clock() + BREAKER_OPEN_S
+            log.warning("admission journal unavailable for %.0fs: %s", BREAKER_OPEN_S, exc)
+            return False
+        return True
+
+    async def withdraw(self, boot: str, request_id: str) -> None:
+        # Left behind, the entry would be billed at its estimate once this Envoy is gone.
+        try:
+            await self._redis.call("HDEL", journal_key(boot), request_id)
+        except (RedisUnavailable, hiredis.ReplyError) as exc:
+            self._metrics.errors.labels("withdraw_failed").inc()
+            log.warning("could not withdraw refused request %s: %s", request_id, exc)
