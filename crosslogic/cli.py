@@ -182,6 +182,7 @@ def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
         admin_address=args.admin_address,
         control_plane_host=args.control_plane_host,
         lua_path=Path(args.lua_path) if args.lua_path else None,
+        boot_id=args.boot_id,
     )
     if args.output == "-":
         sys.stdout.write(text)
@@ -208,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--admin-address", default="127.0.0.1")
     cfg.add_argument("--control-plane-host", default="127.0.0.1")
     cfg.add_argument("--lua-path", default=None)
+    cfg.add_argument(
+        "--boot-id",
+        default=None,
+        help="this Envoy process's boot id (default: a new one); containers render "
+        "0000000000000000 once and envoy/start-envoy.sh gives every process its own",
+    )
     sub.add_parser(
         "node", help="run a simulated GPU node (see `crosslogic node --help`)", add_help=False
     )

@@ -5,6 +5,7 @@ bootstrap it renders is accepted by the real Envoy. No Docker needed; nothing to
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -436,6 +437,8 @@ def test_envoy_config_targets_the_control_plane(services: dict[str, dict[str, An
     assert {port for _, port in published(envoy)} == {s.envoy_port, s.envoy_admin_port}
     admin = [host for host, port in published(envoy) if port == s.envoy_admin_port]
     assert admin == [f"127.0.0.1:{s.envoy_admin_port}"], "Envoy's admin must stay on loopback"
+    # billing asks it which Envoy process is live (the usage journal): over the compose network
+    assert (served.envoy_admin_host, served.envoy_admin_port) == ("envoy", s.envoy_admin_port)
 
 
 def test_envoy_and_the_control_plane_share_files(services: dict[str, dict[str, Any]]) -> None:
@@ -446,23 +449,31 @@ def test_envoy_and_the_control_plane_share_files(services: dict[str, dict[str, A
     )
     args = parse_invocation(only_invocation(cfg))
     envoy_argv = command(envoy)
-    assert envoy_argv[0] == "envoy"
-    assert envoy_argv[envoy_argv.index("-c") + 1] == args.output
+    # the launcher gives every Envoy process a boot id of its own, in place of the one rendered
+    assert envoy_argv[:2] == ["sh", LAUNCHER] and envoy_argv[2] == args.output
+    assert args.boot_id == RENDERED_BOOT_ID
     for option in ("--file-flush-interval-msec", "--disable-hot-restart"):
         assert option in envoy_argv  # as `crosslogic up` runs it
-    # the bootstrap and the Lua filter: written by envoy-config, read by Envoy
-    for path in (args.output, args.lua_path):
+    # the bootstrap, the Lua filter and the launcher: written by envoy-config, read by Envoy
+    for path in (args.output, args.lua_path, LAUNCHER):
         assert volume_holding(cfg, path) == volume_holding(envoy, path), path
-    copies = [seg for seg in shell_segments(command(cfg)) if seg[0] == "cp"]
-    assert [seg[-1] for seg in copies] == [args.lua_path]
-    source = PurePosixPath(copies[0][1])
-    assert (REPO / source.relative_to(APP_DIR)).is_file(), f"the image has no {source}"
+    (copy,) = [seg for seg in shell_segments(command(cfg)) if seg[0] == "cp"]
+    target = PurePosixPath(copy[-1])
+    copied = {str(target / PurePosixPath(source).name) for source in copy[1:-1]}
+    assert copied == {args.lua_path, LAUNCHER}
+    for source in copy[1:-1]:
+        path = PurePosixPath(source)
+        assert (REPO / path.relative_to(APP_DIR)).is_file(), f"the image has no {source}"
     # the access log: written by Envoy, read by billing in the control plane
     access_log = str(settings_of(cfg).access_log)
     assert access_log == str(settings_of(control_plane).access_log)
     assert PurePosixPath(access_log).is_absolute()
     volume = volume_holding(envoy, access_log)
     assert volume == volume_holding(control_plane, access_log) == volume_holding(cfg, access_log)
+
+
+LAUNCHER = "/etc/crosslogic-envoy/start-envoy.sh"
+RENDERED_BOOT_ID = "0" * 16
 
 
 def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
@@ -563,11 +574,25 @@ def test_envoy_accepts_the_rendered_bootstrap(
     Path(remap(container_output)).write_text(text)
     Path(remap(args.lua_path)).write_text((REPO / "envoy" / "usage.lua").read_text())
 
-    argv = [envoy_binary()]
-    for word in command(envoy)[1:]:
-        argv.append(remap(word) if word.startswith("/") else word)
-    result = subprocess.run(
-        [*argv, "--mode", "validate"], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "OK" in result.stdout + result.stderr
+    # the launcher as the container runs it, twice: each Envoy process its own boot id
+    env = {**os.environ, "PATH": f"{Path(envoy_binary()).parent}:{os.environ['PATH']}"}
+    argv = [remap(word) if word.startswith("/") else word for word in command(envoy)]
+    Path(remap(LAUNCHER)).write_text((REPO / "envoy" / "start-envoy.sh").read_text())
+    boots = set()
+    for run in ("first", "second"):
+        run_dir = tmp_path / run
+        run_dir.mkdir()
+        result = subprocess.run(
+            [*argv, "--mode", "validate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={**env, "TMPDIR": str(run_dir)},
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "OK" in result.stdout + result.stderr
+        started = (run_dir / "envoy.yaml").read_text()
+        assert RENDERED_BOOT_ID not in started
+        boots.add(re.search(r'boot_id: "?(\w+)', started).group(1))  # type: ignore[union-attr]
+    assert len(boots) == 2
