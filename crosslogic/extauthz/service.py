@@ -37,6 +37,7 @@ from crosslogic.ratelimit.config import Identity
 from crosslogic.ratelimit.decider import UNAVAILABLE as RL_UNAVAILABLE
 from crosslogic.ratelimit.decider import RateLimiter
 from crosslogic.ratelimit.limiter import Decision
+from crosslogic.unexpected import UnexpectedErrors
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,14 @@ UNAVAILABLE = ApiError(
     "Authorization is temporarily unavailable; retry shortly.",
     "service_unavailable",
     "authorization_unavailable",
+)
+# A bug of ours met by some request: refused (never passed, never Envoy's retryable 503 for
+# an unreachable service), and the request did not reach a node.
+INTERNAL = ApiError(
+    500,
+    "The request could not be authorised because of an internal error; it was not processed.",
+    "server_error",
+    "internal_error",
 )
 
 
@@ -75,6 +84,7 @@ class AuthzMetrics:
             registry=registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
         )
+        self.unexpected = UnexpectedErrors(edge="extauthz", registry=registry, logger=log)
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -178,7 +188,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
-        outcome, response = await self._check(request.attributes.request.http)
+        try:
+            outcome, response = await self._check(request.attributes.request.http)
+        except Exception as exc:  # the one catch-all of this edge: see INTERNAL
+            self._metrics.unexpected.record(exc)
+            outcome, response = "internal_error", denied(INTERNAL)
         self._metrics.decisions.labels(outcome).inc()
         self._metrics.latency.observe(time.perf_counter() - started)
         return response
