@@ -9,13 +9,18 @@ import http.client
 import json
 import re
 import socket
+import subprocess
 import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crosslogic import envoy_config
 from crosslogic.node.server import FAULT_HEADER
-from crosslogic.stack import Stack
+from crosslogic.settings import load
+from crosslogic.stack import Stack, envoy_binary, http_ok, wait_until, with_free_ports
 from tests.conftest import run_db
 from tests.test_e2e import node_metrics
 from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, set_limit  # noqa: F401
@@ -234,3 +239,49 @@ def test_models_route_is_exact_and_get_only(stack: Stack) -> None:
     status, headers, body = send(stack, "/v1/models", b"{}", method="POST")
     assert status == 405
     assert openai_error(status, headers, body)["code"] == "method_not_allowed"
+
+
+def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
+    """A bare Envoy rendered with ENVOY_MAX_CONNECTIONS=3: the fourth client is closed at once
+    (the overload manager's global limit), and Envoy counts it. (Without an xDS server Envoy
+    is ready only after its initial fetch times out: about 15 s of waiting, no work.)"""
+    settings = with_free_ports(load({})).with_overrides(
+        data_dir=tmp_path, envoy_max_connections=3, envoy_request_headers_timeout=30.0
+    )
+    settings.access_log.touch()
+    config = tmp_path / "envoy.yaml"
+    config.write_text(envoy_config.render(settings))
+    admin = f"http://127.0.0.1:{settings.envoy_admin_port}"
+    envoy = subprocess.Popen(
+        [envoy_binary(), "-c", str(config), "--concurrency", "1", "--disable-hot-restart"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    held: list[socket.socket] = []
+    try:
+        wait_until("Envoy", lambda: http_ok(f"{admin}/ready"))
+        for _ in range(3):  # three clients in the middle of their headers
+            sock = socket.create_connection(("127.0.0.1", settings.envoy_port), timeout=20)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\n")
+            held.append(sock)
+        wait_until("3 connections", lambda: envoy_stat(admin, "downstream_cx_active") >= 3)
+        with socket.create_connection(("127.0.0.1", settings.envoy_port), timeout=20) as extra:
+            extra.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = read_until_closed(extra)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""  # closed (or reset) without a byte
+        assert envoy_stat(admin, "downstream_global_cx_overflow") >= 1
+    finally:
+        for sock in held:
+            sock.close()
+        envoy.terminate()
+        envoy.wait(10)
+
+
+def envoy_stat(admin: str, suffix: str) -> int:
+    """The sum of the OpenAI listener's stats ending in ``suffix``."""
+    with urllib.request.urlopen(f"{admin}/stats?format=json&filter={suffix}$", timeout=5) as r:
+        stats = json.load(r)["stats"]
+    return sum(int(s["value"]) for s in stats if s["name"].startswith("listener.127.0.0.1_"))
