@@ -57,6 +57,9 @@ def render(
         "RATELIMIT_PORT": settings.ratelimit_port,
         "CONTROL_PLANE_HOST": control_plane_host,
         "CONTROL_PLANE_PORT": settings.server_port,
+        "REQUEST_HEADERS_TIMEOUT": f"{settings.envoy_request_headers_timeout}s",
+        "REQUEST_TIMEOUT": f"{settings.envoy_request_timeout}s",
+        "MAX_CONNECTIONS": settings.envoy_max_connections,
     }
     if not (folder / "envoy.yaml").exists():
         raise FileNotFoundError(

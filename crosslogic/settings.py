@@ -83,6 +83,13 @@ class Settings:
     # calls the rate-limit service) or "authz" (ext_authz decides in the call it makes anyway)
     ratelimit_at: str = "service"
     admin_token: str = ""  # when set, /admin/* requires "Authorization: Bearer <token>"
+    # The OpenAI listener's bounds on slow or greedy clients: all request headers within
+    # this long of the connection's first byte, the whole request (body included; the
+    # response, a stream of minutes, is not counted) within that, and at most that many open
+    # client connections (Envoy's overload manager refuses more).
+    envoy_request_headers_timeout: float = 10.0
+    envoy_request_timeout: float = 60.0
+    envoy_max_connections: int = 10_000
 
     @property
     def access_log(self) -> Path:
@@ -183,6 +190,13 @@ def load(env: Mapping[str, str]) -> Settings:
         xds_poll_interval=_duration(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
         admin_token=env.get("ADMIN_TOKEN", d.admin_token),
         ratelimit_at=_choice(env, "RATELIMIT_AT", d.ratelimit_at, ("service", "authz")),
+        envoy_request_headers_timeout=_duration(
+            env, "ENVOY_REQUEST_HEADERS_TIMEOUT", d.envoy_request_headers_timeout
+        ),
+        envoy_request_timeout=_duration(env, "ENVOY_REQUEST_TIMEOUT", d.envoy_request_timeout),
+        envoy_max_connections=_int(
+            env, "ENVOY_MAX_CONNECTIONS", d.envoy_max_connections, low=1, high=10**7
+        ),
     )
     if settings.node_heartbeat_timeout <= settings.node_heartbeat_interval:
         raise SettingsError(
@@ -238,5 +252,8 @@ def to_env(settings: Settings) -> dict[str, str]:
         "XDS_POLL_INTERVAL": settings.xds_poll_interval,
         "RATELIMIT_AT": settings.ratelimit_at,
         "ADMIN_TOKEN": settings.admin_token,
+        "ENVOY_REQUEST_HEADERS_TIMEOUT": settings.envoy_request_headers_timeout,
+        "ENVOY_REQUEST_TIMEOUT": settings.envoy_request_timeout,
+        "ENVOY_MAX_CONNECTIONS": settings.envoy_max_connections,
     }
     return {name: str(value) for name, value in pairs.items()}

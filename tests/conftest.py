@@ -39,6 +39,9 @@ def stack_settings(data_dir: Path) -> Settings:
         node_heartbeat_timeout=3.0,
         xds_poll_interval=0.5,
         log_level="info",
+        # short, so that tests can wait them out (tests/test_hostile_input.py)
+        envoy_request_headers_timeout=1.0,
+        envoy_request_timeout=3.0,
     )
 
 

@@ -11,6 +11,8 @@ import redis
 
 from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable, parse_limit
 from crosslogic.ratelimit.limiter import (
+    MAX_AHEAD_US,
+    MAX_COST,
     Decision,
     Limit,
     LocalGcra,
@@ -182,3 +184,21 @@ def test_settlement_refunds_an_overestimate(stack: Stack) -> None:
     assert again.allowed and again.states[0].remaining == 0  # 10 + 90 = 100
     assert not interpret([budget], gcra(keys=keys, args=argv)).allowed
     client.close()
+
+
+@pytest.mark.parametrize("cost", [MAX_COST, 10**30])
+def test_a_huge_cost_keeps_counters_exact_and_bounded(evaluate: Evaluate, cost: int) -> None:
+    # a day's budget of 1 token: the worst interval; 10**30 is past any clamp upstream
+    budget = Limit(
+        layer="key",
+        kind="tokens",
+        redis_key=f"test:{uuid.uuid4()}:tokens",
+        limit=1,
+        period_s=86400,
+        cost=cost,
+    )
+    first = decide(evaluate, [budget])
+    assert first.allowed and first.states[0].remaining == 0
+    assert 0 < first.states[0].reset_after_s * 1e6 <= MAX_AHEAD_US
+    refused = decide(evaluate, [budget])
+    assert not refused.allowed and 0 < refused.retry_after_s * 1e6 <= MAX_AHEAD_US

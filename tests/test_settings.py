@@ -28,6 +28,9 @@ def test_durations() -> None:
         ("LOG_LEVEL", "verbose"),
         ("EXTAUTHZ_WORKERS", "many"),
         ("PROMETHEUS_PORT", "0"),
+        ("ENVOY_REQUEST_HEADERS_TIMEOUT", "0s"),
+        ("ENVOY_REQUEST_TIMEOUT", "soon"),
+        ("ENVOY_MAX_CONNECTIONS", "0"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

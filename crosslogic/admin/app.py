@@ -11,13 +11,16 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from crosslogic.admin.errors import error_middleware
 from crosslogic.admin.nodes import NodeStore
 from crosslogic.admin.registration import parse_heartbeat, parse_registration
 from crosslogic.db.connection import create_pool
 from crosslogic.metrics import exposition
 from crosslogic.openai_errors import ApiError, invalid_request
 from crosslogic.settings import Settings
+from crosslogic.unexpected import UnexpectedErrors
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +175,11 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-def make_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[admin_auth])
+def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
+    unexpected = UnexpectedErrors(
+        edge="admin", registry=registry or CollectorRegistry(), logger=log
+    )
+    app = web.Application(middlewares=[error_middleware(unexpected), admin_auth])
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from crosslogic.settings import Settings
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
-    runner = web.AppRunner(make_app(settings), access_log=None)
+    runner = web.AppRunner(make_app(settings, registry=registry), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.server_host, settings.server_port).start()
     prometheus = web.Application()

@@ -75,6 +75,9 @@ def parse_registration(body: Any) -> Registration | ApiError:
     return Registration(node_id=node_id, port=port, **fields)
 
 
+_INT32 = 2**31 - 1
+
+
 def parse_heartbeat(body: Any) -> Heartbeat | ApiError:
     if body is None:
         body = {}
@@ -85,8 +88,9 @@ def parse_heartbeat(body: Any) -> Heartbeat | ApiError:
     counts = {}
     for name in ("requests_running", "requests_waiting"):
         value = body.get(name, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            return invalid_request(f"'{name}' must be a non-negative integer", param=name)
+        # the columns are Postgres integers: a larger value would fail the UPDATE (a 500)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _INT32:
+            return invalid_request(f"'{name}' must be an integer from 0 to {_INT32}", param=name)
         counts[name] = value
     usage = body.get("kv_cache_usage_perc", 0.0)
     if not isinstance(usage, int | float) or isinstance(usage, bool) or not 0 <= usage <= 1:

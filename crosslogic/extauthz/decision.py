@@ -6,15 +6,26 @@ the HTTP status and OpenAI error that Envoy returns verbatim.
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from crosslogic.extauthz.request_body import (
+    MAX_CHOICES,
+    MAX_COMPLETION_TOKENS,
+    MAX_TOKEN_ESTIMATE,
+    bounded_int,
+    parse_object,
+)
 from crosslogic.openai_errors import ApiError, invalid_request
 
 # Inference endpoints: a JSON body naming the model is required.
 MODEL_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+MODELS_ENDPOINT = "/v1/models"
+# the same expression as the /v1/models route in envoy/envoy.yaml
+_MODELS_PATH = re.compile(r"/v1/models(/[^/]+)?")
+UNKNOWN_ENDPOINT = ApiError(404, "Unknown endpoint.", "invalid_request_error", "unknown_url")
 
 
 @dataclass(frozen=True)
@@ -81,8 +92,16 @@ def check_key(key: KeyRecord, *, now: datetime) -> ApiError | None:
     return None
 
 
-def endpoint_of(path: str) -> str:
-    return path.split("?", 1)[0].rstrip("/")
+def endpoint_of(path: str) -> str | None:
+    """The API endpoint a request path names, or None. Envoy's routes match exactly this set
+    (exact paths, query ignored; Envoy has already merged slashes and resolved dot segments),
+    so a path that is not an endpoint reaches neither a node nor the bill."""
+    path = path.split("?", 1)[0]
+    if path in MODEL_ENDPOINTS:
+        return path
+    if _MODELS_PATH.fullmatch(path):
+        return MODELS_ENDPOINT
+    return None
 
 
 def decide(
@@ -98,18 +117,17 @@ def decide(
     if refused is not None:
         return refused
     endpoint = endpoint_of(path)
-    if endpoint not in MODEL_ENDPOINTS:
+    if endpoint is None:
+        return UNKNOWN_ENDPOINT
+    if endpoint == MODELS_ENDPOINT:
+        if method not in ("GET", "HEAD"):
+            return _wrong_method(endpoint, "GET")
         return Allow(key=key, model=None, force_include_usage=False)
     if method != "POST":
-        return ApiError(
-            405, f"{endpoint} only accepts POST.", "invalid_request_error", "method_not_allowed"
-        )
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return invalid_request("The request body is not valid JSON.", code="invalid_json")
-    if not isinstance(payload, dict):
-        return invalid_request("The request body must be a JSON object.", code="invalid_json")
+        return _wrong_method(endpoint, "POST")
+    payload = parse_object(body)
+    if isinstance(payload, ApiError):
+        return payload
     name = payload.get("model")
     if not isinstance(name, str) or not name:
         return invalid_request(
@@ -123,11 +141,15 @@ def decide(
     if options is not None and not isinstance(options, dict):
         return invalid_request("'stream_options' must be an object.", param="stream_options")
     stream = raw_stream is True and endpoint in STREAMING_ENDPOINTS
+    tokens = estimate_tokens(endpoint, payload)
+    if isinstance(tokens, ApiError):
+        return tokens
     model = catalog.get(name)
     if model is None:
+        shown = name if len(name) <= 256 else name[:256] + "..."
         return ApiError(
             404,
-            f"The model '{name}' does not exist.",
+            f"The model '{shown}' does not exist.",
             "invalid_request_error",
             "model_not_found",
             "model",
@@ -146,8 +168,14 @@ def decide(
         force_include_usage=_needs_usage(endpoint, payload),
         stream=stream,
         scan_usage=stream or endpoint == "/v1/embeddings",
-        tokens=estimate_tokens(endpoint, payload),
+        tokens=tokens,
         prompt_tokens=estimate_prompt(endpoint, payload),
+    )
+
+
+def _wrong_method(endpoint: str, allowed: str) -> ApiError:
+    return ApiError(
+        405, f"{endpoint} only accepts {allowed}.", "invalid_request_error", "method_not_allowed"
     )
 
 
@@ -177,23 +205,32 @@ def _text_size(value: object) -> int:
 
 def estimate_prompt(endpoint: str, payload: dict[str, object]) -> int:
     if endpoint == "/v1/embeddings":
-        return max(1, _text_size(payload.get("input")) // CHARS_PER_TOKEN)
-    source = (
-        payload.get("messages") if endpoint == "/v1/chat/completions" else payload.get("prompt")
-    )
-    return _text_size(source) // CHARS_PER_TOKEN + 1
+        size = max(1, _text_size(payload.get("input")) // CHARS_PER_TOKEN)
+    else:
+        source = (
+            payload.get("messages") if endpoint == "/v1/chat/completions" else payload.get("prompt")
+        )
+        size = _text_size(source) // CHARS_PER_TOKEN + 1
+    return min(size, MAX_TOKEN_ESTIMATE)
 
 
-def estimate_tokens(endpoint: str, payload: dict[str, object]) -> int:
-    """Tokens to reserve before the request: prompt size plus the completion budget."""
+def estimate_tokens(endpoint: str, payload: dict[str, object]) -> int | ApiError:
+    """Tokens to reserve before the request: prompt size plus the completion budget, never
+    above MAX_TOKEN_ESTIMATE. A budget or n out of bounds is the client's error (400): read
+    leniently, it would reserve nothing or overflow the counters."""
     prompt = estimate_prompt(endpoint, payload)
     if endpoint == "/v1/embeddings":
         return prompt
-    budget = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
-        budget = DEFAULT_MAX_TOKENS.get(endpoint, 16)
-    choices = payload.get("n")
-    count = (
-        choices if isinstance(choices, int) and not isinstance(choices, bool) and choices > 0 else 1
-    )
-    return prompt + budget * count
+    budgets = []
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = bounded_int(payload, name, low=1, high=MAX_COMPLETION_TOKENS)
+        if isinstance(value, ApiError):
+            return value
+        budgets.append(value)
+    # the node honours max_completion_tokens first; reserve the larger in case it does not
+    given = [b for b in budgets if b is not None]
+    budget = max(given) if given else DEFAULT_MAX_TOKENS.get(endpoint, 16)
+    count = bounded_int(payload, "n", low=1, high=MAX_CHOICES)
+    if isinstance(count, ApiError):
+        return count
+    return min(prompt + budget * (count or 1), MAX_TOKEN_ESTIMATE)

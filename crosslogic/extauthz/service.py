@@ -40,6 +40,7 @@ from crosslogic.ratelimit.config import Identity
 from crosslogic.ratelimit.decider import UNAVAILABLE as RL_UNAVAILABLE
 from crosslogic.ratelimit.decider import RateLimiter
 from crosslogic.ratelimit.limiter import Decision
+from crosslogic.unexpected import UnexpectedErrors
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,14 @@ UNAVAILABLE = ApiError(
     "Authorization is temporarily unavailable; retry shortly.",
     "service_unavailable",
     "authorization_unavailable",
+)
+# A bug of ours met by some request: refused (never passed, never Envoy's retryable 503 for
+# an unreachable service), and the request did not reach a node.
+INTERNAL = ApiError(
+    500,
+    "The request could not be authorised because of an internal error; it was not processed.",
+    "server_error",
+    "internal_error",
 )
 
 
@@ -78,6 +87,7 @@ class AuthzMetrics:
             registry=registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
         )
+        self.unexpected = UnexpectedErrors(edge="extauthz", registry=registry, logger=log)
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -187,7 +197,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
         started = time.perf_counter()
-        outcome, response = await self._check(request.attributes.request.http, context)
+        try:
+            outcome, response = await self._check(request.attributes.request.http, context)
+        except Exception as exc:  # the one catch-all of this edge: see INTERNAL
+            self._metrics.unexpected.record(exc)
+            outcome, response = "internal_error", denied(INTERNAL)
         self._metrics.decisions.labels(outcome).inc()
         self._metrics.latency.observe(time.perf_counter() - started)
         return response
@@ -273,7 +287,7 @@ def admission(decision: Allow, http: object) -> str:
             environment_id=key.environment_id,
             api_key_id=key.api_key_id,
             model_id=decision.model.id,
-            endpoint=endpoint_of(http.path),  # type: ignore[attr-defined]
+            endpoint=endpoint_of(http.path) or "",  # type: ignore[attr-defined]
             streamed=decision.stream,
             prompt_estimate=decision.prompt_tokens,
             token_estimate=decision.tokens,

@@ -35,6 +35,10 @@ from crosslogic.node.tokens import (
 _MAX_BODY_BYTES = 16 * 1024 * 1024  # long prompts are the point of some load tests
 _SSE_DONE = b"data: [DONE]\n\n"
 _JSON = "application/json"
+# A simulator's fault injection, for the gateway's tests: a request carrying
+# "x-simulate-fault: reset" has its connection reset before any response byte, as a node
+# that crashes mid-request does. A real node has no such header.
+FAULT_HEADER = "x-simulate-fault"
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,10 @@ def _endpoint(name: str, handler: _Handler) -> _Handler:
             for h in map(str.lower, request.headers)
         ):
             metrics.leaked_headers.inc()
+        if request.headers.get(FAULT_HEADER) == "reset" and request.transport is not None:
+            metrics.requests.labels(endpoint=name, code="reset").inc()
+            request.transport.abort()
+            raise asyncio.CancelledError  # nothing can be answered on an aborted connection
         try:
             response = await handler(request)
         except RequestError as exc:

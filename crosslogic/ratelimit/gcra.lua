@@ -19,6 +19,10 @@
 -- ARGV[4i]     1 for a debit limit, 0 for a strict one
 -- Reply: {allowed (1|0), index of the refusing limit (0 if allowed), retry_after_us,
 --         then per limit i: remaining_i, reset_after_us_i}
+-- A request far over a limit (a huge reservation) sets its counter at most this far ahead
+-- (400 days; limiter.py's MAX_AHEAD_US): timestamps stay exact integers in Lua's doubles,
+-- and string.format("%d") never meets a number it cannot print.
+local MAX_AHEAD = 400 * 86400 * 1000000
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = #KEYS
@@ -36,7 +40,7 @@ for i = 1, n do
     needed = math.min(cost, 1)
   end
   local allow_at = tat + needed * interval - period
-  tats[i], new_tats[i] = tat, tat + cost * interval
+  tats[i], new_tats[i] = tat, math.min(tat + cost * interval, now + MAX_AHEAD)
   if refused == 0 and allow_at > now then
     refused = i
     retry_after = math.ceil(allow_at - now)

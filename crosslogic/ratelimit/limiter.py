@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import WINDOWS, LayerLimits
 
+# The largest cost one request can carry against a limit. gcra.lua computes in doubles: with
+# costs bounded here and counters never set further ahead than MAX_AHEAD_US (the same constant
+# is in the script), every timestamp stays an exact integer far below 2**53.
+MAX_COST = 2**28
+MAX_AHEAD_US = 400 * 86400 * 1_000_000
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -119,7 +125,7 @@ def limits_for(layers: Sequence[LayerLimits], *, tokens: int) -> list[Limit]:
                     redis_key=f"crosslogic:rl:{layer.layer}:{layer.ident}:{kind}:{period}",
                     limit=value,
                     period_s=period,
-                    cost=1 if kind == "requests" else tokens,
+                    cost=1 if kind == "requests" else min(max(tokens, 0), MAX_COST),
                     fail_mode=layer.row.fail_mode,
                 )
             )
@@ -183,7 +189,7 @@ class LocalGcra:
         for limit, tat in zip(limits, tats, strict=True):
             state = tat
             if refused == 0:
-                state = tat + limit.cost * limit.interval_us
+                state = min(tat + limit.cost * limit.interval_us, now + MAX_AHEAD_US)
                 self._tats[limit.redis_key] = state
             remaining = math.floor((limit.period_s * 1e6 - (state - now)) / limit.interval_us)
             reply += [max(remaining, 0), math.ceil(state - now)]
