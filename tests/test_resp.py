@@ -55,3 +55,34 @@ def test_unreachable_redis_fails_fast() -> None:
             await client.call("PING")
 
     asyncio.run(scenario())
+
+
+def test_an_unconfirmed_command_is_written_before_it_returns_and_its_reply_is_seen_later(
+    stack: Stack,
+) -> None:
+    async def scenario() -> None:
+        host = stack.settings.redis_host or "127.0.0.1"
+        client = PipelinedRedis(host, stack.settings.redis_port, timeout=1.0)
+        replies: list[object] = []
+        try:
+            await client.send_unconfirmed(
+                "HSET", "resp:h", "f", "v", on_reply=lambda f: replies.append(f.result())
+            )
+            # written, not yet confirmed: a second connection sees it once Redis has read it
+            other = PipelinedRedis(host, stack.settings.redis_port, timeout=1.0)
+            try:
+                assert await other.call("HGET", "resp:h", "f") == b"v"
+            finally:
+                other.close()
+            assert replies == [1]
+            errors: list[BaseException | None] = []
+            await client.send_unconfirmed(
+                "INCR", "resp:h", on_reply=lambda f: errors.append(f.result())
+            )
+            await client.call("PING")  # replies come in order: the INCR's is in by now
+            assert "WRONGTYPE" in str(errors[0])
+            await client.call("DEL", "resp:h")
+        finally:
+            client.close()
+
+    asyncio.run(scenario())

@@ -1,17 +1,20 @@
 """ext_authz's side of the admission journal: one HSET per admitted model request.
 
-The write goes out with the rate-limit script when ext_authz also decides limits (the
-pipelined client sends the commands of one event-loop turn in one write), so a request
-still costs one Redis round trip. Redis down: the request is admitted anyway (the access
+ext_authz answers once the entry is written to Redis' socket, without waiting for the
+reply, and the write goes out with the rate-limit script when ext_authz also decides limits
+(the pipelined client sends the commands of one event-loop turn in one write), so the
+journal adds no round trip to a request. Redis down: the request is admitted anyway (the access
 log still records it, unless Envoy dies too) and counted; after a failure the journal is
 not tried for a second, so an outage never costs a timeout per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import hiredis
 from prometheus_client import CollectorRegistry, Counter
@@ -51,6 +54,10 @@ class AdmissionWriter:
         self._down_until = 0.0
 
     async def admit(self, boot: str | None, request_id: str, record: str) -> bool:
+        """True once the entry is on its way to Redis (in the kernel's socket buffer: it
+        arrives even if this process dies now). Its reply is not waited for: the request is
+        admitted either way, and a failure only shows in the metric, so Redis costs the
+        request no round trip of its own."""
         if not boot or not request_id:
             self._metrics.errors.labels("no_boot").inc()
             return False
@@ -58,13 +65,28 @@ class AdmissionWriter:
             self._metrics.errors.labels("redis_skipped").inc()
             return False
         try:
-            await self._redis.call("HSET", journal_key(boot), request_id, record)
-        except (RedisUnavailable, hiredis.ReplyError) as exc:
-            self._metrics.errors.labels("redis_error").inc()
-            self._down_until = self._clock() + BREAKER_OPEN_S
-            log.warning("admission journal unavailable for %.0fs: %s", BREAKER_OPEN_S, exc)
+            await self._redis.send_unconfirmed(
+                "HSET", journal_key(boot), request_id, record, on_reply=self._replied
+            )
+        except RedisUnavailable as exc:
+            self._failed(exc)
             return False
         return True
+
+    def _replied(self, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled():
+            return
+        error = reply.exception()
+        if error is None and isinstance(reply.result(), hiredis.ReplyError):
+            error = reply.result()
+        if error is not None:
+            self._failed(error)
+
+    def _failed(self, exc: BaseException) -> None:
+        self._metrics.errors.labels("redis_error").inc()
+        if self._clock() >= self._down_until:
+            log.warning("admission journal unavailable for %.0fs: %s", BREAKER_OPEN_S, exc)
+        self._down_until = self._clock() + BREAKER_OPEN_S
 
     async def withdraw(self, boot: str, request_id: str) -> None:
         # Left behind, the entry would be billed at its estimate once this Envoy is gone.

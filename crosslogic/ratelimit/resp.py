@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -35,23 +36,51 @@ class _Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.closed = False
         self._outbox: list[bytes] = []
+        self._written: list[asyncio.Future[None]] = []  # resolved once the batch is written
+        self._draining: list[asyncio.Future[None]] = []  # written, not all in the kernel yet
 
-    def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
+    def send(
+        self,
+        command: bytes,
+        future: asyncio.Future[Any],
+        *,
+        written: asyncio.Future[None] | None = None,
+    ) -> None:
         """Queue a command; everything queued in one event-loop turn leaves in one write
-        (one syscall for many concurrent requests instead of one each)."""
+        (one syscall for many concurrent requests instead of one each). ``written`` is
+        resolved when that write has been handed to the kernel."""
         self.pending.append(future)
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(command)
+        if written is not None:
+            self._written.append(written)
 
     def _flush(self) -> None:
         data, self._outbox = b"".join(self._outbox), []
+        written, self._written = self._written, []
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+            # what the kernel did not take yet waits in the transport: "written" only then
+            self._draining += written
+            if not self.transport.get_write_buffer_size():
+                self.resume_writing()
+        else:
+            for future in written:
+                if not future.done():
+                    future.set_exception(RedisUnavailable("connection lost"))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's does not subclass asyncio.Transport: no isinstance)
         self.transport = cast(asyncio.Transport, transport)
+        # resume_writing is called each time the transport's own buffer empties
+        self.transport.set_write_buffer_limits(high=0)
+
+    def resume_writing(self) -> None:
+        draining, self._draining = self._draining, []
+        for future in draining:
+            if not future.done():
+                future.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
@@ -62,6 +91,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        draining, self._draining = self._draining, []
+        for waiting in draining:
+            if not waiting.done():
+                waiting.set_exception(RedisUnavailable(f"connection lost: {exc}"))
         while self.pending:
             future = self.pending.popleft()
             if not future.done():
@@ -110,6 +143,20 @@ class PipelinedRedis:
         if isinstance(reply, hiredis.ReplyError):
             raise reply
         return reply
+
+    async def send_unconfirmed(
+        self, *args: str | bytes | int, on_reply: Callable[[asyncio.Future[Any]], None]
+    ) -> None:
+        """Write a command without waiting for its reply: returns once the bytes are in the
+        kernel's socket buffer (they reach Redis even if this process dies right after);
+        ``on_reply`` sees the reply (or the error) later."""
+        conn = await self._connection()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(on_reply)
+        written: asyncio.Future[None] = loop.create_future()
+        conn.send(encode(*args), future, written=written)
+        await written
 
     async def eval_script(self, script: str, keys: list[str], args: list[int]) -> Any:
         """EVALSHA, loading the script once when Redis does not know it (NOSCRIPT)."""
