@@ -4,12 +4,14 @@ billing loop that dies takes the process down (so its supervisor restarts it).""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +90,15 @@ def test_billing_catches_up_after_postgres_returns_and_its_lag_shows_meanwhile(
             lambda: metric(stack, "crosslogic_billing_access_log_lag_bytes") > lag,
         )
         assert metric(stack, "crosslogic_billing_step_errors_total") > 0
+        # the admin API says "retry", not "bug", while its database is away
+        request = urllib.request.Request(
+            f"{stack.admin_url}/admin/tenants",
+            headers={"Authorization": f"Bearer {stack.settings.admin_token}"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=15)
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+        assert json.load(refused.value)["error"]["code"] == "database_unavailable"
     finally:
         stack.start_postgres()
     wait_until("billing to catch up", lambda: recorded(stack, during), timeout=60)

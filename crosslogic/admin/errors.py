@@ -4,7 +4,8 @@ Handlers map what they expect (validation, not found, conflicts) themselves. Thi
 the outermost, catches the rest: aiohttp's own plain-text errors (unknown route, wrong
 method, body too large) become the JSON body every other refusal has, and an unexpected
 exception becomes a 500 with that body and one log line (UnexpectedErrors), never aiohttp's
-plain "500 Internal Server Error" with a traceback.
+plain "500 Internal Server Error" with a traceback. A database that is down or restarting is
+no bug: 503 with Retry-After, which clients (and nodes' heartbeats) retry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from crosslogic.db.connection import UNAVAILABLE_ERRORS
 from crosslogic.openai_errors import ApiError
 from crosslogic.unexpected import UnexpectedErrors
 
@@ -21,6 +23,12 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 INTERNAL = ApiError(500, "Internal error; it has been logged.", "server_error", "internal_error")
+UNAVAILABLE = ApiError(
+    503,
+    "The database is temporarily unavailable; retry shortly.",
+    "service_unavailable",
+    "database_unavailable",
+)
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
@@ -45,6 +53,14 @@ def error_middleware(unexpected: UnexpectedErrors) -> Callable[..., Awaitable[we
             return await handler(request)
         except web.HTTPException as exc:
             raise _as_json(exc) from None
+        except UNAVAILABLE_ERRORS as exc:  # Postgres restarting: worth a retry, not a bug
+            log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
+            return web.Response(
+                status=UNAVAILABLE.status,
+                body=UNAVAILABLE.body(),
+                content_type="application/json",
+                headers={"Retry-After": "1"},
+            )
         except Exception as exc:
             unexpected.record(exc)
             return web.Response(

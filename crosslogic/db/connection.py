@@ -13,6 +13,17 @@ class DatabaseUnavailable(RuntimeError):
     """PostgreSQL could not be reached or refused the connection."""
 
 
+# What a dead, restarting or unreachable server looks like through asyncpg: a request that
+# meets one of these is worth retrying (503), unlike a bug in our code or our SQL (500).
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # the connection died, or could not be made
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, recovering
+)
+
+
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
     """asyncpg keyword arguments; ``DB_HOST`` may be a Unix socket directory."""
     return {

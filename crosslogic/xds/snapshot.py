@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
@@ -86,6 +86,22 @@ def cluster_for(model: ModelEntry) -> cluster_pb2.Cluster:
                 http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/health"),
             )
         ],
+        # A node that died stays in the pool until its health checks fail (2 s) or it
+        # re-registers; meanwhile least-request keeps choosing it (no requests in flight),
+        # so retries of connect failures land on it again. Two local-origin failures in a
+        # row (connect refused, reset) eject it at once.
+        outlier_detection=outlier_detection_pb2.OutlierDetection(
+            split_external_local_origin_errors=True,
+            consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=2),
+            enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
+            # the gateway-error (5xx) detector stays off: a node's own 503 is an answer
+            enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=0),
+            enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+            interval=_seconds(1),
+            base_ejection_time=_seconds(5),
+            max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
+        ),
         # generations are long-lived: Envoy's default of 1024 concurrent requests is too low
         circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
             thresholds=[
