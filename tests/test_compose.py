@@ -472,6 +472,14 @@ def test_envoy_and_the_control_plane_share_files(services: dict[str, dict[str, A
     assert volume == volume_holding(control_plane, access_log) == volume_holding(cfg, access_log)
 
 
+def test_redis_keeps_its_data_across_a_restart(services: dict[str, dict[str, Any]]) -> None:
+    # counters and the usage journal survive a restarted container
+    redis = services["redis"]
+    argv = command(redis)
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert "/data" in mounts(redis)
+
+
 LAUNCHER = "/etc/crosslogic-envoy/start-envoy.sh"
 RENDERED_BOOT_ID = "0" * 16
 
