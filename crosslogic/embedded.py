@@ -7,6 +7,8 @@ as with external ones, only started (and restarted) for you.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -89,7 +91,11 @@ def init_postgres(data_dir: Path) -> EmbeddedPostgres:
     pgdata = data_dir.resolve()
     # pgserver does initdb (as its own user when we are root) and starts a server; we create
     # our database with it and stop it again
-    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    try:
+        server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+    except BaseException:  # Ctrl-C or SIGTERM while it starts: leave no server behind
+        _stop_stray_server(pgdata)
+        raise
     try:
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}';")
         if "1 row" not in exists:
@@ -97,6 +103,16 @@ def init_postgres(data_dir: Path) -> EmbeddedPostgres:
     finally:
         server.cleanup()
     return EmbeddedPostgres(pgdata=pgdata, bin_dir=Path(POSTGRES_BIN_PATH), user=server.system_user)
+
+
+def _stop_stray_server(pgdata: Path) -> None:
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    from pgserver._commands import pg_ctl
+
+    user = "pgserver" if os.geteuid() == 0 else None  # as pgserver runs it
+    with contextlib.suppress(Exception):
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=30)
 
 
 def redis_server_binary() -> Path:
