@@ -7,6 +7,7 @@ embedded ones, as in production.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -45,15 +46,25 @@ def stack_settings(data_dir: Path) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+@contextlib.contextmanager
+def own_system(*, nodes: int, **overrides: Any) -> Iterator[Stack]:
+    """A whole system of its own (the session's settings with ``overrides``), for tests that
+    must not disturb the shared one; stopped and removed afterwards."""
     # short path: the embedded Postgres' Unix socket path must stay under ~107 bytes
     data_dir = Path(tempfile.mkdtemp(prefix="clt-", dir="/tmp"))
-    running = Stack(stack_settings(data_dir), nodes=2)
-    running.start()
-    yield running
-    running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    running = Stack(stack_settings(data_dir).with_overrides(**overrides), nodes=nodes)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    with own_system(nodes=2) as running:
+        yield running
 
 
 def run_db(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:

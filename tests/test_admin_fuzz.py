@@ -7,27 +7,21 @@ does not load under pytest 9, so its command line runs it: seeded and bounded pe
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from crosslogic.stack import Stack
-from tests.conftest import stack_settings
+from tests.conftest import own_system
 
 
 @pytest.fixture(scope="module")
 def admin_stack() -> Iterator[Stack]:
-    data_dir = Path(tempfile.mkdtemp(prefix="cls-", dir="/tmp"))
-    running = Stack(stack_settings(data_dir), nodes=0)
-    running.start()
-    yield running
-    running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with own_system(nodes=0) as running:
+        yield running
 
 
 @pytest.mark.timeout(300)

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ import redis
 from crosslogic.billing.main import APPLICATION_NAME
 from crosslogic.metrics import MULTIPROC_ENV
 from crosslogic.stack import Stack, free_port, wait_until
-from tests.conftest import run_db, stack_settings
+from tests.conftest import own_system, run_db
 from tests.test_rate_limits import fresh_tenant, key_in, set_limit
 
 MODEL = "demo-llama"
@@ -53,14 +51,8 @@ def recorded(stack: Stack, ids: list[str]) -> bool:
 @pytest.fixture()
 def own_stack() -> Iterator[Stack]:
     """A system of its own: this test stops its Postgres."""
-    data_dir = Path(tempfile.mkdtemp(prefix="clb-", dir="/tmp"))
-    running = Stack(
-        stack_settings(data_dir).with_overrides(extauthz_workers=1, ratelimit_workers=1), nodes=1
-    )
-    running.start()
-    yield running
-    running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with own_system(nodes=1, extauthz_workers=1, ratelimit_workers=1) as running:
+        yield running
 
 
 def test_billing_catches_up_after_postgres_returns_and_its_lag_shows_meanwhile(

@@ -15,10 +15,8 @@ import collections
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -33,7 +31,7 @@ import pytest
 from crosslogic.settings import to_env
 from crosslogic.stack import Stack, http_ok
 from crosslogic.supervisor import Child
-from tests.conftest import new_key, run_db, stack_settings
+from tests.conftest import new_key, own_system, run_db
 
 MODEL = "demo-llama"
 LOAD_CLIENTS = 3
@@ -136,18 +134,11 @@ class Load:
 
 @pytest.fixture(scope="module")
 def chaos_stack() -> Iterator[Stack]:
-    data_dir = Path(tempfile.mkdtemp(prefix="clc-", dir="/tmp"))
-    stack = Stack(stack_settings(data_dir), nodes=0)
-    stack.start()
-    try:
+    with own_system(nodes=0) as stack:
         for i in (1, 2):  # slow enough that streams are in flight when something dies
             stack.start_node(f"chaos-{i}", extra=("--tokens-per-second", "60"))
         stack.wait_healthy_nodes(2)
         yield stack
-    finally:
-        stack.stop()
-        if not os.environ.get("CHAOS_KEEP"):
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def fail_open_decisions(stack: Stack) -> float:

@@ -3,12 +3,9 @@ openai SDK understands, and Redis failing under load."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,7 +13,7 @@ import pytest
 
 from crosslogic.extauthz import provisioning
 from crosslogic.stack import Stack
-from tests.conftest import connect_and, run_db, stack_settings
+from tests.conftest import connect_and, own_system, run_db
 
 MODEL = "demo-llama"
 
@@ -24,12 +21,8 @@ MODEL = "demo-llama"
 @pytest.fixture(scope="module")
 def authz_stack() -> Iterator[Stack]:
     """A second system whose ext_authz makes the rate-limit decisions (RATELIMIT_AT=authz)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="cla-", dir="/tmp"))
-    running = Stack(stack_settings(data_dir).with_overrides(ratelimit_at="authz"), nodes=1)
-    running.start()
-    yield running
-    running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with own_system(nodes=1, ratelimit_at="authz") as running:
+        yield running
 
 
 @pytest.fixture(params=["service", "authz"])

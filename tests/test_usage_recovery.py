@@ -4,10 +4,7 @@ empties and rows are exact."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -16,7 +13,7 @@ import redis
 from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
 from crosslogic.journal.contract import journal_key
 from crosslogic.stack import Stack, http_ok, wait_until
-from tests.conftest import run_db, stack_settings
+from tests.conftest import own_system, run_db
 from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, limited, set_limit
 
 __all__ = ["authz_stack", "limited"]  # fixtures: every placement of the rate-limit decision
@@ -67,15 +64,10 @@ def send_requests(client: openai.OpenAI) -> dict[str, tuple[str, dict[str, objec
 def slow_log_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """A system of its own (this test kills its Envoy) whose Envoy writes its access log
     once a minute, so that a kill loses the lines of every request just made."""
-    data_dir = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
-    settings = stack_settings(data_dir).with_overrides(
-        envoy_log_flush_interval=60.0, ratelimit_at=request.param, extauthz_workers=1
-    )
-    running = Stack(settings, nodes=1)
-    running.start()
-    yield running
-    running.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with own_system(
+        nodes=1, envoy_log_flush_interval=60.0, ratelimit_at=request.param, extauthz_workers=1
+    ) as running:
+        yield running
 
 
 def test_usage_of_a_killed_envoy_is_billed_from_the_journal(slow_log_stack: Stack) -> None:
