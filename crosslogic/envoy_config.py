@@ -8,7 +8,7 @@ from pathlib import Path
 from string import Template
 
 from crosslogic.journal.contract import new_boot_id, valid_boot_id
-from crosslogic.settings import Settings
+from crosslogic.settings import RATELIMIT_CALL_TIMEOUT_S, Settings
 
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -46,8 +46,8 @@ def render(
         "ACCESS_LOG_PATH": settings.access_log.resolve()
         if not settings.access_log.is_absolute()
         else settings.access_log,
-        # the service answers within its Redis timeout (30 ms); this bounds a stuck service
-        "RATELIMIT_TIMEOUT": "0.2s",
+        # the service answers within its Redis timeout; this bounds a stuck service
+        "RATELIMIT_TIMEOUT": f"{RATELIMIT_CALL_TIMEOUT_S}s",
         "USAGE_LUA_PATH": lua_path or (folder / "usage.lua").resolve(),
         "XDS_HOST": settings.xds_host,
         "XDS_PORT": settings.xds_port,

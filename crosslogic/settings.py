@@ -22,6 +22,8 @@ class SettingsError(ValueError):
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Envoy's timeout for a call to the rate-limit service (envoy_config renders it)
+RATELIMIT_CALL_TIMEOUT_S = 0.2
 
 
 def parse_duration(name: str, raw: str) -> float:
@@ -87,6 +89,8 @@ class Settings:
     # this long of the connection's first byte, the whole request (body included; the
     # response, a stream of minutes, is not counted) within that, and at most that many open
     # client connections (Envoy's overload manager refuses more).
+    # a slower Redis answer is an outage: layers fail open (or closed) for a second
+    ratelimit_redis_timeout: float = 0.03
     envoy_request_headers_timeout: float = 10.0
     envoy_request_timeout: float = 60.0
     envoy_max_connections: int = 10_000
@@ -190,6 +194,9 @@ def load(env: Mapping[str, str]) -> Settings:
         xds_poll_interval=_duration(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
         admin_token=env.get("ADMIN_TOKEN", d.admin_token),
         ratelimit_at=_choice(env, "RATELIMIT_AT", d.ratelimit_at, ("service", "authz")),
+        ratelimit_redis_timeout=_duration(
+            env, "RATELIMIT_REDIS_TIMEOUT", d.ratelimit_redis_timeout
+        ),
         envoy_request_headers_timeout=_duration(
             env, "ENVOY_REQUEST_HEADERS_TIMEOUT", d.envoy_request_headers_timeout
         ),
@@ -198,6 +205,13 @@ def load(env: Mapping[str, str]) -> Settings:
             env, "ENVOY_MAX_CONNECTIONS", d.envoy_max_connections, low=1, high=10**7
         ),
     )
+    if not 0 < settings.ratelimit_redis_timeout < RATELIMIT_CALL_TIMEOUT_S:
+        # the service must answer before Envoy gives up on it (and lets the request pass)
+        raise SettingsError(
+            f"RATELIMIT_REDIS_TIMEOUT must be above 0 and below {RATELIMIT_CALL_TIMEOUT_S}s, "
+            "Envoy's timeout for a rate-limit call "
+            f"({settings.ratelimit_redis_timeout}s)"
+        )
     if settings.node_heartbeat_timeout <= settings.node_heartbeat_interval:
         raise SettingsError(
             "NODE_HEARTBEAT_TIMEOUT must be longer than NODE_HEARTBEAT_INTERVAL "
@@ -252,6 +266,7 @@ def to_env(settings: Settings) -> dict[str, str]:
         "XDS_POLL_INTERVAL": settings.xds_poll_interval,
         "RATELIMIT_AT": settings.ratelimit_at,
         "ADMIN_TOKEN": settings.admin_token,
+        "RATELIMIT_REDIS_TIMEOUT": settings.ratelimit_redis_timeout,
         "ENVOY_REQUEST_HEADERS_TIMEOUT": settings.envoy_request_headers_timeout,
         "ENVOY_REQUEST_TIMEOUT": settings.envoy_request_timeout,
         "ENVOY_MAX_CONNECTIONS": settings.envoy_max_connections,

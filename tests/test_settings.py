@@ -31,6 +31,8 @@ def test_durations() -> None:
         ("ENVOY_REQUEST_HEADERS_TIMEOUT", "0s"),
         ("ENVOY_REQUEST_TIMEOUT", "soon"),
         ("ENVOY_MAX_CONNECTIONS", "0"),
+        ("RATELIMIT_REDIS_TIMEOUT", "200ms"),  # Envoy would give up on the call first
+        ("RATELIMIT_REDIS_TIMEOUT", "0s"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

@@ -15,7 +15,7 @@ from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.journal.writer import AdmissionWriter, JournalMetrics
 from crosslogic.ratelimit.resp import PipelinedRedis
-from crosslogic.ratelimit.runtime import REDIS_TIMEOUT_S, open_limiter
+from crosslogic.ratelimit.runtime import open_limiter
 from crosslogic.settings import Settings
 
 
@@ -33,7 +33,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
             settings.redis_host or "127.0.0.1",
             settings.redis_port,
             password=settings.redis_password,
-            timeout=REDIS_TIMEOUT_S,
+            timeout=settings.ratelimit_redis_timeout,
         )
     )
     service = AuthorizationService(

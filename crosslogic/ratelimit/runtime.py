@@ -24,8 +24,6 @@ from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Well below Envoy's call timeouts: a Redis outage costs at most this, and is counted.
-REDIS_TIMEOUT_S = 0.03
 # Operators' changes are announced on admin.CHANNEL; the poll catches a lost notification.
 RELOAD_EVERY_S = 2.0
 
@@ -71,7 +69,8 @@ async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenL
         settings.redis_host or "127.0.0.1",
         settings.redis_port,
         password=settings.redis_password,
-        timeout=REDIS_TIMEOUT_S,
+        # well below Envoy's call timeouts: a Redis outage costs at most this, and is counted
+        timeout=settings.ratelimit_redis_timeout,
     )
     counters = RedisCounters(redis)
     try:
