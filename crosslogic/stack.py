@@ -172,7 +172,8 @@ class Stack:
         self._check_ports()
         if s.db_host is None:
             self.start_postgres()
-            env = self.postgres.env()  # type: ignore[union-attr]
+            assert self.postgres is not None  # set by start_postgres
+            env = self.postgres.env()
             self.settings = s = s.with_overrides(
                 db_host=env["DB_HOST"],
                 db_port=5432,
@@ -413,11 +414,10 @@ class Stack:
 
 def postgres_ready(socket_dir: Path) -> bool:
     """The postmaster accepts connections (not merely started: recovery can take a moment)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        try:
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
             sock.connect(str(socket_dir / ".s.PGSQL.5432"))
-        except OSError:
-            return False
-    return (socket_dir / "postmaster.pid").exists() and "ready" in (
-        socket_dir / "postmaster.pid"
-    ).read_text(errors="replace")
+        # its last line says "ready" once it accepts connections
+        return "ready" in (socket_dir / "postmaster.pid").read_text(errors="replace")
+    except OSError:
+        return False
