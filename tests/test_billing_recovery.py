@@ -91,9 +91,23 @@ def test_billing_catches_up_after_postgres_returns_and_its_lag_shows_meanwhile(
             urllib.request.urlopen(request, timeout=15)
         assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
         assert json.load(refused.value)["error"]["code"] == "database_unavailable"
+        # a service (re)started while the database is away waits for it, not crash-loops
+        billing = next(c for c in stack.supervisor.children if c.name == "billing-1")
+        billing.proc.kill()
+        wait_until(
+            "the new billing process to wait for PostgreSQL",
+            lambda: (
+                re.search(
+                    r"PostgreSQL at .* unavailable .*; retrying in",
+                    (stack.data_dir / "logs" / "billing-1.log").read_text(),
+                )
+                is not None
+            ),
+        )
     finally:
         stack.start_postgres()
     wait_until("billing to catch up", lambda: recorded(stack, during), timeout=60)
+    assert billing.restarts == 1 and stack.supervisor.failure is None
     wait_until("no lag", lambda: metric(stack, "crosslogic_billing_access_log_lag_bytes") == 0)
     assert metric(stack, "crosslogic_billing_access_log_lag_seconds") == 0
 

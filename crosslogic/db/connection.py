@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import asyncpg
 
 from crosslogic.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -38,19 +42,32 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
 async def create_pool(
     settings: Settings, *, min_size: int = 1, max_size: int = 5, application_name: str = ""
 ) -> asyncpg.Pool:
-    """``application_name`` shows in pg_stat_activity: which process holds a connection."""
-    try:
-        return await asyncpg.create_pool(
-            min_size=min_size,
-            max_size=max_size,
-            command_timeout=10,
-            server_settings={"application_name": application_name} if application_name else None,
-            **connect_kwargs(settings),
-        )
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {settings.db_host}:{settings.db_port}: {exc}"
-        ) from exc
+    """A service's pool, once PostgreSQL answers: a service started (or restarted by its
+    supervisor) while the database is away waits for it, saying so, instead of crashing
+    until its supervisor gives up on it. ``application_name`` shows in pg_stat_activity:
+    which process holds a connection."""
+    delay = 0.5
+    while True:
+        try:
+            return await asyncpg.create_pool(
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=10,
+                server_settings={"application_name": application_name}
+                if application_name
+                else None,
+                **connect_kwargs(settings),
+            )
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning(
+                "PostgreSQL at %s:%s unavailable (%s); retrying in %.1fs",
+                settings.db_host,
+                settings.db_port,
+                exc,
+                delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:
