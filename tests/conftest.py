@@ -157,3 +157,24 @@ def key_record(**changes: object) -> KeyRecord:
     )
     base.update(changes)
     return KeyRecord(**base)  # type: ignore[arg-type]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows the end of every process log of the systems it used: CI keeps
+    nothing else once the temporary data directories are gone."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, Stack):
+            report.sections.append((f"process logs of {value.data_dir}", log_tails(value)))
+
+
+def log_tails(stack: Stack, lines: int = 12) -> str:
+    logs = sorted((stack.data_dir / "logs").glob("*.log"))
+    return "\n".join(
+        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        for log in logs
+    )
