@@ -114,7 +114,11 @@ async def _serve(args: argparse.Namespace, *, config: NodeConfig, admin_token: s
     app = make_app(config)
     # The access log costs more than a simulated completion; keep it for debugging only.
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=log if args.log_level == "debug" else None
+        app,
+        handle_signals=False,
+        access_log=log if args.log_level == "debug" else None,
+        # vLLM's own (uvicorn's) keep-alive: idle connections are closed after 5 s
+        keepalive_timeout=5.0,
     )
     await runner.setup()
     stop = asyncio.Event()

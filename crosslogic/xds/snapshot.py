@@ -12,9 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -53,6 +55,19 @@ class Snapshot:
         return set(self.resources[CLUSTER_TYPE]) == set(self.resources[ENDPOINT_TYPE])
 
 
+# vLLM (uvicorn) closes a connection idle for 5 s. Envoy closes its own after 4 s, so that
+# it never sends a request on a connection the node is closing at that moment (a reset
+# after the request was sent, which is not safe to retry: a 503 for the client).
+NODE_HTTP = http_protocol_options_pb2.HttpProtocolOptions(
+    common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+        idle_timeout=duration_pb2.Duration(seconds=4)
+    ),
+    explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+    ),
+)
+
+
 def _seconds(value: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(value * 1e9))
@@ -75,6 +90,9 @@ def cluster_for(model: ModelEntry) -> cluster_pb2.Cluster:
             ),
         ),
         connect_timeout=_seconds(1),
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(NODE_HTTP)
+        },
         # the node with the fewest requests in flight: generations vary widely in length
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
         health_checks=[
@@ -134,7 +152,7 @@ def load_assignment(cluster: str, nodes: Iterable[NodeEntry]) -> endpoint_pb2.Cl
     )
 
 
-def _pack(message: cluster_pb2.Cluster | endpoint_pb2.ClusterLoadAssignment) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
