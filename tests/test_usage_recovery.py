@@ -4,14 +4,24 @@ empties and rows are exact."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import openai
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
+from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics
+from crosslogic.db.connection import create_pool
 from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
-from crosslogic.journal.contract import journal_key
+from crosslogic.journal.contract import BOOTS_KEY, Admission, encode, journal_key, new_boot_id
+from crosslogic.journal.store import JournalStore
+from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.stack import Stack, http_ok, wait_until
 from tests.conftest import own_system, run_db
 from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, limited, set_limit
@@ -80,6 +90,7 @@ def test_usage_of_a_killed_envoy_is_billed_from_the_journal(slow_log_stack: Stac
     ids = list(sent)
     # journaled under the request id the client saw (Envoy's x-request-id)
     assert None not in journal(stack).hmget(journal_key(dead_boot), ids)
+    assert journal(stack).sismember(BOOTS_KEY, dead_boot)  # and the boot named in the set
 
     killed = stack.envoy.proc  # type: ignore[union-attr]
     killed.kill()
@@ -113,6 +124,7 @@ def test_usage_of_a_killed_envoy_is_billed_from_the_journal(slow_log_stack: Stac
         "the dead boot's journal to be deleted",
         lambda: not journal(stack).exists(journal_key(dead_boot)),
     )
+    assert not journal(stack).sismember(BOOTS_KEY, dead_boot)
     reconciled = run_db(
         stack,
         "SELECT recovered FROM envoy_boots WHERE boot_id = $1 AND reconciled_at IS NOT NULL",
@@ -161,3 +173,58 @@ def test_a_refused_request_leaves_no_journal_entry(limited: Stack) -> None:
         "both journal entries to be gone",
         lambda: journal(stack).hmget(journal_key(stack.envoy_boot_id), ids) == [None, None],
     )
+
+
+def test_a_dead_boot_billing_never_heard_of_is_found_through_the_journal(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # An Envoy that lived and died while billing was away, and flushed no line: neither its
+    # admin nor the log ever named it to billing; only the journal's set of boots does.
+    assert stack.demo is not None
+    boot, live = new_boot_id(), new_boot_id()
+    request_id = f"unseen-{uuid.uuid4()}"
+    (model,) = run_db(stack, "SELECT id FROM models WHERE name = $1", MODEL)
+    record = Admission(
+        tenant_id=stack.demo.tenant_id,
+        environment_id=stack.demo.environment_id,
+        api_key_id=stack.demo.api_key_id,
+        model_id=model["id"],
+        endpoint="/v1/chat/completions",
+        streamed=False,
+        prompt_estimate=3,
+        token_estimate=10,
+        admitted_at=datetime.now(UTC),
+    )
+    journal(stack).hset(journal_key(boot), request_id, encode(record))
+    journal(stack).sadd(BOOTS_KEY, boot)
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+
+    async def reconcile() -> int:
+        pool = await create_pool(stack.settings)
+        redis_client = PipelinedRedis("127.0.0.1", stack.settings.redis_port, timeout=1.0)
+        try:
+            consumer = AccessLogConsumer(pool, log, BillingMetrics(CollectorRegistry()))
+            await consumer.step()
+
+            async def answering() -> str:
+                return live
+
+            reconciler = JournalReconciler(
+                pool,
+                consumer,
+                JournalStore(redis_client),
+                RecoveryMetrics(CollectorRegistry()),
+                live=answering,
+            )
+            return await reconciler.step()
+        finally:
+            redis_client.close()
+            await pool.close()
+
+    assert asyncio.run(reconcile()) == 1
+    (row,) = rows_of(stack, [request_id])[request_id]
+    assert row["source"] == "journal" and row["usage_estimated"] is True
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (3, 7)
+    assert not journal(stack).sismember(BOOTS_KEY, boot)
+    assert not journal(stack).exists(journal_key(boot))

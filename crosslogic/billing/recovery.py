@@ -82,6 +82,8 @@ class JournalReconciler:
         number of usage rows recovered."""
         live = await self._live()
         known = set(self._consumer.boots) | ({live} if live else set())
+        with contextlib.suppress(JournalUnavailable):  # Redis down: the next step asks again
+            known |= await self._journal.boots()
         if known:
             await self._pool.execute(
                 "INSERT INTO envoy_boots (boot_id, access_log) SELECT unnest($1::text[]), $2 "

@@ -5,9 +5,16 @@ request it admits, before answering allow, in one Redis hash per boot::
 
     HSET crosslogic:admitted:<boot> <request_id> <record>
 
-Billing removes an entry once the request's access-log line is consumed (the row is
-committed). What is left in the hash of a boot that is dead, once every line that Envoy
-flushed has been consumed, is usage whose line Envoy never wrote: billed at its estimate.
+and names the boot, the first time a process journals under it, in one set::
+
+    SADD crosslogic:admitted-boots <boot>
+
+so that billing knows every boot with a journal, even one that died before billing saw it
+answer or log (billing drops a boot from the set once it is reconciled; one gateway per
+Redis for now: a boot is reconciled by the billing of its own access log). Billing removes
+an entry once the request's access-log line is consumed (the row is committed). What is
+left in the hash of a boot that is dead, once every line that Envoy flushed has been
+consumed, is usage whose line Envoy never wrote: billed at its estimate.
 
 The record is one ``|``-separated string (no field can contain ``|``: ids are UUIDs, the
 endpoint is a fixed path), versioned by its first field. Pure: no I/O here.
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 KEY_PREFIX = "crosslogic:admitted:"
+BOOTS_KEY = "crosslogic:admitted-boots"
 VERSION = "1"
 # the boot id is written into Envoy's YAML and into Redis keys: keep it to plain hex
 _BOOT = re.compile(r"^[0-9a-f]{16,64}$")
@@ -42,10 +50,6 @@ def valid_boot_id(boot: str) -> bool:
 
 def journal_key(boot: str) -> str:
     return KEY_PREFIX + boot
-
-
-def boot_of_key(key: str) -> str:
-    return key.removeprefix(KEY_PREFIX)
 
 
 @dataclass(frozen=True)

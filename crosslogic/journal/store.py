@@ -8,7 +8,7 @@ from typing import Any
 
 import hiredis
 
-from crosslogic.journal.contract import journal_key
+from crosslogic.journal.contract import BOOTS_KEY, journal_key, valid_boot_id
 from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
 
 CHUNK = 1000  # request ids per HDEL
@@ -45,7 +45,12 @@ class JournalStore:
         return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
     async def drop(self, boot: str) -> None:
-        await self._all([("DEL", journal_key(boot))])
+        await self._all([("DEL", journal_key(boot)), ("SREM", BOOTS_KEY, boot)])
+
+    async def boots(self) -> set[str]:
+        """Every boot that journaled an admission and is not reconciled yet."""
+        (members,) = await self._all([("SMEMBERS", BOOTS_KEY)])
+        return {m.decode() for m in members if valid_boot_id(m.decode())}
 
     async def pending(self, boots: Sequence[str]) -> int:
         if not boots:

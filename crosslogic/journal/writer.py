@@ -19,7 +19,7 @@ from typing import Any
 import hiredis
 from prometheus_client import CollectorRegistry, Counter
 
-from crosslogic.journal.contract import journal_key
+from crosslogic.journal.contract import BOOTS_KEY, journal_key
 from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class AdmissionWriter:
         self._metrics = metrics
         self._clock = clock
         self._down_until = 0.0
+        self._announced: set[str] = set()  # boots named in BOOTS_KEY by this process
 
     async def admit(self, boot: str | None, request_id: str, record: str) -> bool:
         """True once the entry is on its way to Redis (in the kernel's socket buffer: it
@@ -65,6 +66,13 @@ class AdmissionWriter:
             self._metrics.errors.labels("redis_skipped").inc()
             return False
         try:
+            if boot not in self._announced:
+                # once per boot, in the same write as the entry: billing finds the journal of
+                # an Envoy that died before billing ever heard of it
+                self._announced.add(boot)
+                await self._redis.send_unconfirmed(
+                    "SADD", BOOTS_KEY, boot, on_reply=lambda r: self._announce_replied(boot, r)
+                )
             await self._redis.send_unconfirmed(
                 "HSET", journal_key(boot), request_id, record, on_reply=self._replied
             )
@@ -72,6 +80,11 @@ class AdmissionWriter:
             self._failed(exc)
             return False
         return True
+
+    def _announce_replied(self, boot: str, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled() or reply.exception() or isinstance(reply.result(), Exception):
+            self._announced.discard(boot)  # named again with the next entry
+        self._replied(reply)
 
     def _replied(self, reply: asyncio.Future[Any]) -> None:
         if reply.cancelled():
