@@ -11,17 +11,17 @@ WORKDIR /app
 
 # Dependencies first, in their own layer: they change far less often than the code. They are
 # read from pyproject.toml because setuptools package discovery needs the sources to build the
-# project itself.
-COPY pyproject.toml ./
+# project itself; constraints.txt pins their versions, as for make install and CI.
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
         > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+    && pip install -c constraints.txt -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # The project itself, installed (not editable). envoy/ stays in /app: the bootstrap template
 # and usage.lua are read from ENVOY_TEMPLATE_DIR by an installed copy.
 COPY . .
-RUN pip install /app \
+RUN pip install -c /app/constraints.txt /app \
     && rm -rf /app/build /app/*.egg-info
 
 # Non-root. The directories below are the mount points of docker-compose.yml's volumes: a new
