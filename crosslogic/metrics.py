@@ -23,9 +23,12 @@ def prepare_multiproc_dir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
-def mark_process_dead(pid: int) -> None:
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+def mark_process_dead(pid: int, *, env: dict[str, str]) -> None:
+    """Drop a dead process's "live" gauges (a restarted service must not be counted twice);
+    ``env`` is the dead process's environment, which names its metrics directory."""
+    directory = env.get(MULTIPROC_ENV)
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def exposition() -> bytes:

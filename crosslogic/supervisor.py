@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crosslogic.metrics import mark_process_dead
+
 log = logging.getLogger(__name__)
 
 
@@ -154,6 +156,7 @@ class Supervisor:
                     code = child.proc.poll()
                     if code is None:
                         continue
+                    mark_process_dead(child.proc.pid, env=child.env)
                     child.crashes.append(now)
                     delay = self.policy.delay(child.crashes, now=now)
                     if delay is None:
@@ -236,6 +239,7 @@ def _terminate(children: list[Child], *, timeout: float) -> None:
             log.warning("%s did not stop in time; killing it", child.name)
             child.proc.kill()
             child.proc.wait()
+        mark_process_dead(child.proc.pid, env=child.env)
 
 
 def base_env(**overrides: str) -> dict[str, str]:

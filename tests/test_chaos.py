@@ -141,15 +141,16 @@ def chaos_stack() -> Iterator[Stack]:
         yield stack
 
 
-def fail_open_decisions(stack: Stack) -> float:
-    """Rate-limit decisions made without Redis so far (all processes summed)."""
+def metric(stack: Stack, sample: str) -> float:
+    """One sample of the control plane's /metrics (all processes summed), 0 if absent."""
     url = f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
-    match = re.search(
-        r'^crosslogic_ratelimit_decisions_total\{result="fail_open"\} (\S+)$', text, re.M
-    )
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+FAIL_OPEN = 'crosslogic_ratelimit_decisions_total{result="fail_open"}'
 
 
 def child_named(stack: Stack, name: str) -> Child:
@@ -248,9 +249,11 @@ def test_every_single_fault_heals_and_loses_no_usage(chaos_stack: Stack) -> None
         phases.append(phase)
 
     # every limit is decided in Redis again, none by a process's local fallback
-    before = fail_open_decisions(stack)
+    before = metric(stack, FAIL_OPEN)
     assert all(probe(client) for _ in range(5))
-    assert fail_open_decisions(stack) == before
+    assert metric(stack, FAIL_OPEN) == before
+    # gauges count the living: one Envoy holds one ADS stream, the dead xDS process's is gone
+    assert metric(stack, "crosslogic_xds_streams") == 1
 
     # revocation still reaches every ext_authz process at once (their LISTEN came back)
     revoke = subprocess.run(

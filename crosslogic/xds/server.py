@@ -79,7 +79,8 @@ class XdsMetrics:
             "control_plane_active_nodes",
             "GPU nodes currently receiving traffic",
             registry=registry,
-            multiprocess_mode="max",
+            # one xDS process: its latest value, never a dead predecessor's
+            multiprocess_mode="mostrecent",
         )
 
 
