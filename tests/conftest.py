@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,15 @@ def own_system(*, nodes: int, **overrides: Any) -> Iterator[Stack]:
 def stack() -> Iterator[Stack]:
     with own_system(nodes=2) as running:
         yield running
+
+
+def metric(stack: Stack, sample: str) -> float:
+    """One sample of the control plane's /metrics (all processes summed), 0 if absent."""
+    url = f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def run_db(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:

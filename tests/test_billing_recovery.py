@@ -21,18 +21,10 @@ import redis
 from crosslogic.billing.main import APPLICATION_NAME
 from crosslogic.metrics import MULTIPROC_ENV
 from crosslogic.stack import Stack, free_port, wait_until
-from tests.conftest import own_system, run_db
+from tests.conftest import metric, own_system, run_db
 from tests.test_rate_limits import fresh_tenant, key_in, set_limit
 
 MODEL = "demo-llama"
-
-
-def metric(stack: Stack, name: str) -> float:
-    url = f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def ask(client: openai.OpenAI, content: str = "x", *, max_tokens: int = 1) -> str:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import collections
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ import pytest
 from crosslogic.settings import to_env
 from crosslogic.stack import Stack, http_ok
 from crosslogic.supervisor import Child
-from tests.conftest import new_key, own_system, run_db
+from tests.conftest import metric, new_key, own_system, run_db
 
 MODEL = "demo-llama"
 LOAD_CLIENTS = 3
@@ -139,15 +137,6 @@ def chaos_stack() -> Iterator[Stack]:
             stack.start_node(f"chaos-{i}", extra=("--tokens-per-second", "60"))
         stack.wait_healthy_nodes(2)
         yield stack
-
-
-def metric(stack: Stack, sample: str) -> float:
-    """One sample of the control plane's /metrics (all processes summed), 0 if absent."""
-    url = f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 FAIL_OPEN = 'crosslogic_ratelimit_decisions_total{result="fail_open"}'
