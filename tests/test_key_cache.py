@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from crosslogic.db.connection import DatabaseUnavailable
+from crosslogic.errors import Unavailable
 from crosslogic.extauthz.decision import KeyRecord
 from crosslogic.extauthz.store import KeyCache
 from tests.conftest import key_record
@@ -24,7 +24,7 @@ class FakeDb:
         self.queries += 1
         await asyncio.sleep(0)
         if self.down:
-            raise DatabaseUnavailable("down")
+            raise Unavailable("down")
         return self.rows.get(key_hash)
 
 
@@ -64,10 +64,10 @@ def test_database_down_keeps_verified_keys_for_a_bounded_time() -> None:
         db.down = True
         clock.now = 100  # past the TTL: a refresh is attempted and fails
         assert await cache.get(b"h") == record()
-        with pytest.raises(DatabaseUnavailable):
+        with pytest.raises(Unavailable):
             await cache.get(b"never-seen")
         clock.now = 400  # past stale_for: refused too
-        with pytest.raises(DatabaseUnavailable):
+        with pytest.raises(Unavailable):
             await cache.get(b"h")
 
     asyncio.run(go())

@@ -21,7 +21,8 @@ import asyncpg
 
 from crosslogic.accounts import operations as ops
 from crosslogic.accounts import requests as parse
-from crosslogic.db.connection import DatabaseUnavailable, connect
+from crosslogic.db.connection import connect
+from crosslogic.errors import Unavailable
 from crosslogic.openai_errors import ApiError, invalid_request
 from crosslogic.settings import Settings
 
@@ -299,7 +300,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     try:
         result = asyncio.run(_execute(settings, work, actor_of(args)))
-    except DatabaseUnavailable as exc:
+    except Unavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except asyncpg.UndefinedTableError as exc:

@@ -17,6 +17,8 @@ from crosslogic.admin.errors import error_middleware
 from crosslogic.admin.nodes import NodeStore
 from crosslogic.admin.registration import parse_heartbeat, parse_registration
 from crosslogic.db.connection import create_pool
+from crosslogic.db.errors import postgres_errors
+from crosslogic.errors import Unavailable
 from crosslogic.metrics import exposition
 from crosslogic.openai_errors import ApiError, invalid_request
 from crosslogic.settings import Settings
@@ -74,9 +76,10 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), timeout=2)
+        with postgres_errors():
+            await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), timeout=2)
         checks["postgres"] = "ok"
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except Unavailable as exc:
         checks["postgres"] = f"error: {exc}"
     try:
         await asyncio.wait_for(request.app[REDIS].ping(), timeout=2)

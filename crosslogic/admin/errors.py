@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from crosslogic.db.connection import UNAVAILABLE_ERRORS
+from crosslogic.errors import Unavailable
 from crosslogic.openai_errors import ApiError
 from crosslogic.unexpected import UnexpectedErrors
 
@@ -53,7 +53,7 @@ def error_middleware(unexpected: UnexpectedErrors) -> Callable[..., Awaitable[we
             return await handler(request)
         except web.HTTPException as exc:
             raise _as_json(exc) from None
-        except UNAVAILABLE_ERRORS as exc:  # Postgres restarting: worth a retry, not a bug
+        except Unavailable as exc:  # Postgres restarting: worth a retry, not a bug
             log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
             return web.Response(
                 status=UNAVAILABLE.status,

@@ -1,4 +1,4 @@
-"""Connecting to PostgreSQL; driver errors become :class:`DatabaseUnavailable` here."""
+"""Connecting to PostgreSQL; a server that cannot be reached is :class:`Unavailable`."""
 
 from __future__ import annotations
 
@@ -8,24 +8,11 @@ from typing import Any
 
 import asyncpg
 
+from crosslogic.db.errors import DRIVER_UNAVAILABLE
+from crosslogic.errors import Unavailable
 from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class DatabaseUnavailable(RuntimeError):
-    """PostgreSQL could not be reached or refused the connection."""
-
-
-# What a dead, restarting or unreachable server looks like through asyncpg: a request that
-# meets one of these is worth retrying (503), unlike a bug in our code or our SQL (500).
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    DatabaseUnavailable,
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,  # the connection died, or could not be made
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, recovering
-)
 
 
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
@@ -58,7 +45,7 @@ async def create_pool(
                 else None,
                 **connect_kwargs(settings),
             )
-        except UNAVAILABLE_ERRORS as exc:
+        except DRIVER_UNAVAILABLE as exc:
             log.warning(
                 "PostgreSQL at %s:%s unavailable (%s); retrying in %.1fs",
                 settings.db_host,
@@ -73,7 +60,7 @@ async def create_pool(
 async def connect(settings: Settings) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(timeout=10, **connect_kwargs(settings))
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(
-            f"cannot connect to PostgreSQL at {settings.db_host}:{settings.db_port}: {exc}"
-        ) from exc
+    except (*DRIVER_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        # a wrong password or a missing database also means "cannot work here now"
+        where = f"{settings.db_host}:{settings.db_port}"
+        raise Unavailable("PostgreSQL", f"cannot connect at {where}: {exc}") from exc

@@ -14,7 +14,9 @@ import logging
 import asyncpg
 
 from crosslogic.accounts.operations import CHANNEL
-from crosslogic.db.connection import DatabaseUnavailable, connect
+from crosslogic.db.connection import connect
+from crosslogic.db.errors import postgres_errors
+from crosslogic.errors import Unavailable
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.settings import Settings
 
@@ -38,18 +40,15 @@ async def follow_changes(settings: Settings, cache: KeyCache, *, probe_every: fl
         conn: asyncpg.Connection | None = None
         try:
             conn = await connect(settings)
-            await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: apply(cache, payload))
-            cache.clear()  # whatever changed while nobody was listening
-            while True:  # a dead connection delivers nothing: notice it
-                await asyncio.sleep(probe_every)
-                await conn.fetchval("SELECT 1")
-        except (
-            DatabaseUnavailable,
-            OSError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            TimeoutError,
-        ) as exc:
+            with postgres_errors():
+                await conn.add_listener(
+                    CHANNEL, lambda _c, _pid, _ch, payload: apply(cache, payload)
+                )
+                cache.clear()  # whatever changed while nobody was listening
+                while True:  # a dead connection delivers nothing: notice it
+                    await asyncio.sleep(probe_every)
+                    await conn.fetchval("SELECT 1")
+        except Unavailable as exc:
             log.warning("change listener lost its database connection, retrying: %s", exc)
         finally:
             if conn is not None and not conn.is_closed():
@@ -63,7 +62,7 @@ async def flush_last_used(cache: KeyCache, store: PostgresKeys, *, every: float)
         used = cache.take_used()
         try:
             await store.record_last_used(used)
-        except DatabaseUnavailable as exc:
+        except Unavailable as exc:
             log.warning("could not record last use of %d key(s): %s", len(used), exc)
             for api_key_id, at in used.items():  # keep them for the next flush
                 cache.touch(api_key_id, at=at)

@@ -21,7 +21,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from crosslogic.db.connection import DatabaseUnavailable
+from crosslogic.errors import Unavailable
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import (
     MISSING_KEY,
@@ -218,7 +218,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._metrics.cache.labels("hit" if hit else "miss").inc()
         try:
             record = await self._cache.get(key_hash)
-        except DatabaseUnavailable as exc:
+        except Unavailable as exc:
             log.error("key lookup failed, database unavailable: %s", exc)
             return "unavailable", denied(UNAVAILABLE)
         if record is None:
@@ -303,6 +303,6 @@ async def refresh_catalog(
     while True:
         try:
             service.catalog = await store.fetch_catalog()
-        except DatabaseUnavailable as exc:
+        except Unavailable as exc:
             log.warning("model catalog refresh failed, keeping the last one: %s", exc)
         await asyncio.sleep(every)

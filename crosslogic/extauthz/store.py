@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from crosslogic.db.connection import DatabaseUnavailable
+from crosslogic.db.errors import postgres_errors
+from crosslogic.errors import Unavailable
 from crosslogic.extauthz.decision import KeyRecord, Model
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ Fetch = Callable[[bytes], Awaitable[KeyRecord | None]]
 
 
 class KeyCache:
-    """Caches key lookups per process; ``fetch`` raises DatabaseUnavailable when it cannot answer.
+    """Caches key lookups per process; ``fetch`` raises Unavailable when it cannot answer.
 
     When the database is unavailable, a key verified less than ``stale_for`` seconds ago keeps
     working; unknown keys are refused (the caller maps the error).
@@ -134,7 +135,7 @@ class KeyCache:
     async def _load(self, key_hash: bytes, *, generation: int) -> KeyRecord | None:
         try:
             record = await self._fetch(key_hash)
-        except DatabaseUnavailable:
+        except Unavailable:
             stale = self._entries.get(key_hash)
             if (
                 stale is not None
@@ -158,10 +159,8 @@ class PostgresKeys:
         self._pool = pool
 
     async def fetch_key(self, key_hash: bytes) -> KeyRecord | None:
-        try:
+        with postgres_errors():
             row = await self._pool.fetchrow(_KEY_QUERY, key_hash)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
         if row is None:
             return None
         allowed = row["allowed_models"]
@@ -185,19 +184,15 @@ class PostgresKeys:
             return
         ids = list(used)
         times = [datetime.fromtimestamp(used[i], UTC) for i in ids]
-        try:
+        with postgres_errors():
             await self._pool.execute(
                 "UPDATE api_keys SET last_used_at = GREATEST(coalesce(last_used_at, u.t), u.t) "
                 "FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, t) WHERE api_keys.id = u.id",
                 ids,
                 times,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
 
     async def fetch_catalog(self) -> dict[str, Model]:
-        try:
+        with postgres_errors():
             rows = await self._pool.fetch("SELECT id, name FROM models WHERE status = 'active'")
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
         return {r["name"]: Model(id=r["id"], name=r["name"]) for r in rows}

@@ -15,6 +15,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from crosslogic.db.connection import connect, create_pool
+from crosslogic.db.errors import postgres_errors
+from crosslogic.errors import Unavailable
 from crosslogic.ratelimit.admin import CHANNEL, load_rows
 from crosslogic.ratelimit.config import LimitTable
 from crosslogic.ratelimit.decider import RateLimiter, RateLimitMetrics
@@ -42,8 +44,9 @@ async def follow_limits(
             await asyncio.wait_for(wake.wait(), timeout=RELOAD_EVERY_S)
         wake.clear()
         try:
-            limiter.table = await load_table(pool, settings)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            with postgres_errors():
+                limiter.table = await load_table(pool, settings)
+        except Unavailable as exc:
             log.warning("rate-limit reload failed, keeping the last table: %s", exc)
 
 

@@ -14,7 +14,8 @@ import asyncpg
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from crosslogic.db.connection import DatabaseUnavailable, connect, create_pool
+from crosslogic.db.connection import connect, create_pool
+from crosslogic.errors import Unavailable
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.settings import Settings
 from crosslogic.xds.registry import NodeRegistry
@@ -43,7 +44,7 @@ async def follow_registry(
                     "published snapshot %s: %s", snapshot.versions, dict(snapshot.nodes_per_cluster)
                 )
             metrics.active_nodes.set(len(nodes))
-        except DatabaseUnavailable as exc:
+        except Unavailable as exc:
             log.warning("registry read failed, Envoy keeps the last snapshot: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=every)
@@ -61,7 +62,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     try:
         listener = await connect(settings)
         await listener.add_listener(CHANNEL, lambda *_: wake.set())
-    except DatabaseUnavailable as exc:
+    except Unavailable as exc:
         log.warning("no LISTEN connection, polling only: %s", exc)
     follower = asyncio.create_task(
         follow_registry(nodes_db, cache, metrics, every=settings.xds_poll_interval, wake=wake)

@@ -13,7 +13,7 @@ import socket
 
 import asyncpg
 
-from crosslogic.db.connection import DatabaseUnavailable
+from crosslogic.db.errors import postgres_errors
 from crosslogic.xds.snapshot import ModelEntry, NodeEntry
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,12 @@ class NodeRegistry:
         self._timeout = heartbeat_timeout
 
     async def read(self) -> tuple[list[ModelEntry], list[NodeEntry]]:
-        try:
+        with postgres_errors():
             async with self._pool.acquire() as conn:
                 models = await conn.fetch(
                     "SELECT id, name FROM models WHERE status = 'active' ORDER BY id"
                 )
                 rows = await conn.fetch(_NODES, self._timeout)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
         nodes = []
         for row in rows:
             ip = await _resolve(row["address"])

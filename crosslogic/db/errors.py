@@ -1,0 +1,36 @@
+"""asyncpg's exceptions become domain errors here, and nowhere else.
+
+Connection trouble (refused, reset, timed out, server shutting down or starting) is
+:class:`~crosslogic.errors.Unavailable`; a unique or foreign-key violation that reaches us is a
+:class:`~crosslogic.errors.Conflict`. Any other PostgresError is a bug in our SQL and passes
+through unchanged, so the edge logs it as one instead of hiding it behind a 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import asyncpg
+
+from crosslogic.errors import Conflict, Unavailable
+
+# What a dead, restarting or unreachable server looks like through asyncpg.
+DRIVER_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # the connection died, or could not be made
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, recovering
+    asyncpg.InterfaceError,  # the pool or connection was closed under us
+)
+
+
+@contextlib.contextmanager
+def postgres_errors() -> Iterator[None]:
+    """Wrap any PostgreSQL call: ``with postgres_errors(): await pool.fetch(...)``."""
+    try:
+        yield
+    except DRIVER_UNAVAILABLE as exc:
+        raise Unavailable("PostgreSQL", str(exc) or type(exc).__name__) from exc
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        raise Conflict(exc.detail or str(exc), code="conflict") from exc
