@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from crosslogic.contracts import channels
 from crosslogic.db.connection import connect
 from crosslogic.ratelimit import admin as limits
 from crosslogic.ratelimit.config import LimitRow
@@ -189,7 +190,7 @@ def test_a_change_is_notified_on_commit(
     async def listen() -> list[dict[str, Any]]:
         conn = await connect(stack.settings)
         heard: asyncio.Queue[str] = asyncio.Queue()
-        await conn.add_listener(limits.CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        await conn.add_listener(channels.LIMITS, lambda *args: heard.put_nowait(args[3]))
         try:
             body = {"scope": "tenant", "subject": subjects["tenant"], "requests_per_minute": 5}
             row = ok(await asyncio.to_thread(admin, "PUT", "/admin/limits", body))

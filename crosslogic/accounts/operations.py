@@ -18,10 +18,9 @@ import asyncpg
 
 from crosslogic.accounts import rotation
 from crosslogic.accounts.requests import KeySpec
+from crosslogic.contracts import channels
 from crosslogic.extauthz import keys
 from crosslogic.openai_errors import ApiError
-
-CHANNEL = "crosslogic_keys"
 
 _TENANT = "id::text, name, status, plan, created_at, updated_at"
 _ENVIRONMENT = "id::text, tenant_id::text, name, status, created_at, updated_at"
@@ -97,7 +96,9 @@ async def write_audit(
 
 
 async def _notify(conn: asyncpg.Connection, kind: str, ident: str) -> None:
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, json.dumps({"kind": kind, "id": ident}))
+    await conn.execute(
+        "SELECT pg_notify($1, $2)", channels.KEYS, json.dumps({"kind": kind, "id": ident})
+    )
 
 
 _TABLES = {"tenant": ("tenants", _TENANT), "environment": ("environments", _ENVIRONMENT)}

@@ -7,9 +7,8 @@ from typing import Any
 import asyncpg
 
 from crosslogic.admin.registration import Heartbeat, Registration
+from crosslogic.contracts import channels
 from crosslogic.openai_errors import ApiError
-
-CHANNEL = "crosslogic_nodes"  # the xDS service LISTENs here and re-reads the registry
 
 
 class NodeStore:
@@ -62,7 +61,7 @@ class NodeStore:
                 reg.region,
                 reg.gpu_type,
             )
-            await conn.execute(f"NOTIFY {CHANNEL}")
+            await conn.execute(f"NOTIFY {channels.NODES}")
         return reg.node_id
 
     async def heartbeat(self, node_id: str, beat: Heartbeat) -> bool:
@@ -85,7 +84,7 @@ class NodeStore:
                 "UPDATE nodes SET status = 'dead' WHERE id = $1 AND status <> 'dead' RETURNING 1",
                 node_id,
             )
-            await conn.execute(f"NOTIFY {CHANNEL}")
+            await conn.execute(f"NOTIFY {channels.NODES}")
         return done is not None
 
     async def list(self) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import logging
 
 import asyncpg
 
-from crosslogic.accounts.operations import CHANNEL
+from crosslogic.contracts import channels
 from crosslogic.db.connection import connect
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
@@ -42,7 +42,7 @@ async def follow_changes(settings: Settings, cache: KeyCache, *, probe_every: fl
             conn = await connect(settings)
             with postgres_errors():
                 await conn.add_listener(
-                    CHANNEL, lambda _c, _pid, _ch, payload: apply(cache, payload)
+                    channels.KEYS, lambda _c, _pid, _ch, payload: apply(cache, payload)
                 )
                 cache.clear()  # whatever changed while nobody was listening
                 while True:  # a dead connection delivers nothing: notice it

@@ -18,10 +18,9 @@ from typing import Any
 import asyncpg
 
 from crosslogic.accounts.operations import as_dict, write_audit
+from crosslogic.contracts import channels
 from crosslogic.openai_errors import ApiError, invalid_request
 from crosslogic.ratelimit.config import FIELDS, SCOPES, LimitRow, row_from_record
-
-CHANNEL = "crosslogic_limits"
 
 _LIMIT = (
     "id, scope, subject, layer, requests_per_second, requests_per_minute, tokens_per_minute, "
@@ -95,7 +94,7 @@ async def _subject_id(conn: asyncpg.Connection, *, scope: str, subject: str) -> 
 
 async def _notify(conn: asyncpg.Connection, op: str, row: dict[str, Any]) -> None:
     payload = {"op": op, "id": row["id"], **{k: row[k] for k in ("scope", "subject", "layer")}}
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, json.dumps(payload))
+    await conn.execute("SELECT pg_notify($1, $2)", channels.LIMITS, json.dumps(payload))
 
 
 async def set_limit(

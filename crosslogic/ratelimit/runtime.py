@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from crosslogic.contracts import channels
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
-from crosslogic.ratelimit.admin import CHANNEL, load_rows
+from crosslogic.ratelimit.admin import load_rows
 from crosslogic.ratelimit.config import LimitTable
 from crosslogic.ratelimit.decider import RateLimiter, RateLimitMetrics
 from crosslogic.ratelimit.resp import PipelinedRedis
@@ -26,7 +27,7 @@ from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Operators' changes are announced on admin.CHANNEL; the poll catches a lost notification.
+# Operators' changes are announced on channels.LIMITS; the poll catches a lost notification.
 RELOAD_EVERY_S = 2.0
 
 
@@ -88,6 +89,6 @@ async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenL
     )
     wake = asyncio.Event()
     listener = await connect(settings)
-    await listener.add_listener(CHANNEL, lambda *_: wake.set())
+    await listener.add_listener(channels.LIMITS, lambda *_: wake.set())
     task = asyncio.create_task(follow_limits(limiter, pool, settings, wake=wake), name="limits")
     return OpenLimiter(limiter, task, redis, pool, listener)

@@ -14,6 +14,7 @@ import asyncpg
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from crosslogic.contracts import channels
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.errors import Unavailable
 from crosslogic.grpc_server import new_server, serve_until_signalled
@@ -23,8 +24,6 @@ from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics
 from crosslogic.xds.snapshot import build
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "crosslogic_nodes"
 
 
 async def follow_registry(
@@ -61,7 +60,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     listener: asyncpg.Connection | None = None
     try:
         listener = await connect(settings)
-        await listener.add_listener(CHANNEL, lambda *_: wake.set())
+        await listener.add_listener(channels.NODES, lambda *_: wake.set())
     except Unavailable as exc:
         log.warning("no LISTEN connection, polling only: %s", exc)
     follower = asyncio.create_task(

@@ -1,0 +1,17 @@
+"""PostgreSQL NOTIFY channels: who announces a change, and who LISTENs for it.
+
+A notification is delivered only if the announcing transaction commits, and may be lost while
+a listener reconnects, so every listener also polls or clears its cache on reconnect.
+"""
+
+from __future__ import annotations
+
+KEYS = "crosslogic_keys"
+"""Tenants, environments and keys changed (payload ``{"kind", "id"}``): every ext_authz process
+drops what it cached about them."""
+
+LIMITS = "crosslogic_limits"
+"""The rate-limit table changed: every rate-limit process reloads it."""
+
+NODES = "crosslogic_nodes"
+"""The node registry changed: the xDS service re-reads it and pushes a new snapshot."""
