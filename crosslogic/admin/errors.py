@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
 from crosslogic.openai_errors import ApiError
 from crosslogic.unexpected import UnexpectedErrors
@@ -50,7 +51,9 @@ def error_middleware(unexpected: UnexpectedErrors) -> Callable[..., Awaitable[we
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            return await handler(request)
+            # handlers query the pool directly: their driver errors are translated here
+            with postgres_errors():
+                return await handler(request)
         except web.HTTPException as exc:
             raise _as_json(exc) from None
         except Unavailable as exc:  # Postgres restarting: worth a retry, not a bug
