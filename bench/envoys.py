@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
-from crosslogic.stack import envoy_binary, free_ports, http_ok, wait_until
+from crosslogic.ports import free_ports
+from crosslogic.probes import http_ok, wait_until
+from crosslogic.processes import envoy_binary
 from crosslogic.supervisor import Supervisor, base_env
 
 HERE = Path(__file__).resolve().parent

@@ -15,8 +15,11 @@ from typing import Any
 
 from crosslogic.db.connection import connect
 from crosslogic.extauthz import provisioning
+from crosslogic.plan import plan
+from crosslogic.ports import with_free_ports
+from crosslogic.probes import healthy_nodes, wait_until
 from crosslogic.settings import Settings
-from crosslogic.stack import Stack, wait_until, with_free_ports
+from crosslogic.stack import Stack
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class Gateway:
         settings = bench_settings(
             data_dir, envoy_concurrency=envoy_concurrency, ratelimit_at=ratelimit_at
         )
-        self.stack = Stack(settings, nodes=0)
+        self.stack = Stack(plan(settings), nodes=0)
         self.heartbeat: Heartbeat | None = None
         self.api_key = ""
         self.api_key_id = ""
@@ -127,7 +130,7 @@ class Gateway:
         self.heartbeat.start()
         wait_until(
             "the benchmark upstream to be a healthy node in Envoy",
-            lambda: self.stack.healthy_nodes() == 1,
+            lambda: healthy_nodes(self.stack.envoy_admin_url, self.stack.model) == 1,
             timeout=30,
             check=self.stack.supervisor.check,
         )

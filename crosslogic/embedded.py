@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,7 +18,31 @@ from pathlib import Path
 import psutil
 import redis
 
+from crosslogic.settings import Settings
+
 DB_NAME = "crosslogic_iaas"
+
+
+def postgres_dir(data_dir: Path) -> Path:
+    """The embedded PostgreSQL's data directory below ``data_dir``; its Unix socket too."""
+    return (data_dir / "pg").resolve()
+
+
+def postgres_settings(settings: Settings) -> Settings:
+    """``settings`` pointed at the embedded PostgreSQL of their DATA_DIR."""
+    # asyncpg (and libpq) take a directory as host: the Unix socket lives there
+    return settings.with_overrides(
+        db_host=str(postgres_dir(settings.data_dir)),
+        db_port=5432,
+        db_user="postgres",
+        db_password="",
+        db_name=DB_NAME,
+    )
+
+
+def redis_settings(settings: Settings) -> Settings:
+    """``settings`` pointed at the embedded Redis (it listens on REDIS_PORT)."""
+    return settings.with_overrides(redis_host="127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -31,16 +56,6 @@ class EmbeddedPostgres:
     @property
     def socket_dir(self) -> Path:
         return self.pgdata
-
-    def env(self) -> dict[str, str]:
-        # asyncpg (and libpq) take a directory as host: the Unix socket lives there
-        return {
-            "DB_HOST": str(self.socket_dir),
-            "DB_PORT": "5432",
-            "DB_USER": "postgres",
-            "DB_PASSWORD": "",
-            "DB_NAME": DB_NAME,
-        }
 
     def argv(self) -> list[str]:
         # Unix socket only (listen_addresses empty), as pgserver runs it
@@ -77,18 +92,18 @@ def _processes_in(directory: Path) -> list[psutil.Process]:
 
 
 def init_postgres(data_dir: Path) -> EmbeddedPostgres:
-    """Initialise (once) a data directory with our database in it; the server is left
-    stopped, for the supervisor to run."""
+    """Initialise (once) the data directory below ``data_dir`` (:func:`postgres_dir`) with
+    our database in it; the server is left stopped, for the supervisor to run."""
+    pgdata = postgres_dir(data_dir)
     # Unix socket paths are limited to ~107 bytes: keep data_dir short
-    if len(str(data_dir.resolve())) > 90:
-        raise ValueError(f"data directory path too long for a Unix socket: {data_dir}")
+    if len(str(pgdata)) > 90:
+        raise ValueError(f"data directory path too long for a Unix socket: {pgdata}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pgserver
         from pgserver._commands import POSTGRES_BIN_PATH
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir.resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
     # pgserver does initdb (as its own user when we are root) and starts a server; we create
     # our database with it and stop it again
     try:
@@ -153,3 +168,14 @@ def redis_ready(port: int) -> bool:
         return False
     finally:
         client.close()
+
+
+def postgres_ready(postgres: EmbeddedPostgres) -> bool:
+    """The postmaster accepts connections (not merely started: recovery can take a moment)."""
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(postgres.socket_dir / ".s.PGSQL.5432"))
+        # its last line says "ready" once it accepts connections
+        return "ready" in (postgres.socket_dir / "postmaster.pid").read_text(errors="replace")
+    except OSError:
+        return False

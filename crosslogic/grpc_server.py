@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+from typing import Any
 
 import grpc
+
+from crosslogic.lifecycle import run_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -24,24 +26,16 @@ def new_server() -> grpc.aio.Server:
 
 
 async def serve_until_signalled(
-    server: grpc.aio.Server, *, host: str, port: int, tasks: tuple[asyncio.Task[None], ...] = ()
+    server: grpc.aio.Server, *, host: str, port: int, tasks: tuple[asyncio.Task[Any], ...] = ()
 ) -> None:
-    """Serve until SIGINT/SIGTERM, or until one of the process's background ``tasks`` ends:
-    a dead background loop must take the process down with it, not leave it half alive."""
+    """Serve until SIGINT/SIGTERM, or until one of the process's main ``tasks`` ends
+    (:func:`~crosslogic.lifecycle.run_until_signalled`: that raises TaskDied)."""
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     await server.start()
     log.info("listening on %s:%d", host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    waiter = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    await server.stop(grace=2)
-    for task in done:
-        if task is not waiter:
-            task.result()  # re-raises what killed it
-            raise RuntimeError(f"background task {task.get_name()} ended unexpectedly")
+    try:
+        await run_until_signalled(tasks)
+    finally:
+        await server.stop(grace=2)

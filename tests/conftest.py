@@ -26,8 +26,11 @@ from crosslogic.cli import main
 from crosslogic.db.connection import connect
 from crosslogic.extauthz import provisioning
 from crosslogic.extauthz.decision import KeyRecord
+from crosslogic.plan import plan
+from crosslogic.ports import with_free_ports
 from crosslogic.settings import Settings, load, to_env
-from crosslogic.stack import Stack, with_free_ports
+from crosslogic.stack import Stack
+from crosslogic.supervisor import Child
 
 
 def stack_settings(data_dir: Path) -> Settings:
@@ -57,7 +60,7 @@ def own_system(*, nodes: int, **overrides: Any) -> Iterator[Stack]:
     must not disturb the shared one; stopped and removed afterwards."""
     # short path: the embedded Postgres' Unix socket path must stay under ~107 bytes
     data_dir = Path(tempfile.mkdtemp(prefix="clt-", dir="/tmp"))
-    running = Stack(stack_settings(data_dir).with_overrides(**overrides), nodes=nodes)
+    running = Stack(plan(stack_settings(data_dir).with_overrides(**overrides)), nodes=nodes)
     try:
         running.start()
         yield running
@@ -70,6 +73,23 @@ def own_system(*, nodes: int, **overrides: Any) -> Iterator[Stack]:
 def stack() -> Iterator[Stack]:
     with own_system(nodes=2) as running:
         yield running
+
+
+def outage(stack: Stack, child: Child | None) -> None:
+    """An outage of one child (``stack.redis``, ``stack.postgres_child``): killed, and the
+    supervisor does not bring it back (``stack.start_redis()`` and the like do)."""
+    assert child is not None, "not started by this stack"
+    child.proc.kill()
+    stack.supervisor.stop_child(child)
+
+
+def stop_service(stack: Stack, name: str) -> int:
+    """Stop every process of one service for good; returns how many there were (to start
+    as many again with ``stack.start_service``)."""
+    children = [c for c in stack.supervisor.children if c.name.startswith(f"{name}-")]
+    for child in children:
+        stack.supervisor.stop_child(child)
+    return len(children)
 
 
 def metric(stack: Stack, sample: str) -> float:

@@ -14,8 +14,9 @@ from crosslogic.billing.accesslog import MalformedEntry, Settlement, parse
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics, split_complete
 from crosslogic.billing.settlement import TokenSettler, per_counter
 from crosslogic.db.connection import create_pool
+from crosslogic.ports import free_port
 from crosslogic.ratelimit.resp import PipelinedRedis
-from crosslogic.stack import Stack, free_port
+from crosslogic.stack import Stack
 from tests.conftest import run_db
 
 

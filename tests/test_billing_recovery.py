@@ -20,8 +20,10 @@ import redis
 
 from crosslogic.billing.main import APPLICATION_NAME
 from crosslogic.metrics import MULTIPROC_ENV
-from crosslogic.stack import Stack, free_port, wait_until
-from tests.conftest import metric, own_system, run_db
+from crosslogic.ports import free_port
+from crosslogic.probes import wait_until
+from crosslogic.stack import Stack
+from tests.conftest import metric, outage, own_system, run_db, stop_service
 from tests.test_rate_limits import fresh_tenant, key_in, set_limit
 
 MODEL = "demo-llama"
@@ -57,7 +59,7 @@ def test_billing_catches_up_after_postgres_returns_and_its_lag_shows_meanwhile(
     wait_until("the first row", lambda: recorded(stack, [first]))
     wait_until("no lag", lambda: metric(stack, "crosslogic_billing_access_log_lag_bytes") == 0)
 
-    stack.stop_postgres()
+    outage(stack, stack.postgres_child)
     try:
         during = [ask(client)]
         wait_until(
@@ -128,14 +130,14 @@ def test_settlements_that_fail_while_redis_is_down_land_when_it_returns(
     set_limit(stack, "key", key.api_key_id, tokens_per_day=100_000)
     counter = f"crosslogic:rl:key:{key.api_key_id}:tokens:86400"
     own = openai.OpenAI(base_url=stack.base_url, api_key=key.plaintext, max_retries=0)
-    count = stack.stop_service("billing")  # the line waits in the file
+    count = stop_service(stack, "billing")  # the line waits in the file
     try:
         # 200 one-letter words: estimated at 101 prompt tokens, counted as 200 by the node,
         # so the settlement is a charge of 99 tokens, which creates the counter
         request_id = ask(own, " ".join(["a"] * 200))
         # only the settlement may recreate the counter (Redis keeps it across a restart)
         redis.Redis(port=stack.settings.redis_port).delete(counter)
-        stack.stop_redis()
+        outage(stack, stack.redis)
         try:
             stack.start_service("billing", processes=count)
             wait_until("the row", lambda: recorded(stack, [request_id]), timeout=30)

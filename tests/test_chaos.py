@@ -26,8 +26,9 @@ import httpx2  # the transport of the openai SDK installed here
 import openai
 import pytest
 
+from crosslogic.probes import http_ok
 from crosslogic.settings import to_env
-from crosslogic.stack import Stack, http_ok
+from crosslogic.stack import Stack
 from crosslogic.supervisor import Child
 from tests.conftest import metric, new_key, own_system, run_db
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import openai
 import pytest
 
-from crosslogic.stack import Stack, port_in_use, wait_until
+from crosslogic.ports import port_in_use
+from crosslogic.probes import wait_until
+from crosslogic.stack import Stack
+from tests.conftest import stop_service
 
 MODEL = "demo-llama"
 
@@ -19,7 +22,7 @@ def ask(client: openai.OpenAI) -> openai.types.chat.ChatCompletion:
 def test_authorization_down_fails_closed_with_a_clear_503(
     stack: Stack, client: openai.OpenAI
 ) -> None:
-    count = stack.stop_service("extauthz")
+    count = stop_service(stack, "extauthz")
     try:
         wait_until("ext_authz to stop", lambda: not port_in_use(stack.settings.extauthz_port))
         with pytest.raises(openai.InternalServerError) as caught:
@@ -33,7 +36,7 @@ def test_authorization_down_fails_closed_with_a_clear_503(
 
 
 def test_rate_limit_service_down_fails_open(stack: Stack, client: openai.OpenAI) -> None:
-    count = stack.stop_service("ratelimit")
+    count = stop_service(stack, "ratelimit")
     try:
         wait_until("ratelimit to stop", lambda: not port_in_use(stack.settings.ratelimit_port))
         raw = client.chat.completions.with_raw_response.create(

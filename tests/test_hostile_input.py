@@ -19,8 +19,11 @@ import pytest
 
 from crosslogic import envoy_config
 from crosslogic.node.server import FAULT_HEADER
+from crosslogic.ports import with_free_ports
+from crosslogic.probes import http_ok, wait_until
+from crosslogic.processes import envoy_binary
 from crosslogic.settings import load
-from crosslogic.stack import Stack, envoy_binary, http_ok, wait_until, with_free_ports
+from crosslogic.stack import Stack
 from tests.conftest import run_db
 from tests.test_e2e import node_metrics
 from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, set_limit  # noqa: F401

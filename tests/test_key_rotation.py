@@ -19,7 +19,8 @@ import pytest
 from crosslogic.accounts import rotation
 from crosslogic.accounts.requests import MAX_GRACE_S
 from crosslogic.db.connection import connect
-from crosslogic.stack import Stack, wait_until
+from crosslogic.probes import wait_until
+from crosslogic.stack import Stack
 from tests.conftest import run_db
 from tests.test_access_control import MODEL, Admin, ask, new_key, ok
 

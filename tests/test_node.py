@@ -27,7 +27,7 @@ from crosslogic.node import tokens
 from crosslogic.node.main import run
 from crosslogic.node.registration import RegistrationConfig, backoff_delay, run_registration
 from crosslogic.node.server import NODE_STATE, NodeConfig, NodeLoad, make_app
-from crosslogic.stack import free_port
+from crosslogic.ports import free_port
 
 MODEL = "demo-llama"
 

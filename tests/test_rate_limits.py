@@ -13,7 +13,7 @@ import pytest
 
 from crosslogic.extauthz import provisioning
 from crosslogic.stack import Stack
-from tests.conftest import connect_and, own_system, run_db
+from tests.conftest import connect_and, outage, own_system, run_db
 
 MODEL = "demo-llama"
 
@@ -186,7 +186,7 @@ def test_redis_outage_fails_open_fast_and_closed_layers_refuse(limited: Stack) -
     closed_key = key_in(stack, tenant, env)
     set_limit(stack, "key", closed_key.api_key_id, requests_per_minute=1000, fail_mode="closed")
     assert ask(stack, closed_key.plaintext).parse().choices
-    stack.stop_redis()
+    outage(stack, stack.redis)
     try:
         slowest = 0.0
         for _ in range(20):

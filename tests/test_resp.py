@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from crosslogic.ports import free_port
 from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable, encode
-from crosslogic.stack import Stack, free_port
+from crosslogic.stack import Stack
 
 
 def test_encode() -> None:

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from crosslogic.plan import plan
+from crosslogic.services import SERVICES, service_ports
 from crosslogic.settings import SettingsError, load, parse_duration, to_env
 
 
@@ -56,3 +60,39 @@ def test_to_env_round_trips() -> None:
         }
     )
     assert load(to_env(settings)) == settings
+
+
+def test_a_plan_names_the_embedded_servers_before_they_start(tmp_path: Path) -> None:
+    chosen = plan(load({"DATA_DIR": str(tmp_path)}))
+    assert chosen.embedded_postgres and chosen.embedded_redis
+    settings = chosen.settings
+    assert settings.db_host == str((tmp_path / "pg").resolve())
+    assert (settings.db_user, settings.db_name, settings.redis_host) == (
+        "postgres",
+        "crosslogic_iaas",
+        "127.0.0.1",
+    )
+    assert settings.admin_token  # made up: the admin API is locked without one
+    assert load(to_env(settings)) == settings  # what every child is given
+    assert chosen.ports()["REDIS_PORT"] == settings.redis_port
+
+
+def test_a_plan_keeps_external_servers_and_a_given_token() -> None:
+    given = load({"DB_HOST": "db", "REDIS_HOST": "cache", "ADMIN_TOKEN": "t"})
+    chosen = plan(given)
+    assert chosen.settings == given
+    assert not chosen.embedded_postgres and not chosen.embedded_redis
+    assert "REDIS_PORT" not in chosen.ports()  # an external Redis is not ours to check
+
+
+def test_every_service_port_is_named_once() -> None:
+    ports = service_ports(load({}))
+    assert ports == {
+        "SERVER_PORT": 8080,
+        "PROMETHEUS_PORT": 9090,
+        "XDS_PORT": 9003,
+        "EXTAUTHZ_PORT": 9001,
+        "RATELIMIT_PORT": 9002,
+    }
+    assert [s.name for s in SERVICES] == ["admin", "xds", "extauthz", "ratelimit", "billing"]
+    assert all(callable(s.main()) for s in SERVICES)  # each module has its run

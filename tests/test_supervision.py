@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crosslogic.stack import wait_until
+from crosslogic.probes import wait_until
 from crosslogic.supervisor import ChildFailed, RestartPolicy, Supervisor
 
 

@@ -16,7 +16,7 @@ import openai
 import psutil
 import pytest
 
-from crosslogic.stack import free_ports, port_in_use
+from crosslogic.ports import free_ports, port_in_use
 
 CROSSLOGIC = [sys.executable, "-m", "crosslogic"]
 PORTS = (

@@ -21,8 +21,9 @@ from crosslogic.db.connection import create_pool
 from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
 from crosslogic.journal.contract import BOOTS_KEY, Admission, encode, journal_key, new_boot_id
 from crosslogic.journal.store import JournalStore
+from crosslogic.probes import http_ok, wait_until
 from crosslogic.ratelimit.resp import PipelinedRedis
-from crosslogic.stack import Stack, http_ok, wait_until
+from crosslogic.stack import Stack
 from tests.conftest import own_system, run_db
 from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, limited, set_limit
 

@@ -9,9 +9,6 @@ leaving billing alive and idle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import signal
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -21,16 +18,11 @@ from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.db.connection import create_pool
 from crosslogic.journal.store import JournalStore
+from crosslogic.lifecycle import run_until_signalled
 from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.settings import Settings
 
-log = logging.getLogger(__name__)
-
 APPLICATION_NAME = "crosslogic-billing"  # in pg_stat_activity
-
-
-class TaskDied(RuntimeError):
-    """A billing loop ended, which none should."""
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
@@ -65,30 +57,11 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         asyncio.create_task(settler.retry_forever(), name="settlement-retries"),
         asyncio.create_task(reconciler.run(), name="journal-reconciliation"),
     ]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def stopped() -> None:
-        await stop.wait()
-
-    waiter = asyncio.create_task(stopped(), name="signal")
     try:
-        done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
         # a batch cut short commits nothing: its offset commits with its rows, so it is
         # read again by the next process
-        waiter.cancel()
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await run_until_signalled(tasks)
+    finally:
         await session.close()
         redis.close()
         await pool.close()
-    for task in done:
-        if task is not waiter:
-            # the supervisor sees a non-zero exit and restarts billing
-            error = None if task.cancelled() else task.exception()
-            raise TaskDied(f"billing task {task.get_name()} ended: {error!r}") from error

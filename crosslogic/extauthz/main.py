@@ -62,10 +62,6 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
             await limits.close()
         else:
             redis.close()
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         # the last uses of this process's life are not lost on a clean stop
         with contextlib.suppress(Exception):
             await store.record_last_used(cache.take_used())

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
-import signal
 import sys
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from crosslogic.lifecycle import TaskDied, exit_code, run_until_signalled
 from crosslogic.node.registration import RegistrationConfig, run_registration
 from crosslogic.node.server import NODE_STATE, NodeConfig, make_app
 
@@ -107,6 +106,8 @@ def run(argv: list[str]) -> int:
     except OSError as exc:  # typically the port is taken
         print(f"crosslogic node: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    except TaskDied as died:  # the registration loop: unregistered, the node gets no traffic
+        return exit_code(died, process=f"node {config.node_id}")
     return 0
 
 
@@ -121,11 +122,7 @@ async def _serve(args: argparse.Namespace, *, config: NodeConfig, admin_token: s
         keepalive_timeout=5.0,
     )
     await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    registration: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         site = web.TCPSite(runner, args.host, args.port)
         await site.start()
@@ -136,35 +133,23 @@ async def _serve(args: argparse.Namespace, *, config: NodeConfig, admin_token: s
             address = args.advertise_address or args.host
             if address in _UNROUTABLE:
                 address = "127.0.0.1"
-            registration = asyncio.create_task(
-                run_registration(
-                    RegistrationConfig(
-                        control_plane_url=args.control_plane,
-                        model=config.model,
-                        address=address,
-                        port=port,
-                        node_id=config.node_id,
-                        admin_token=admin_token,
-                    ),
-                    load=app[NODE_STATE].load,
-                )
+            registration = run_registration(
+                RegistrationConfig(
+                    control_plane_url=args.control_plane,
+                    model=config.model,
+                    address=address,
+                    port=port,
+                    node_id=config.node_id,
+                    admin_token=admin_token,
+                ),
+                load=app[NODE_STATE].load,
             )
-            registration.add_done_callback(_report_crash)
-        await stop.wait()
+            tasks.append(asyncio.create_task(registration, name="registration"))
+        # run_registration handles every network failure itself: its end is a bug, and an
+        # unregistered node serves nobody, so the node exits (TaskDied) to be restarted.
+        # Stopping cancels it first, which deregisters: the gateway stops routing here
+        # before the port closes.
+        await run_until_signalled(tasks)
         log.info("shutting down node %s", config.node_id)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if registration is not None:
-            # Deregister first so the gateway stops routing here before the port closes.
-            registration.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await registration
         await runner.cleanup()
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    # run_registration handles every network failure itself; anything else is a bug that
-    # would otherwise stay invisible until shutdown.
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("registration loop crashed", exc_info=exc)

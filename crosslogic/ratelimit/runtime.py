@@ -61,7 +61,8 @@ class OpenLimiter:
 
     async def close(self) -> None:
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # a follower that died has told the process already (crosslogic.lifecycle)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
         self.redis.close()
         await self._listener.close()

@@ -64,7 +64,8 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     except Unavailable as exc:
         log.warning("no LISTEN connection, polling only: %s", exc)
     follower = asyncio.create_task(
-        follow_registry(nodes_db, cache, metrics, every=settings.xds_poll_interval, wake=wake)
+        follow_registry(nodes_db, cache, metrics, every=settings.xds_poll_interval, wake=wake),
+        name="follow-registry",
     )
     server = new_server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
@@ -75,9 +76,6 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
             server, host=settings.server_host, port=settings.xds_port, tasks=(follower,)
         )
     finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
         if listener is not None:
             await listener.close()
         await pool.close()

@@ -1,0 +1,53 @@
+"""What a stack will run, decided before anything starts.
+
+Every process of a stack is given the same final settings: where the embedded PostgreSQL
+and Redis will be is known before they start (a socket below DATA_DIR, REDIS_PORT), and an
+admin token is made up when none is set (the admin API is locked without one).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from crosslogic import embedded
+from crosslogic.services import service_ports
+from crosslogic.settings import Settings
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The final ``settings`` of a stack, and which databases it starts itself."""
+
+    settings: Settings
+    embedded_postgres: bool
+    embedded_redis: bool
+
+    def ports(self) -> dict[str, int]:
+        """Every port the stack listens on, by variable name."""
+        s = self.settings
+        wanted = {
+            **service_ports(s),
+            "ENVOY_PORT": s.envoy_port,
+            "ENVOY_ADMIN_PORT": s.envoy_admin_port,
+        }
+        if self.embedded_redis:
+            wanted["REDIS_PORT"] = s.redis_port
+        return wanted
+
+
+def plan(settings: Settings) -> Plan:
+    """DB_HOST / REDIS_HOST unset: the stack starts embedded servers, and the settings name
+    them."""
+    final = settings
+    if settings.db_host is None:
+        final = embedded.postgres_settings(final)
+    if settings.redis_host is None:
+        final = embedded.redis_settings(final)
+    if not final.admin_token:
+        final = final.with_overrides(admin_token=secrets.token_urlsafe(24))
+    return Plan(
+        settings=final,
+        embedded_postgres=settings.db_host is None,
+        embedded_redis=settings.redis_host is None,
+    )

@@ -1,0 +1,73 @@
+"""The control-plane services, named once: what runs each, which ports it holds, how many
+processes it gets. ``crosslogic service NAME`` runs one; the stack starts them all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from crosslogic.settings import Settings
+
+if TYPE_CHECKING:  # the command line imports this module: keep its start quick
+    from prometheus_client import CollectorRegistry
+
+ServiceMain = Callable[[Settings, "CollectorRegistry"], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service: its ``module`` holds ``async def run(settings, registry)``; it listens on
+    the ports named by ``port_settings`` (Settings attributes; their variables are the same
+    names in capitals)."""
+
+    name: str
+    module: str
+    port_settings: tuple[str, ...]
+
+    def main(self) -> ServiceMain:
+        """The service's ``run``, imported only now: a process imports its own service alone."""
+        return cast(ServiceMain, importlib.import_module(self.module).run)
+
+    def ports(self, settings: Settings) -> dict[str, int]:
+        """Variable name -> port, for messages that name what the operator set."""
+        return {name.upper(): int(getattr(settings, name)) for name in self.port_settings}
+
+    def processes(self, settings: Settings) -> int:
+        """How many processes run it (copies of one gRPC service share its port)."""
+        if self.name == "extauthz":
+            return settings.workers(settings.extauthz_workers)
+        if self.name == "ratelimit":
+            # with RATELIMIT_AT=authz nobody calls the rate-limit service: not started
+            return (
+                settings.workers(settings.ratelimit_workers)
+                if settings.ratelimit_at == "service"
+                else 0
+            )
+        return 1
+
+    def argv(self) -> list[str]:
+        """The command that runs one process of it."""
+        return [sys.executable, "-m", "crosslogic", "service", self.name]
+
+
+SERVICES = (
+    Service("admin", "crosslogic.admin.main", ("server_port", "prometheus_port")),
+    Service("xds", "crosslogic.xds.main", ("xds_port",)),
+    Service("extauthz", "crosslogic.extauthz.main", ("extauthz_port",)),
+    Service("ratelimit", "crosslogic.ratelimit.main", ("ratelimit_port",)),
+    Service("billing", "crosslogic.billing.main", ()),
+)
+NAMES = tuple(service.name for service in SERVICES)
+
+
+def service(name: str) -> Service:
+    return next(s for s in SERVICES if s.name == name)
+
+
+def service_ports(settings: Settings) -> dict[str, int]:
+    """Every port the services listen on, by variable name."""
+    return {name: port for s in SERVICES for name, port in s.ports(settings).items()}

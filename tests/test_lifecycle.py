@@ -1,0 +1,140 @@
+"""A main task that dies ends its process with an error; a signal ends it cleanly.
+
+The unit tests drive crosslogic.lifecycle directly; the others run real service processes,
+started as the stack starts them, in a database of their own whose schema is then pulled
+from under them: the kind of error no loop retries (not an outage), so the loop dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from crosslogic.db.connection import connect
+from crosslogic.lifecycle import TaskDied, run_until_signalled
+from crosslogic.metrics import MULTIPROC_ENV
+from crosslogic.ports import free_port, port_in_use
+from crosslogic.probes import wait_until
+from crosslogic.seeding import migrate_database
+from crosslogic.services import service
+from crosslogic.settings import Settings, to_env
+from crosslogic.stack import Stack
+from crosslogic.supervisor import ChildFailed, RestartPolicy, Supervisor
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+def test_a_task_that_raises_ends_the_wait_with_its_error_and_the_others_are_cancelled() -> None:
+    async def go() -> tuple[TaskDied, asyncio.Task[None]]:
+        async def broken() -> None:
+            await asyncio.sleep(0.01)
+            raise KeyError("gone")
+
+        other = asyncio.create_task(forever(), name="other")
+        with pytest.raises(TaskDied) as died:
+            await run_until_signalled([other, asyncio.create_task(broken(), name="broken")])
+        return died.value, other
+
+    died, other = asyncio.run(go())
+    assert "task broken ended: KeyError('gone')" in str(died)
+    assert isinstance(died.__cause__, KeyError)
+    assert other.cancelled()
+
+
+def test_a_task_that_returns_is_an_error_too() -> None:
+    async def go() -> None:
+        async def done() -> None:
+            return None
+
+        await run_until_signalled([asyncio.create_task(done(), name="quitter")])
+
+    with pytest.raises(TaskDied, match="task quitter ended: None"):
+        asyncio.run(go())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_wait_cleanly_and_cancels_the_tasks(sig: signal.Signals) -> None:
+    async def go() -> asyncio.Task[None]:
+        task = asyncio.create_task(forever())
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), sig)
+        await run_until_signalled([task])
+        return task
+
+    assert asyncio.run(go()).cancelled()
+
+
+def execute(settings: Settings, sql: str) -> None:
+    async def go() -> None:
+        conn = await connect(settings)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def own_database(stack: Stack) -> Iterator[Settings]:
+    """A database of its own, migrated, in the stack's PostgreSQL: its schema can be broken."""
+    name = f"dying_{secrets.token_hex(4)}"
+    try:
+        execute(stack.settings, f"CREATE DATABASE {name}")
+    except asyncpg.InsufficientPrivilegeError:
+        pytest.skip("the database user may not create databases")
+    settings = stack.settings.with_overrides(db_name=name)
+    try:
+        asyncio.run(migrate_database(settings))
+        yield settings
+    finally:
+        execute(stack.settings, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# What each service reads in a loop, and the table taken from it.
+LOOPS = [
+    ("xds", "models", "follow-registry"),  # the node registry, every XDS_POLL_INTERVAL
+    ("extauthz", "models", "catalog"),  # the model catalog, every 2 s
+    ("ratelimit", "rate_limits", "limits"),  # the limit table, every 2 s
+]
+
+
+@pytest.mark.parametrize(("name", "table", "task"), LOOPS)
+def test_a_service_whose_main_task_dies_exits_with_an_error(
+    own_database: Settings, tmp_path: Path, name: str, table: str, task: str
+) -> None:
+    running = service(name)
+    settings = own_database.with_overrides(
+        **{port: free_port() for port in running.port_settings}, xds_poll_interval=0.2
+    )
+    # not the stack's metrics directory: this process's gauges are not the stack's
+    env = {**os.environ, **to_env(settings), MULTIPROC_ENV: str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    # started as the stack starts it, by a supervisor that gives up at the first exit
+    supervisor = Supervisor(tmp_path / "logs", policy=RestartPolicy(max_restarts=0))
+    try:
+        child = supervisor.spawn(f"{name}-1", running.argv(), env=env)
+        for port in running.ports(settings).values():
+            wait_until(
+                f"{name} to listen",
+                lambda p=port: port_in_use(p),  # type: ignore[misc]
+                check=supervisor.check,
+            )
+        execute(settings, f"ALTER TABLE {table} RENAME TO {table}_gone")
+        with pytest.raises(ChildFailed) as failed:
+            wait_until(f"{name} to exit", lambda: False, timeout=30, check=supervisor.check)
+    finally:
+        supervisor.stop_all()
+    assert f"{name}-1 keeps crashing: 1 exits within 60s, the last with 1" in str(failed.value)
+    assert child.log_path is not None
+    said = child.log_path.read_text()
+    assert f"ERROR crosslogic.lifecycle[{child.proc.pid}] {name} task {task} ended" in said, said
+    assert "UndefinedTableError" in said, said
