@@ -18,6 +18,13 @@ if TYPE_CHECKING:  # the command line imports this module: keep its start quick
 ServiceMain = Callable[[Settings, "CollectorRegistry"], Coroutine[Any, Any, None]]
 
 
+def _ratelimit_processes(settings: Settings) -> int:
+    # with RATELIMIT_AT=authz nobody calls the rate-limit service: not started
+    if settings.ratelimit_at != "service":
+        return 0
+    return settings.workers(settings.ratelimit_workers)
+
+
 @dataclass(frozen=True)
 class Service:
     """One service: its ``module`` holds ``async def run(settings, registry)``; it listens on
@@ -27,6 +34,8 @@ class Service:
     name: str
     module: str
     port_settings: tuple[str, ...]
+    # how many processes run it (copies of one gRPC service share its port)
+    processes: Callable[[Settings], int] = lambda settings: 1
 
     def main(self) -> ServiceMain:
         """The service's ``run``, imported only now: a process imports its own service alone."""
@@ -36,19 +45,6 @@ class Service:
         """Variable name -> port, for messages that name what the operator set."""
         return {name.upper(): int(getattr(settings, name)) for name in self.port_settings}
 
-    def processes(self, settings: Settings) -> int:
-        """How many processes run it (copies of one gRPC service share its port)."""
-        if self.name == "extauthz":
-            return settings.workers(settings.extauthz_workers)
-        if self.name == "ratelimit":
-            # with RATELIMIT_AT=authz nobody calls the rate-limit service: not started
-            return (
-                settings.workers(settings.ratelimit_workers)
-                if settings.ratelimit_at == "service"
-                else 0
-            )
-        return 1
-
     def argv(self) -> list[str]:
         """The command that runs one process of it."""
         return [sys.executable, "-m", "crosslogic", "service", self.name]
@@ -57,8 +53,18 @@ class Service:
 SERVICES = (
     Service("admin", "crosslogic.admin.main", ("server_port", "prometheus_port")),
     Service("xds", "crosslogic.xds.main", ("xds_port",)),
-    Service("extauthz", "crosslogic.extauthz.main", ("extauthz_port",)),
-    Service("ratelimit", "crosslogic.ratelimit.main", ("ratelimit_port",)),
+    Service(
+        "extauthz",
+        "crosslogic.extauthz.main",
+        ("extauthz_port",),
+        processes=lambda settings: settings.workers(settings.extauthz_workers),
+    ),
+    Service(
+        "ratelimit",
+        "crosslogic.ratelimit.main",
+        ("ratelimit_port",),
+        processes=_ratelimit_processes,
+    ),
     Service("billing", "crosslogic.billing.main", ()),
 )
 NAMES = tuple(service.name for service in SERVICES)

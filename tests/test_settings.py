@@ -96,3 +96,18 @@ def test_every_service_port_is_named_once() -> None:
     }
     assert [s.name for s in SERVICES] == ["admin", "xds", "extauthz", "ratelimit", "billing"]
     assert all(callable(s.main()) for s in SERVICES)  # each module has its run
+
+
+def test_process_counts_follow_the_settings() -> None:
+    def counts(**env: str) -> dict[str, int]:
+        return {s.name: s.processes(load(env)) for s in SERVICES}
+
+    assert counts(EXTAUTHZ_WORKERS="3", RATELIMIT_WORKERS="2") == {
+        "admin": 1,
+        "xds": 1,
+        "extauthz": 3,
+        "ratelimit": 2,
+        "billing": 1,
+    }
+    # nobody calls the rate-limit service when ext_authz decides: it is not started
+    assert counts(RATELIMIT_AT="authz")["ratelimit"] == 0
