@@ -24,7 +24,7 @@ class FakeDb:
         self.queries += 1
         await asyncio.sleep(0)
         if self.down:
-            raise Unavailable("down")
+            raise Unavailable("PostgreSQL", "down")
         return self.rows.get(key_hash)
 
 
