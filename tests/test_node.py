@@ -24,9 +24,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from crosslogic.node import tokens
+from crosslogic.node.config import NodeConfig, NodeLoad
 from crosslogic.node.main import run
 from crosslogic.node.registration import RegistrationConfig, backoff_delay, run_registration
-from crosslogic.node.server import NODE_STATE, NodeConfig, NodeLoad, make_app
+from crosslogic.node.server import NODE_STATE, make_app
 from crosslogic.stack import free_port
 
 MODEL = "demo-llama"

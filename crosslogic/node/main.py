@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from crosslogic.node.config import NodeConfig
 from crosslogic.node.registration import RegistrationConfig, run_registration
-from crosslogic.node.server import NODE_STATE, NodeConfig, make_app
+from crosslogic.node.server import NODE_STATE, make_app
 
 log = logging.getLogger(__name__)
 
