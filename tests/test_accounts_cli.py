@@ -31,7 +31,8 @@ from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import parse_limit
 from crosslogic.settings import Settings
 from crosslogic.stack import Stack
-from tests.conftest import Cli, cli_ok, run_db
+from tests.support.cli import Cli, cli_ok
+from tests.support.db import run_db
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from crosslogic.billing.settlement import TokenSettler, per_counter
 from crosslogic.db.connection import create_pool
 from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.stack import Stack, free_port
-from tests.conftest import run_db
+from tests.support.db import run_db
 
 
 def entry(stack: Stack, **changes: object) -> dict[str, object]:

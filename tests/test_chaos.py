@@ -29,7 +29,10 @@ import pytest
 from crosslogic.settings import to_env
 from crosslogic.stack import Stack, http_ok
 from crosslogic.supervisor import Child
-from tests.conftest import metric, new_key, own_system, run_db
+from tests.support.db import run_db
+from tests.support.metrics import metric
+from tests.support.system import own_system
+from tests.support.tenants import demo_key
 
 MODEL = "demo-llama"
 LOAD_CLIENTS = 3
@@ -223,7 +226,7 @@ def wait_for_usage(
 
 def test_every_single_fault_heals_and_loses_no_usage(chaos_stack: Stack) -> None:
     stack = chaos_stack
-    key = new_key(stack, rate_limit_rpm=1_000_000)
+    key = demo_key(stack, rate_limit_rpm=1_000_000)
     client = openai.OpenAI(
         base_url=stack.base_url, api_key=key.plaintext, max_retries=0, timeout=15
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import subprocess
 import time
@@ -21,9 +20,10 @@ from crosslogic import envoy_config
 from crosslogic.node.server import FAULT_HEADER
 from crosslogic.settings import load
 from crosslogic.stack import Stack, envoy_binary, http_ok, wait_until, with_free_ports
-from tests.conftest import run_db
-from tests.test_e2e import node_metrics
-from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, set_limit  # noqa: F401
+from tests.support.db import run_db
+from tests.support.metrics import node_requests
+from tests.support.ratelimits import set_limit
+from tests.support.tenants import fresh_tenant, key_in
 
 MODEL = "demo-llama"
 CHAT = "/v1/chat/completions"
@@ -65,24 +65,6 @@ def openai_error(status: int, headers: dict[str, str], body: bytes) -> dict[str,
     return error
 
 
-@pytest.fixture(params=["service", "authz"])
-def placement(request: pytest.FixtureRequest) -> Stack:
-    """The rate-limit decision in the rate-limit service, then in ext_authz (RATELIMIT_AT)."""
-    chosen: Stack = request.getfixturevalue(
-        "stack" if request.param == "service" else "authz_stack"
-    )
-    return chosen
-
-
-def node_requests(stack: Stack) -> float:
-    """Every request any node has handled (crosslogic_node_requests_total, all labels)."""
-    total = 0.0
-    for text in node_metrics(stack).values():
-        for value in re.findall(r"^crosslogic_node_requests_total\{[^}]*\} (\S+)$", text, re.M):
-            total += float(value)
-    return total
-
-
 @pytest.mark.parametrize(
     "fields",
     [
@@ -94,9 +76,9 @@ def node_requests(stack: Stack) -> float:
     ],
 )
 def test_huge_token_fields_are_400_and_never_pass_a_limit(
-    placement: Stack, fields: dict[str, Any]
+    limited: Stack, fields: dict[str, Any]
 ) -> None:
-    stack = placement
+    stack = limited
     tenant, env = fresh_tenant(stack)
     key = key_in(stack, tenant, env)
     set_limit(stack, "key", key.api_key_id, requests_per_minute=2)

@@ -9,7 +9,7 @@ import pytest
 from crosslogic.errors import Unavailable
 from crosslogic.extauthz.decision import KeyRecord
 from crosslogic.extauthz.store import KeyCache
-from tests.conftest import key_record
+from tests.support.key_records import key_record
 
 record = key_record
 

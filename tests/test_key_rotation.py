@@ -7,7 +7,6 @@ one rotated next. Revoking ends a grace period at once and touches no other key.
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -20,21 +19,12 @@ from crosslogic.accounts import rotation
 from crosslogic.accounts.requests import MAX_GRACE_S
 from crosslogic.db.connection import connect
 from crosslogic.stack import Stack, wait_until
-from tests.conftest import run_db
-from tests.test_access_control import MODEL, Admin, ask, new_key, ok
+from tests.support.admin import Admin, new_key, ok
+from tests.support.db import run_db
+from tests.support.inference import ask
+from tests.support.system import MODEL
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture()
-def admin(stack: Stack) -> Admin:
-    return Admin(stack)
-
-
-@pytest.fixture()
-def environment(admin: Admin) -> dict[str, Any]:
-    tenant = ok(admin("POST", "/admin/tenants", {"name": f"rot-{time.monotonic_ns()}"}))
-    return dict(ok(admin("POST", f"/admin/tenants/{tenant['id']}/environments", {"name": "prod"})))
 
 
 def rotate(admin: Admin, key: dict[str, Any], grace: int | None = 60) -> tuple[int, Any]:

@@ -23,10 +23,10 @@ from crosslogic.journal.contract import BOOTS_KEY, Admission, encode, journal_ke
 from crosslogic.journal.store import JournalStore
 from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.stack import Stack, http_ok, wait_until
-from tests.conftest import own_system, run_db
-from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, limited, set_limit
-
-__all__ = ["authz_stack", "limited"]  # fixtures: every placement of the rate-limit decision
+from tests.support.db import run_db
+from tests.support.ratelimits import set_limit
+from tests.support.system import own_system
+from tests.support.tenants import fresh_tenant, key_in
 
 MODEL = "demo-llama"
 
