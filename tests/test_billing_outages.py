@@ -20,12 +20,13 @@ import redis
 
 from crosslogic.billing.main import APPLICATION_NAME
 from crosslogic.metrics import MULTIPROC_ENV
-from crosslogic.stack import Stack, free_port, wait_until
+from crosslogic.stack import Stack, free_port
 from tests.support.db import run_db
 from tests.support.metrics import metric
 from tests.support.ratelimits import set_limit
 from tests.support.system import own_system
 from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
 MODEL = "demo-llama"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from crosslogic.stack import Stack, port_in_use, wait_until
+from crosslogic.stack import Stack, port_in_use
+from tests.support.waiting import wait_until
 
 MODEL = "demo-llama"
 

@@ -19,11 +19,12 @@ import pytest
 from crosslogic import envoy_config
 from crosslogic.node.server import FAULT_HEADER
 from crosslogic.settings import load
-from crosslogic.stack import Stack, envoy_binary, http_ok, wait_until, with_free_ports
+from crosslogic.stack import Stack, envoy_binary, http_ok, with_free_ports
 from tests.support.db import run_db
 from tests.support.metrics import node_requests
 from tests.support.ratelimits import set_limit
 from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
 MODEL = "demo-llama"
 CHAT = "/v1/chat/completions"
@@ -167,10 +168,11 @@ def test_a_slow_client_is_cut_by_the_timeout(stack: Stack, part: str) -> None:
 
 
 def wait_for_usage_row(stack: Stack, request_id: str) -> None:
-    deadline = time.monotonic() + 15
-    while not run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id):
-        assert time.monotonic() < deadline, "billing never recorded the request"
-        time.sleep(0.1)
+    wait_until(
+        "billing to record the request",
+        lambda: run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id),
+        timeout=15,
+    )
 
 
 UNKNOWN = [
@@ -254,7 +256,11 @@ def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
             except ConnectionResetError:
                 answer = b""
             assert answer == b""  # closed (or reset) without a byte
-        assert envoy_stat(admin, "downstream_global_cx_overflow") >= 1
+        wait_until(
+            "Envoy to count the overflow",
+            lambda: envoy_stat(admin, "downstream_global_cx_overflow") >= 1,
+            timeout=5,
+        )
     finally:
         for sock in held:
             sock.close()

@@ -12,10 +12,13 @@ import pytest
 
 from crosslogic.stack import Stack
 from tests.support.db import run_db
+from tests.support.metrics import metric
 from tests.support.ratelimits import notify_and_wait, set_limit
 from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
 MODEL = "demo-llama"
+SETTLED = 'crosslogic_billing_token_settlements_total{result="ok"}'
 
 
 def ask(stack: Stack, key: str, **kw: Any) -> Any:
@@ -142,14 +145,15 @@ def test_redis_outage_fails_open_fast_and_closed_layers_refuse(limited: Stack) -
         assert time.monotonic() - started < 0.5
     finally:
         stack.start_redis()
-    deadline = time.monotonic() + 5
-    while True:  # back to Redis within the breaker's second
+
+    def passes() -> bool:
         try:
             assert ask(stack, closed_key.plaintext).parse().choices
-            break
+            return True
         except openai.RateLimitError:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+            return False
+
+    wait_until("limits decided in Redis again", passes, timeout=5)  # within the breaker's second
 
 
 def test_reservations_are_settled_to_the_real_usage(limited: Stack) -> None:
@@ -165,13 +169,16 @@ def test_reservations_are_settled_to_the_real_usage(limited: Stack) -> None:
             model=MODEL, messages=[{"role": "user", "content": "hello"}]
         )
 
+    settled_before = metric(stack, SETTLED)
     first = one_request()
     assert 900 < int(first.headers["x-ratelimit-remaining-tokens"]) < 1000
-    deadline = time.monotonic() + 10
     request_id = first.headers["x-request-id"]
-    while not run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id):
-        assert time.monotonic() < deadline, "billing never recorded the request"
-        time.sleep(0.1)
-    time.sleep(0.3)  # settlement follows the commit of the usage row
+    wait_until(
+        "billing to record the request",
+        lambda: run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id),
+        timeout=10,
+    )
+    # settlement follows the commit of the usage row
+    wait_until("the settlement", lambda: metric(stack, SETTLED) > settled_before, timeout=10)
     # settled: 2000 - 17 (the first, real) - 1025 (the second, reserved)
     assert int(one_request().headers["x-ratelimit-remaining-tokens"]) > 900

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from crosslogic.node.server import NodeLoad
 from crosslogic.stack import free_port
 from tests.support.serving import http_call, serving
 from tests.support.system import MODEL
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -96,7 +96,7 @@ async def _register_for_a_while(
         run_registration(config, load=lambda: load, on_registered=registered.append)
     )
     if cp is None:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a while of retrying (every 10-20 ms) with nobody answering
     else:
         await asyncio.wait_for(cp.enough.wait(), timeout=3)
     task.cancel()
@@ -185,10 +185,9 @@ def test_main_serves_registers_and_deregisters_on_sigterm() -> None:
             assert line.startswith("node node-main serving m1 on http://127.0.0.1:")
             url = line.rsplit(" ", 1)[1]
             assert http_call(f"{url}/v1/models").json()["data"][0]["id"] == "m1"
-            deadline = time.monotonic() + 3
-            while "/admin/nodes/node-main/heartbeat" not in cp.paths():
-                assert time.monotonic() < deadline, cp.paths()
-                time.sleep(0.01)
+            wait_until(
+                "a heartbeat", lambda: "/admin/nodes/node-main/heartbeat" in cp.paths(), timeout=3
+            )
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
         finally:

@@ -18,6 +18,7 @@ from crosslogic.node import tokens
 from crosslogic.node.server import NODE_STATE, NodeConfig, NodeLoad, make_app
 from tests.support.serving import http_call, serving
 from tests.support.system import MODEL
+from tests.support.waiting import wait_until
 
 
 @contextmanager
@@ -214,10 +215,13 @@ def test_an_aborted_stream_counts_only_what_was_sent() -> None:
                 break
         stream.close()
         # The node notices the hang-up at its next paced write, a few milliseconds later.
-        deadline = time.monotonic() + 3
-        while (samples := _metrics(url))[f"vllm:num_requests_running{{model_name={MODEL}}}"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        running = f"vllm:num_requests_running{{model_name={MODEL}}}"
+
+        def ended() -> dict[str, float] | None:
+            samples = _metrics(url)
+            return None if samples[running] else samples
+
+        samples = wait_until("the request to end", ended, timeout=3)
         generated = samples[f"vllm:generation_tokens_total{{model_name={MODEL}}}"]
         assert received <= generated < 500
         assert samples[f"vllm:prompt_tokens_total{{model_name={MODEL}}}"] == 2
@@ -237,7 +241,7 @@ def test_waiting_requests_and_load_are_reported() -> None:
                 await release.wait()
 
         tasks = [asyncio.create_task(hold()) for _ in range(3)]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: every task takes or queues for the slot
         seen.append(node.load())
         release.set()
         await asyncio.gather(*tasks)
