@@ -28,4 +28,6 @@ def set_limit(stack: Stack, scope: str, subject: str, **fields: Any) -> None:
 
 def notify_and_wait(stack: Stack) -> None:
     run_db(stack, "SELECT pg_notify('crosslogic_limits', 'test')")
-    time.sleep(0.5)  # every rate-limit process reloads on the notification (milliseconds)
+    # every rate-limit process reloads on the notification (milliseconds); nothing tells when
+    # it has, and a probe request would spend the very quota the test then counts
+    time.sleep(0.5)
