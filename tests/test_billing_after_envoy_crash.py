@@ -25,11 +25,9 @@ from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.stack import Stack, http_ok
 from tests.support.db import run_db
 from tests.support.ratelimits import set_limit
-from tests.support.system import own_system
+from tests.support.system import MODEL, own_system
 from tests.support.tenants import fresh_tenant, key_in
 from tests.support.waiting import wait_until
-
-MODEL = "demo-llama"
 
 
 def journal(stack: Stack) -> redis.Redis:

@@ -24,11 +24,9 @@ from crosslogic.stack import Stack, free_port
 from tests.support.db import run_db
 from tests.support.metrics import metric
 from tests.support.ratelimits import set_limit
-from tests.support.system import own_system
+from tests.support.system import MODEL, own_system
 from tests.support.tenants import fresh_tenant, key_in
 from tests.support.waiting import wait_until
-
-MODEL = "demo-llama"
 
 
 def ask(client: openai.OpenAI, content: str = "x", *, max_tokens: int = 1) -> str:

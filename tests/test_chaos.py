@@ -32,11 +32,10 @@ from crosslogic.stack import Stack, http_ok
 from crosslogic.supervisor import Child
 from tests.support.db import run_db
 from tests.support.metrics import metric
-from tests.support.system import own_system
+from tests.support.system import MODEL, own_system
 from tests.support.tenants import demo_key
 from tests.support.waiting import wait_until
 
-MODEL = "demo-llama"
 LOAD_CLIENTS = 3
 BEFORE_KILL_S = 1.0
 AFTER_RECOVERY_S = 1.5

@@ -24,6 +24,7 @@ import pytest
 
 from crosslogic.stack import Stack
 from tests.support.metrics import node_requests
+from tests.support.system import MODEL
 from tests.support.tenants import demo_key
 
 SEED = 20261129
@@ -31,7 +32,6 @@ REQUESTS = 10_000
 WORKERS = 16
 ANSWER_WITHIN_S = 15.0  # far above Envoy's own timeouts (conftest: 1 s headers, 3 s request)
 INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-MODEL = "demo-llama"
 
 
 @dataclass(frozen=True)

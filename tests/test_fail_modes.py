@@ -6,9 +6,8 @@ import openai
 import pytest
 
 from crosslogic.stack import Stack, port_in_use
+from tests.support.system import MODEL
 from tests.support.waiting import wait_until
-
-MODEL = "demo-llama"
 
 
 def ask(client: openai.OpenAI) -> openai.types.chat.ChatCompletion:

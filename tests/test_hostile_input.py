@@ -23,10 +23,10 @@ from crosslogic.stack import Stack, envoy_binary, http_ok, with_free_ports
 from tests.support.db import run_db
 from tests.support.metrics import node_requests
 from tests.support.ratelimits import set_limit
+from tests.support.system import MODEL
 from tests.support.tenants import fresh_tenant, key_in
 from tests.support.waiting import wait_until
 
-MODEL = "demo-llama"
 CHAT = "/v1/chat/completions"
 
 

@@ -14,10 +14,10 @@ from crosslogic.stack import Stack
 from tests.support.db import run_db
 from tests.support.metrics import metric
 from tests.support.ratelimits import notify_and_wait, set_limit
+from tests.support.system import MODEL
 from tests.support.tenants import fresh_tenant, key_in
 from tests.support.waiting import wait_until
 
-MODEL = "demo-llama"
 SETTLED = 'crosslogic_billing_token_settlements_total{result="ok"}'
 
 
