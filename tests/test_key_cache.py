@@ -15,7 +15,7 @@ from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import KeyRecord
 from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
 from crosslogic.extauthz.store import KeyCache
-from tests.conftest import key_record
+from tests.support.key_records import key_record
 
 record = key_record
 

@@ -7,34 +7,24 @@ one rotated next. Revoking ends a grace period at once and touches no other key.
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
-import openai
 import pytest
 
 from crosslogic.accounts import rotation
 from crosslogic.accounts.requests import MAX_GRACE_S
 from crosslogic.db.connection import connect
-from crosslogic.stack import Stack, wait_until
-from tests.conftest import run_db
-from tests.test_access_control import MODEL, Admin, ask, new_key, ok
+from crosslogic.stack import Stack
+from tests.support.admin import Admin, new_key, ok
+from tests.support.db import run_db
+from tests.support.inference import ask, wait_refused
+from tests.support.system import MODEL
+from tests.support.waiting import wait_until
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture()
-def admin(stack: Stack) -> Admin:
-    return Admin(stack)
-
-
-@pytest.fixture()
-def environment(admin: Admin) -> dict[str, Any]:
-    tenant = ok(admin("POST", "/admin/tenants", {"name": f"rot-{time.monotonic_ns()}"}))
-    return dict(ok(admin("POST", f"/admin/tenants/{tenant['id']}/environments", {"name": "prod"})))
 
 
 def rotate(admin: Admin, key: dict[str, Any], grace: int | None = 60) -> tuple[int, Any]:
@@ -43,22 +33,6 @@ def rotate(admin: Admin, key: dict[str, Any], grace: int | None = 60) -> tuple[i
 
 def show(admin: Admin, key: dict[str, Any]) -> dict[str, Any]:
     return dict(ok(admin("GET", f"/admin/keys/{key['key_id']}")))
-
-
-def refused(stack: Stack, key: str) -> str | None:
-    """The 401 message Envoy answers for ``key``, or None if the key is accepted."""
-    try:
-        ask(stack, key)
-    except openai.AuthenticationError as exc:
-        return exc.message
-    return None
-
-
-def wait_refused(stack: Stack, key: str, *, timeout: float = 5.0) -> str:
-    wait_until("the key to be refused", lambda: refused(stack, key) is not None, timeout=timeout)
-    message = refused(stack, key)
-    assert message is not None
-    return message
 
 
 def when(value: str | None) -> datetime | None:

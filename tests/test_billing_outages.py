@@ -20,11 +20,13 @@ import redis
 
 from crosslogic.billing.main import APPLICATION_NAME
 from crosslogic.metrics import MULTIPROC_ENV
-from crosslogic.stack import Stack, free_port, wait_until
-from tests.conftest import metric, own_system, run_db
-from tests.test_rate_limits import fresh_tenant, key_in, set_limit
-
-MODEL = "demo-llama"
+from crosslogic.stack import Stack, free_port
+from tests.support.db import run_db
+from tests.support.metrics import metric
+from tests.support.ratelimits import set_limit
+from tests.support.system import MODEL, own_system
+from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
 
 def ask(client: openai.OpenAI, content: str = "x", *, max_tokens: int = 1) -> str:

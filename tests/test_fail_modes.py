@@ -5,9 +5,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from crosslogic.stack import Stack, port_in_use, wait_until
-
-MODEL = "demo-llama"
+from crosslogic.stack import Stack, port_in_use
+from tests.support.system import MODEL
+from tests.support.waiting import wait_until
 
 
 def ask(client: openai.OpenAI) -> openai.types.chat.ChatCompletion:

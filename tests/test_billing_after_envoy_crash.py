@@ -22,13 +22,12 @@ from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
 from crosslogic.journal.contract import BOOTS_KEY, Admission, encode, journal_key, new_boot_id
 from crosslogic.journal.store import JournalStore
 from crosslogic.ratelimit.resp import PipelinedRedis
-from crosslogic.stack import Stack, http_ok, wait_until
-from tests.conftest import own_system, run_db
-from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, limited, set_limit
-
-__all__ = ["authz_stack", "limited"]  # fixtures: every placement of the rate-limit decision
-
-MODEL = "demo-llama"
+from crosslogic.stack import Stack, http_ok
+from tests.support.db import run_db
+from tests.support.ratelimits import set_limit
+from tests.support.system import MODEL, own_system
+from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
 
 def journal(stack: Stack) -> redis.Redis:
