@@ -29,13 +29,15 @@ def ask(stack: Stack, key: str, **kw: Any) -> Any:
 
 
 def burst(stack: Stack, keys: list[str], count: int) -> list[int]:
-    """``count`` requests from 8 concurrent clients, round-robin over ``keys``: statuses."""
+    """``count`` requests from 8 concurrent clients, round-robin over ``keys``: statuses.
+    Anything but an answer or a rate-limit refusal fails the test with its body."""
 
     def one(i: int) -> int:
         try:
             ask(stack, keys[i % len(keys)])
             return 200
         except openai.APIStatusError as exc:
+            assert exc.status_code == 429, (exc.status_code, exc.response.text)
             return exc.status_code
 
     with ThreadPoolExecutor(8) as pool:
