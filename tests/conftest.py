@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ import asyncpg
 import openai
 import pytest
 
+from crosslogic import audit
+from crosslogic.accounts import api_keys
+from crosslogic.accounts.requests import KeySpec
 from crosslogic.cli import main
 from crosslogic.db.connection import connect
-from crosslogic.extauthz import provisioning
 from crosslogic.extauthz.decision import KeyRecord
 from crosslogic.settings import Settings, load, to_env
 from crosslogic.stack import Stack, with_free_ports
@@ -105,20 +108,38 @@ def connect_and(stack: Stack, work: Any) -> Any:
     return asyncio.run(go())
 
 
-def new_key(stack: Stack, **options: Any) -> provisioning.CreatedKey:
-    assert stack.demo is not None
+@dataclass(frozen=True)
+class CreatedKey:
+    api_key_id: str
+    key_id: str
+    plaintext: str  # shown once; only its hash is stored
+    tenant_id: str
+    environment_id: str
 
-    async def go() -> provisioning.CreatedKey:
+
+def new_key(stack: Stack, *, environment_id: str | None = None, **spec: Any) -> CreatedKey:
+    """A key made the one (audited) way an operator makes one, in ``environment_id`` (default:
+    the demo's); ``spec`` holds KeySpec's fields (name, allowed_models, rate_limit_rpm...)."""
+    if environment_id is None:
+        assert stack.demo is not None
+        environment_id = stack.demo.environment_id
+
+    async def go() -> CreatedKey:
         conn = await connect(stack.settings)
         try:
-            return await provisioning.create_key(
-                conn,
-                tenant_id=stack.demo.tenant_id,  # type: ignore[union-attr]
-                environment_id=stack.demo.environment_id,
-                **options,
-            )  # type: ignore[union-attr]
+            async with conn.transaction():
+                row = await api_keys.create(
+                    conn, actor=audit.SYSTEM, environment_id=environment_id, spec=KeySpec(**spec)
+                )
         finally:
             await conn.close()
+        return CreatedKey(
+            api_key_id=row["api_key_id"],
+            key_id=row["key_id"],
+            plaintext=row["key"],
+            tenant_id=row["tenant_id"],
+            environment_id=row["environment_id"],
+        )
 
     return asyncio.run(go())
 

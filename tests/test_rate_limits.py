@@ -11,9 +11,8 @@ from typing import Any
 import openai
 import pytest
 
-from crosslogic.extauthz import provisioning
 from crosslogic.stack import Stack
-from tests.conftest import connect_and, own_system, run_db
+from tests.conftest import CreatedKey, new_key, own_system, run_db
 
 MODEL = "demo-llama"
 
@@ -69,12 +68,8 @@ def fresh_tenant(stack: Stack) -> tuple[str, str]:
     return tenant, env
 
 
-def key_in(stack: Stack, tenant: str, env: str) -> provisioning.CreatedKey:
-    created: provisioning.CreatedKey = connect_and(
-        stack,
-        lambda conn: provisioning.create_key(conn, tenant_id=tenant, environment_id=env),
-    )
-    return created
+def key_in(stack: Stack, tenant: str, env: str) -> CreatedKey:
+    return new_key(stack, environment_id=env)  # the environment names its tenant
 
 
 def ask(stack: Stack, key: str, **kw: Any) -> Any:
