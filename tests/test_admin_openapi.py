@@ -18,6 +18,7 @@ from crosslogic.accounts import requests as parse
 from crosslogic.admin import openapi
 from crosslogic.admin.app import make_app
 from crosslogic.admin.registration import parse_heartbeat, parse_registration
+from crosslogic.errors import Invalid
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import parse_limit
 from crosslogic.settings import Settings
@@ -220,7 +221,10 @@ def test_request_schemas_agree_with_the_parsers(
     validator = jsonschema.Draft202012Validator(
         {"components": doc["components"], "$ref": f"#/components/schemas/{schema}"}
     )
-    accepted = not isinstance(PARSERS[schema](body), ApiError)
+    try:
+        accepted = not isinstance(PARSERS[schema](body), ApiError)
+    except Invalid:
+        accepted = False
     assert validator.is_valid(body) == accepted
 
 

@@ -17,6 +17,7 @@ import pytest
 from crosslogic.accounts import rotation
 from crosslogic.accounts.requests import MAX_GRACE_S
 from crosslogic.db.connection import connect
+from crosslogic.errors import Conflict
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, new_key, ok
 from tests.support.db import run_db
@@ -52,13 +53,13 @@ def test_rules_refuse_revoked_rotated_and_expired_keys() -> None:
     later = row(expires_at=NOW + timedelta(seconds=1))
     assert rotation.refusal(later, successor=None, now=NOW) is None
     revoked = rotation.refusal(row(status="revoked"), successor=None, now=NOW)
-    assert revoked is not None and (revoked.status, revoked.code) == (409, "api_key_revoked")
+    assert isinstance(revoked, Conflict) and revoked.code == "api_key_revoked"
     rotated = row(rotated_at=NOW, grace_ends_at=NOW + timedelta(hours=1))
     again = rotation.refusal(rotated, successor="k2", now=NOW)
-    assert again is not None and (again.status, again.code) == (409, "api_key_already_rotated")
+    assert isinstance(again, Conflict) and again.code == "api_key_already_rotated"
     assert "'k2'" in again.message and "2030-01-01T01:00:00+00:00" in again.message
     expired = rotation.refusal(row(expires_at=NOW), successor=None, now=NOW)
-    assert expired is not None and (expired.status, expired.code) == (409, "api_key_expired")
+    assert isinstance(expired, Conflict) and expired.code == "api_key_expired"
 
 
 def test_grace_never_outlives_the_keys_own_expiry() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from crosslogic.contracts import channels
 from crosslogic.db.connection import connect
-from crosslogic.ratelimit import admin as limits
+from crosslogic.ratelimit import table_store as limits
 from crosslogic.ratelimit.config import LimitRow
 from crosslogic.stack import Stack
 from tests.support.admin import Admin
