@@ -13,8 +13,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from crosslogic import audit
+from crosslogic.accounts import api_keys
+from crosslogic.accounts.requests import KeySpec
 from crosslogic.db.connection import connect
-from crosslogic.extauthz import provisioning
 from crosslogic.plan import plan
 from crosslogic.ports import with_free_ports
 from crosslogic.probes import healthy_nodes, wait_until
@@ -141,18 +143,18 @@ class Gateway:
         assert demo is not None  # set by Stack.start
         conn = await connect(self.stack.settings)
         try:
-            key = await provisioning.create_key(
-                conn,
-                tenant_id=demo.tenant_id,
-                environment_id=demo.environment_id,
-                name="bench",
-                rate_limit_rpm=BENCH_KEY_RPM,
-            )
+            async with conn.transaction():
+                key = await api_keys.create(
+                    conn,
+                    actor=audit.SYSTEM,
+                    environment_id=demo.environment_id,
+                    spec=KeySpec(name="bench", rate_limit_rpm=BENCH_KEY_RPM),
+                )
             await conn.execute(BENCH_LIMITS)
             await conn.execute("SELECT pg_notify('crosslogic_limits', 'bench')")
         finally:
             await conn.close()
-        return key.plaintext, key.api_key_id
+        return key["key"], key["api_key_id"]
 
     async def _usage_records(self) -> tuple[int, int]:
         conn = await connect(self.stack.settings)

@@ -12,7 +12,9 @@ from decimal import Decimal
 
 import asyncpg
 
-from crosslogic.extauthz import provisioning
+from crosslogic import audit
+from crosslogic.accounts import api_keys, environments, tenants
+from crosslogic.accounts.requests import KeySpec
 
 DEMO_MODEL = "demo-llama"
 
@@ -26,22 +28,39 @@ class Demo:
     api_key_id: str
 
 
+async def _ensure_model(
+    conn: asyncpg.Connection, name: str, *, input_price: Decimal, output_price: Decimal
+) -> None:
+    await conn.execute(
+        """
+        INSERT INTO models (name, input_price_per_mtok, output_price_per_mtok)
+        VALUES ($1, $2, $3)
+        ON CONFLICT (name) DO UPDATE SET status = 'active', updated_at = now()
+        """,
+        name,
+        input_price,
+        output_price,
+    )
+
+
 async def seed(conn: asyncpg.Connection, *, model: str = DEMO_MODEL) -> Demo:
-    """The demo model, tenant and environment (kept across runs) and a new key (shown once)."""
-    await provisioning.ensure_model(
-        conn, model, input_price=Decimal("0.20"), output_price=Decimal("0.60")
-    )
-    tenant_id = await provisioning.ensure_tenant(conn, "demo")
-    environment_id = await provisioning.ensure_environment(conn, tenant_id, "dev")
-    key = await provisioning.create_key(
-        conn, tenant_id=tenant_id, environment_id=environment_id, name="demo"
-    )
+    """The demo model, tenant and environment (kept across runs) and a new key (shown once),
+    in one transaction; the accounts are created like an operator's, audited as ``system``."""
+    async with conn.transaction():
+        await _ensure_model(conn, model, input_price=Decimal("0.20"), output_price=Decimal("0.60"))
+        tenant = await tenants.ensure(conn, actor=audit.SYSTEM, name="demo")
+        environment = await environments.ensure(
+            conn, actor=audit.SYSTEM, tenant_id=tenant["id"], name="dev"
+        )
+        key = await api_keys.create(
+            conn, actor=audit.SYSTEM, environment_id=environment["id"], spec=KeySpec(name="demo")
+        )
     return Demo(
         model=model,
-        api_key=key.plaintext,
-        tenant_id=tenant_id,
-        environment_id=environment_id,
-        api_key_id=key.api_key_id,
+        api_key=key["key"],
+        tenant_id=tenant["id"],
+        environment_id=environment["id"],
+        api_key_id=key["api_key_id"],
     )
 
 

@@ -32,8 +32,18 @@ class Invalid(DomainError):
 class NotFound(DomainError):
     """The named entity does not exist (or is not visible to the caller)."""
 
-    def __init__(self, what: str, ident: str, *, code: str | None = None) -> None:
-        super().__init__(f"No {what} '{ident}'.", code=code or f"{what}_not_found")
+    def __init__(
+        self,
+        what: str,
+        ident: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        super().__init__(
+            message or f"No {what} '{ident}'.", code=code or f"{what}_not_found", param=param
+        )
         self.what = what
         self.ident = ident
 

@@ -1,72 +1,25 @@
 """Session fixtures: one real stack (Postgres, Redis, services, Envoy, two nodes) on free ports.
 
 DB_HOST / REDIS_HOST in the environment make the stack use those servers instead of the
-embedded ones, as in production.
+embedded ones, as in production. Fixtures only: the helpers tests share are in
+``tests/support``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import os
-import re
-import shutil
-import tempfile
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+import time
+from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import openai
 import pytest
 
 from crosslogic.cli import main
-from crosslogic.db.connection import connect
-from crosslogic.extauthz import provisioning
-from crosslogic.extauthz.decision import KeyRecord
-from crosslogic.plan import plan
-from crosslogic.ports import with_free_ports
-from crosslogic.settings import Settings, load, to_env
+from crosslogic.settings import to_env
 from crosslogic.stack import Stack
-from crosslogic.supervisor import Child
-
-
-def stack_settings(data_dir: Path) -> Settings:
-    return with_free_ports(load(os.environ)).with_overrides(
-        data_dir=data_dir,
-        access_log_path=None,
-        extauthz_workers=2,
-        ratelimit_workers=2,
-        envoy_concurrency=2,
-        key_last_used_flush=0.5,
-        node_heartbeat_interval=0.5,
-        node_heartbeat_timeout=3.0,
-        xds_poll_interval=0.5,
-        log_level="info",
-        # the default 30 ms lets a busy 2-core CI box turn a slow Redis answer into an
-        # outage (each process then limits alone): the exactness tests need Redis' answer
-        ratelimit_redis_timeout=0.15,
-        # short, so that tests can wait them out (tests/test_hostile_input.py)
-        envoy_request_headers_timeout=1.0,
-        envoy_request_timeout=3.0,
-    )
-
-
-@contextlib.contextmanager
-def own_system(*, nodes: int, **overrides: Any) -> Iterator[Stack]:
-    """A whole system of its own (the session's settings with ``overrides``), for tests that
-    must not disturb the shared one; stopped and removed afterwards."""
-    # short path: the embedded Postgres' Unix socket path must stay under ~107 bytes
-    data_dir = Path(tempfile.mkdtemp(prefix="clt-", dir="/tmp"))
-    running = Stack(plan(stack_settings(data_dir).with_overrides(**overrides)), nodes=nodes)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+from tests.support.admin import Admin, ok
+from tests.support.cli import Cli
+from tests.support.system import log_tails, own_system
 
 
 @pytest.fixture(scope="session")
@@ -75,72 +28,19 @@ def stack() -> Iterator[Stack]:
         yield running
 
 
-def outage(stack: Stack, child: Child | None) -> None:
-    """An outage of one child (``stack.redis``, ``stack.postgres_child``): killed, and the
-    supervisor does not bring it back (``stack.start_redis()`` and the like do)."""
-    assert child is not None, "not started by this stack"
-    child.proc.kill()
-    stack.supervisor.stop_child(child)
+@pytest.fixture(scope="module")
+def authz_stack() -> Iterator[Stack]:
+    """A second system whose ext_authz makes the rate-limit decisions (RATELIMIT_AT=authz)."""
+    with own_system(nodes=1, ratelimit_at="authz") as running:
+        yield running
 
 
-def stop_service(stack: Stack, name: str) -> int:
-    """Stop every process of one service for good; returns how many there were (to start
-    as many again with ``stack.start_service``)."""
-    children = [c for c in stack.supervisor.children if c.name.startswith(f"{name}-")]
-    for child in children:
-        stack.supervisor.stop_child(child)
-    return len(children)
-
-
-def metric(stack: Stack, sample: str) -> float:
-    """One sample of the control plane's /metrics (all processes summed), 0 if absent."""
-    url = f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
-def run_db(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    async def go() -> list[asyncpg.Record]:
-        conn = await connect(stack.settings)
-        try:
-            return list(await conn.fetch(query, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
-def connect_and(stack: Stack, work: Any) -> Any:
-    """Run ``work(conn)`` (a coroutine function) on a fresh connection to the stack's DB."""
-
-    async def go() -> Any:
-        conn = await connect(stack.settings)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
-def new_key(stack: Stack, **options: Any) -> provisioning.CreatedKey:
-    assert stack.demo is not None
-
-    async def go() -> provisioning.CreatedKey:
-        conn = await connect(stack.settings)
-        try:
-            return await provisioning.create_key(
-                conn,
-                tenant_id=stack.demo.tenant_id,  # type: ignore[union-attr]
-                environment_id=stack.demo.environment_id,
-                **options,
-            )  # type: ignore[union-attr]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+@pytest.fixture(params=["service", "authz"])
+def limited(request: pytest.FixtureRequest) -> Stack:
+    """The test runs with the rate-limit decision in the rate-limit service, then in ext_authz."""
+    name = "stack" if request.param == "service" else "authz_stack"
+    chosen: Stack = request.getfixturevalue(name)
+    return chosen
 
 
 @pytest.fixture()
@@ -149,7 +49,16 @@ def client(stack: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)
 
 
-Cli = Callable[..., tuple[int, str, str]]
+@pytest.fixture()
+def admin(stack: Stack) -> Admin:
+    return Admin(stack)
+
+
+@pytest.fixture()
+def environment(admin: Admin) -> dict[str, Any]:
+    """A new tenant's environment, made through the admin API."""
+    tenant = ok(admin("POST", "/admin/tenants", {"name": f"acme-{time.monotonic_ns()}"}))
+    return dict(ok(admin("POST", f"/admin/tenants/{tenant['id']}/environments", {"name": "prod"})))
 
 
 @pytest.fixture()
@@ -165,31 +74,6 @@ def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
     return run
 
 
-def cli_ok(outcome: tuple[int, str, str]) -> Any:
-    """The JSON a CLI command printed, after checking it succeeded."""
-    code, out, err = outcome
-    assert code == 0, err
-    return json.loads(out)
-
-
-def key_record(**changes: object) -> KeyRecord:
-    """A KeyRecord for the pure tests: active everything, changed as asked."""
-    base: dict[str, object] = dict(
-        api_key_id="a",
-        key_id="k",
-        tenant_id="t",
-        environment_id="e",
-        key_status="active",
-        tenant_status="active",
-        environment_status="active",
-        expires_at=None,
-        allowed_models=None,
-        rate_limit_rpm=None,
-    )
-    base.update(changes)
-    return KeyRecord(**base)  # type: ignore[arg-type]
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A failed test shows the end of every process log of the systems it used: CI keeps
@@ -201,11 +85,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for value in getattr(item, "funcargs", {}).values():
         if isinstance(value, Stack):
             report.sections.append((f"process logs of {value.data_dir}", log_tails(value)))
-
-
-def log_tails(stack: Stack, lines: int = 12) -> str:
-    logs = sorted((stack.data_dir / "logs").glob("*.log"))
-    return "\n".join(
-        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-        for log in logs
-    )

@@ -14,63 +14,12 @@ import openai
 import pytest
 
 from crosslogic.stack import Stack
-from tests.conftest import run_db
-from tests.test_e2e import node_metrics, usage_row
-
-MODEL = "demo-llama"
-
-
-class Admin:
-    def __init__(self, stack: Stack, actor: str = "alice") -> None:
-        self.base = stack.admin_url
-        self.headers = {
-            "Authorization": f"Bearer {stack.settings.admin_token}",
-            "Content-Type": "application/json",
-            "X-Actor": actor,
-        }
-
-    def __call__(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.base + path, data=data, method=method, headers=self.headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
-
-
-def ok(reply: tuple[int, Any]) -> Any:
-    status, body = reply
-    assert status in (200, 201), body
-    return body
-
-
-@pytest.fixture()
-def admin(stack: Stack) -> Admin:
-    return Admin(stack)
-
-
-@pytest.fixture()
-def environment(admin: Admin) -> dict[str, Any]:
-    tenant = ok(admin("POST", "/admin/tenants", {"name": f"acme-{time.monotonic_ns()}"}))
-    return dict(ok(admin("POST", f"/admin/tenants/{tenant['id']}/environments", {"name": "prod"})))
-
-
-def client(stack: Stack, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key=key, max_retries=0)
-
-
-def ask(stack: Stack, key: str, model: str = MODEL) -> str | None:
-    reply = client(stack, key).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "x"}], max_tokens=1
-    )
-    return reply.choices[0].message.content
-
-
-def new_key(admin: Admin, environment: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return dict(ok(admin("POST", f"/admin/environments/{environment['id']}/keys", spec)))
+from tests.support.admin import Admin, new_key, ok
+from tests.support.db import run_db, usage_row
+from tests.support.inference import ask, client, wait_refused
+from tests.support.metrics import node_metrics
+from tests.support.system import MODEL
+from tests.support.waiting import wait_until
 
 
 def test_created_key_works_and_secrets_never_leave_again(
@@ -125,7 +74,7 @@ def test_rotation_keeps_the_old_key_for_the_grace_period(
     assert new["rotated_from"] == old["api_key_id"]
     assert ask(stack, new["key"]) == "tok0"
     assert ask(stack, old["key"]) == "tok0"  # grace period
-    time.sleep(2.2)
+    wait_refused(stack, old["key"])  # the 2 s of grace are over
     with pytest.raises(openai.AuthenticationError, match="expired"):
         ask(stack, old["key"])
     assert ask(stack, new["key"]) == "tok0"
@@ -158,7 +107,7 @@ def test_expiry_and_model_access(stack: Stack, admin: Admin, environment: dict[s
         ask(stack, limited["key"])
     assert caught.value.code == "model_not_allowed"
     assert [m.id for m in client(stack, limited["key"]).models.list()] == []
-    time.sleep(1.1)
+    wait_refused(stack, expiring["key"])  # the second to its expiry is over
     with pytest.raises(openai.AuthenticationError, match="expired"):
         ask(stack, expiring["key"])
 
@@ -219,10 +168,11 @@ def test_last_used_is_recorded_without_a_write_per_request(
     key = new_key(admin, environment)
     assert key["last_used_at"] is None
     ask(stack, key["key"])
-    deadline = time.monotonic() + 5
-    while ok(admin("GET", f"/admin/keys/{key['key_id']}"))["last_used_at"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(
+        "last_used_at to be flushed",
+        lambda: ok(admin("GET", f"/admin/keys/{key['key_id']}"))["last_used_at"] is not None,
+        timeout=5,
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from crosslogic.stack import Stack
-from tests.conftest import own_system
+from tests.support.system import own_system
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import Allow, KeyRecord, Model, decide
 from crosslogic.openai_errors import ApiError
-from tests.conftest import key_record
+from tests.support.key_records import key_record
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CATALOG = {"m": Model(id=1, name="m"), "other": Model(id=2, name="other")}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
-from envoy.service.ratelimit.v3 import rls_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +15,8 @@ from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable
 from crosslogic.ratelimit.limiter import MAX_AHEAD_US, MAX_COST, LocalGcra, limits_for
 from crosslogic.ratelimit.service import request_facts
-from tests.conftest import key_record
+from tests.support.key_records import key_record
+from tests.support.rls import rls_request
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 CATALOG = {"m": Model(id=1, name="m")}
@@ -138,18 +137,6 @@ def test_endpoints_are_exact_paths() -> None:
     assert endpoint_of("/v1/models/demo") == "/v1/models"
     for path in ("/v1/chat/completions/", "/v1/chat/completions;x", "/v1/models/a/b", "/v1"):
         assert endpoint_of(path) is None, path
-
-
-def rls_request(entries: dict[str, str]) -> rls_pb2.RateLimitRequest:
-    entry = ratelimit_pb2.RateLimitDescriptor.Entry
-    return rls_pb2.RateLimitRequest(
-        domain="crosslogic",
-        descriptors=[
-            ratelimit_pb2.RateLimitDescriptor(
-                entries=[entry(key=k, value=v) for k, v in entries.items()]
-            )
-        ],
-    )
 
 
 @settings(max_examples=300, deadline=None)

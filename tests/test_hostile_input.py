@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import subprocess
 import time
@@ -20,15 +19,17 @@ import pytest
 from crosslogic import envoy_config
 from crosslogic.node.server import FAULT_HEADER
 from crosslogic.ports import with_free_ports
-from crosslogic.probes import http_ok, wait_until
+from crosslogic.probes import http_ok
 from crosslogic.processes import envoy_binary
 from crosslogic.settings import load
 from crosslogic.stack import Stack
-from tests.conftest import run_db
-from tests.test_e2e import node_metrics
-from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, set_limit  # noqa: F401
+from tests.support.db import run_db
+from tests.support.metrics import node_requests
+from tests.support.ratelimits import set_limit
+from tests.support.system import MODEL
+from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
-MODEL = "demo-llama"
 CHAT = "/v1/chat/completions"
 
 
@@ -68,24 +69,6 @@ def openai_error(status: int, headers: dict[str, str], body: bytes) -> dict[str,
     return error
 
 
-@pytest.fixture(params=["service", "authz"])
-def placement(request: pytest.FixtureRequest) -> Stack:
-    """The rate-limit decision in the rate-limit service, then in ext_authz (RATELIMIT_AT)."""
-    chosen: Stack = request.getfixturevalue(
-        "stack" if request.param == "service" else "authz_stack"
-    )
-    return chosen
-
-
-def node_requests(stack: Stack) -> float:
-    """Every request any node has handled (crosslogic_node_requests_total, all labels)."""
-    total = 0.0
-    for text in node_metrics(stack).values():
-        for value in re.findall(r"^crosslogic_node_requests_total\{[^}]*\} (\S+)$", text, re.M):
-            total += float(value)
-    return total
-
-
 @pytest.mark.parametrize(
     "fields",
     [
@@ -97,9 +80,9 @@ def node_requests(stack: Stack) -> float:
     ],
 )
 def test_huge_token_fields_are_400_and_never_pass_a_limit(
-    placement: Stack, fields: dict[str, Any]
+    limited: Stack, fields: dict[str, Any]
 ) -> None:
-    stack = placement
+    stack = limited
     tenant, env = fresh_tenant(stack)
     key = key_in(stack, tenant, env)
     set_limit(stack, "key", key.api_key_id, requests_per_minute=2)
@@ -188,10 +171,11 @@ def test_a_slow_client_is_cut_by_the_timeout(stack: Stack, part: str) -> None:
 
 
 def wait_for_usage_row(stack: Stack, request_id: str) -> None:
-    deadline = time.monotonic() + 15
-    while not run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id):
-        assert time.monotonic() < deadline, "billing never recorded the request"
-        time.sleep(0.1)
+    wait_until(
+        "billing to record the request",
+        lambda: run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id),
+        timeout=15,
+    )
 
 
 UNKNOWN = [
@@ -275,7 +259,11 @@ def test_connections_over_the_limit_are_refused(tmp_path: Path) -> None:
             except ConnectionResetError:
                 answer = b""
             assert answer == b""  # closed (or reset) without a byte
-        assert envoy_stat(admin, "downstream_global_cx_overflow") >= 1
+        wait_until(
+            "Envoy to count the overflow",
+            lambda: envoy_stat(admin, "downstream_global_cx_overflow") >= 1,
+            timeout=5,
+        )
     finally:
         for sock in held:
             sock.close()

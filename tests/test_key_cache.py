@@ -1,15 +1,21 @@
-"""KeyCache without a database: TTLs, stale serving when Postgres is down, invalidation."""
+"""KeyCache without a database: TTLs, stale serving when Postgres is down, invalidation; and
+what ext_authz answers when the cache cannot."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2
+from prometheus_client import CollectorRegistry
 
 from crosslogic.errors import Unavailable
+from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import KeyRecord
+from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
 from crosslogic.extauthz.store import KeyCache
-from tests.conftest import key_record
+from tests.support.key_records import key_record
 
 record = key_record
 
@@ -24,7 +30,7 @@ class FakeDb:
         self.queries += 1
         await asyncio.sleep(0)
         if self.down:
-            raise Unavailable("down")
+            raise Unavailable("PostgreSQL", "down")
         return self.rows.get(key_hash)
 
 
@@ -112,3 +118,28 @@ def test_a_request_after_a_revoke_does_not_join_an_older_fetch() -> None:
         assert newer is not None and newer.key_status == "revoked"
 
     asyncio.run(go())
+
+
+def test_authz_answers_503_when_the_key_store_is_down() -> None:
+    """Unavailable becomes the retryable 503 authorization_unavailable denial (not the 500 of
+    an unexpected error), counted as outcome "unavailable" and not as a bug."""
+
+    async def fetch(key_hash: bytes) -> KeyRecord | None:
+        raise Unavailable("PostgreSQL", "connection refused")
+
+    registry = CollectorRegistry()
+    service = AuthorizationService(cache=KeyCache(fetch, ttl=1.0), metrics=AuthzMetrics(registry))
+    request = external_auth_pb2.CheckRequest()
+    http = request.attributes.request.http
+    http.headers["authorization"] = f"Bearer {keys.generate().plaintext}"
+    http.path, http.method = "/v1/models", "GET"
+    response = asyncio.run(service.Check(request, None))
+    assert response.status.code == 7  # PERMISSION_DENIED: never Envoy's pass
+    assert response.denied_response.status.code == 503
+    error = json.loads(response.denied_response.body)["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable", "authorization_unavailable")
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value for m in registry.collect() for s in m.samples
+    }
+    assert samples[("crosslogic_authz_decisions_total", ("unavailable",))] == 1
+    assert not any(name == "crosslogic_unexpected_errors_total" for name, _ in samples)

@@ -7,35 +7,25 @@ one rotated next. Revoking ends a grace period at once and touches no other key.
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
-import openai
 import pytest
 
 from crosslogic.accounts import rotation
 from crosslogic.accounts.requests import MAX_GRACE_S
 from crosslogic.db.connection import connect
-from crosslogic.probes import wait_until
+from crosslogic.errors import Conflict
 from crosslogic.stack import Stack
-from tests.conftest import run_db
-from tests.test_access_control import MODEL, Admin, ask, new_key, ok
+from tests.support.admin import Admin, new_key, ok
+from tests.support.db import run_db
+from tests.support.inference import ask, wait_refused
+from tests.support.system import MODEL
+from tests.support.waiting import wait_until
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture()
-def admin(stack: Stack) -> Admin:
-    return Admin(stack)
-
-
-@pytest.fixture()
-def environment(admin: Admin) -> dict[str, Any]:
-    tenant = ok(admin("POST", "/admin/tenants", {"name": f"rot-{time.monotonic_ns()}"}))
-    return dict(ok(admin("POST", f"/admin/tenants/{tenant['id']}/environments", {"name": "prod"})))
 
 
 def rotate(admin: Admin, key: dict[str, Any], grace: int | None = 60) -> tuple[int, Any]:
@@ -44,22 +34,6 @@ def rotate(admin: Admin, key: dict[str, Any], grace: int | None = 60) -> tuple[i
 
 def show(admin: Admin, key: dict[str, Any]) -> dict[str, Any]:
     return dict(ok(admin("GET", f"/admin/keys/{key['key_id']}")))
-
-
-def refused(stack: Stack, key: str) -> str | None:
-    """The 401 message Envoy answers for ``key``, or None if the key is accepted."""
-    try:
-        ask(stack, key)
-    except openai.AuthenticationError as exc:
-        return exc.message
-    return None
-
-
-def wait_refused(stack: Stack, key: str, *, timeout: float = 5.0) -> str:
-    wait_until("the key to be refused", lambda: refused(stack, key) is not None, timeout=timeout)
-    message = refused(stack, key)
-    assert message is not None
-    return message
 
 
 def when(value: str | None) -> datetime | None:
@@ -79,13 +53,13 @@ def test_rules_refuse_revoked_rotated_and_expired_keys() -> None:
     later = row(expires_at=NOW + timedelta(seconds=1))
     assert rotation.refusal(later, successor=None, now=NOW) is None
     revoked = rotation.refusal(row(status="revoked"), successor=None, now=NOW)
-    assert revoked is not None and (revoked.status, revoked.code) == (409, "api_key_revoked")
+    assert isinstance(revoked, Conflict) and revoked.code == "api_key_revoked"
     rotated = row(rotated_at=NOW, grace_ends_at=NOW + timedelta(hours=1))
     again = rotation.refusal(rotated, successor="k2", now=NOW)
-    assert again is not None and (again.status, again.code) == (409, "api_key_already_rotated")
+    assert isinstance(again, Conflict) and again.code == "api_key_already_rotated"
     assert "'k2'" in again.message and "2030-01-01T01:00:00+00:00" in again.message
     expired = rotation.refusal(row(expires_at=NOW), successor=None, now=NOW)
-    assert expired is not None and (expired.status, expired.code) == (409, "api_key_expired")
+    assert isinstance(expired, Conflict) and expired.code == "api_key_expired"
 
 
 def test_grace_never_outlives_the_keys_own_expiry() -> None:

@@ -21,12 +21,12 @@ from crosslogic.db.connection import connect
 from crosslogic.lifecycle import TaskDied, run_until_signalled
 from crosslogic.metrics import MULTIPROC_ENV
 from crosslogic.ports import free_port, port_in_use
-from crosslogic.probes import wait_until
 from crosslogic.seeding import migrate_database
 from crosslogic.services import service
 from crosslogic.settings import Settings, to_env
 from crosslogic.stack import Stack
 from crosslogic.supervisor import ChildFailed, RestartPolicy, Supervisor
+from tests.support.waiting import wait_until
 
 
 async def forever() -> None:

@@ -16,11 +16,12 @@ import pytest
 
 from crosslogic.contracts import channels
 from crosslogic.db.connection import connect
-from crosslogic.ratelimit import admin as limits
+from crosslogic.ratelimit import table_store as limits
 from crosslogic.ratelimit.config import LimitRow
 from crosslogic.stack import Stack
-from tests.conftest import Cli, cli_ok, run_db
-from tests.test_access_control import Admin
+from tests.support.admin import Admin
+from tests.support.cli import Cli, cli_ok
+from tests.support.db import run_db
 
 
 def ok(reply: tuple[int, Any]) -> Any:
@@ -44,11 +45,6 @@ def refused(reply: tuple[int, Any], status: int) -> dict[str, Any]:
 
 def last_audit_id(stack: Stack) -> int:
     return int(run_db(stack, "SELECT coalesce(max(id), 0) FROM audit_log")[0][0])
-
-
-@pytest.fixture()
-def admin(stack: Stack) -> Admin:
-    return Admin(stack)
 
 
 @pytest.fixture()

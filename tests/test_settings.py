@@ -1,3 +1,6 @@
+"""Settings from the environment: defaults, durations, messages naming the bad variable,
+the round trip back to the environment."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from crosslogic.probes import wait_until
 from crosslogic.supervisor import ChildFailed, RestartPolicy, Supervisor
+from tests.support.waiting import wait_until
 
 
 def test_backoff_doubles_up_to_its_ceiling_then_a_crash_loop_gives_up() -> None:
@@ -65,10 +65,7 @@ def test_a_crash_loop_names_the_child_its_exit_code_and_its_last_words(tmp_path:
             [sys.executable, "-c", "import sys; print('bad config: no such thing'); sys.exit(3)"],
             env=dict(os.environ),
         )
-        deadline = time.monotonic() + 30
-        while supervisor.failure is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until("the crash loop to be reported", lambda: supervisor.failure is not None)
         with pytest.raises(ChildFailed) as failed:
             supervisor.check()
         message = str(failed.value)
@@ -87,7 +84,8 @@ def test_a_child_stopped_on_purpose_stays_stopped(tmp_path: Path) -> None:
             "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], env=dict(os.environ)
         )
         supervisor.stop_child(child)
-        time.sleep(0.2)  # several tending rounds: nothing may bring it back
+        # an absence has no event to wait on: several tending rounds, and nothing brought it back
+        time.sleep(0.2)
         assert child.proc.poll() is not None
         assert child.restarts == 0
     finally:

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from crosslogic.ports import free_ports, port_in_use
+from tests.support.waiting import wait_until
 
 CROSSLOGIC = [sys.executable, "-m", "crosslogic"]
 PORTS = (
@@ -78,17 +79,21 @@ def crashed_children(pid: int) -> list[psutil.Process]:
 def wait_answered(
     client: openai.OpenAI, model: str, up: subprocess.Popen[str], data_dir: Path
 ) -> None:
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answered() -> bool:
         assert up.poll() is None, log_tails(data_dir)
         try:
             client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "hi"}]
             )
-            return
+            return True
         except openai.APIError:
-            assert time.monotonic() < deadline, log_tails(data_dir)
-            time.sleep(0.1)
+            return False
+
+    try:
+        wait_until("an answer through Envoy", answered, timeout=30)
+    except TimeoutError as exc:
+        raise AssertionError(log_tails(data_dir)) from exc
 
 
 def test_up_prints_working_lines_and_stops_everything_on_ctrl_c(data_dir: Path) -> None:
@@ -153,13 +158,12 @@ def test_sigterm_while_starting_leaves_nothing_behind(data_dir: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        family: list[psutil.Process] = []
-        deadline = time.monotonic() + 20
-        while not family:  # wait until it has started something (Postgres, Redis, services)
-            assert time.monotonic() < deadline
-            family = psutil.Process(up.pid).children(recursive=True)
-            time.sleep(0.05)
-        time.sleep(0.5)
+        wait_until(
+            "it to start something (Postgres, Redis, services)",
+            lambda: psutil.Process(up.pid).children(recursive=True),
+            timeout=20,
+        )
+        time.sleep(0.5)  # on purpose: the signal lands while it is still starting the rest
         family = psutil.Process(up.pid).children(recursive=True)
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=30)

@@ -1,15 +1,21 @@
-"""Snapshot building and the ADS stream's nonce/ACK/NACK handling, without Envoy."""
+"""Snapshot building, the ADS stream's nonce/ACK/NACK handling and the registry's error model,
+without Envoy or Postgres."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry
 
+from crosslogic.errors import Unavailable
+from crosslogic.xds.main import follow_registry
+from crosslogic.xds.registry import NodeRegistry
 from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics, _TypeState
 from crosslogic.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, ModelEntry, NodeEntry, build
 
@@ -85,3 +91,62 @@ def test_stale_nonces_are_ignored_and_nacks_do_not_loop() -> None:
         assert ads._response_if_due(ENDPOINT_TYPE, state) is None
 
     asyncio.run(scenario())
+
+
+class _RefusingPool:
+    """An asyncpg pool whose server is gone: acquiring a connection is refused."""
+
+    def acquire(self) -> _RefusingPool:
+        return self
+
+    async def __aenter__(self) -> None:
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def test_registry_reports_a_down_database_as_unavailable() -> None:
+    registry = NodeRegistry(_RefusingPool(), heartbeat_timeout=10.0)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable) as caught:
+        asyncio.run(registry.read())
+    assert caught.value.dependency == "PostgreSQL"
+
+
+class _FlakyRegistry:
+    """Fails its first read, then answers MODELS with one node; ``reads`` counts the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.read_done = asyncio.Event()
+
+    async def read(self) -> tuple[list[ModelEntry], list[NodeEntry]]:
+        self.reads += 1
+        self.read_done.set()
+        if self.reads == 1:
+            raise Unavailable("PostgreSQL", "connection refused")
+        return MODELS, [NodeEntry(id="n1", model_id=1, ip="10.0.0.1", port=8000)]
+
+
+def test_a_failed_registry_read_keeps_the_last_snapshot() -> None:
+    async def go() -> None:
+        initial = build(MODELS, [])
+        cache, registry, wake = SnapshotCache(initial), _FlakyRegistry(), asyncio.Event()
+        metrics = XdsMetrics(CollectorRegistry())
+        reader: Any = registry  # a NodeRegistry as far as follow_registry can tell
+        follower = asyncio.create_task(
+            follow_registry(reader, cache, metrics, every=60.0, wake=wake)
+        )
+        try:
+            await asyncio.wait_for(registry.read_done.wait(), timeout=5)
+            registry.read_done.clear()
+            assert not follower.done()  # the failure was logged, not raised
+            assert cache.current is initial
+            changed = cache.wait_changed()
+            wake.set()  # as a NOTIFY from the admin API would
+            await asyncio.wait_for(changed, timeout=5)
+            assert cache.current.nodes_per_cluster["model_1"] == 1
+        finally:
+            follower.cancel()
+
+    asyncio.run(go())

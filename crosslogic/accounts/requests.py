@@ -1,4 +1,5 @@
-"""Validation of operator input, pure: JSON bodies -> typed requests or a 400 naming the field."""
+"""Validation of operator input, pure: JSON bodies -> typed requests, or Invalid naming the
+field (the admin API answers it as a 400, the command line as ``error: ...``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from crosslogic.openai_errors import ApiError, invalid_request
+from crosslogic.errors import Invalid
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_GRACE_S = 30 * 86400
@@ -15,21 +16,31 @@ MAX_GRACE_S = 30 * 86400
 
 @dataclass(frozen=True)
 class KeySpec:
-    name: str
-    expires_at: datetime | None
-    allowed_models: list[str] | None
-    allowed_regions: list[str] | None
-    rate_limit_rpm: int | None
+    """A key's settings; None allows every model / region and leaves the rate to the plan."""
+
+    name: str = ""
+    expires_at: datetime | None = None
+    allowed_models: list[str] | None = None
+    allowed_regions: list[str] | None = None
+    rate_limit_rpm: int | None = None
 
 
-def _object(body: Any, allowed: set[str]) -> dict[str, Any] | ApiError:
+def json_object(
+    body: Any,
+    allowed: set[str],
+    *,
+    not_object: str = "The body must be a JSON object.",
+    unknown: str = "Unknown field(s): {}.",
+) -> dict[str, Any]:
+    """``body`` (None: ``{}``) if it is an object of ``allowed`` fields; ``unknown`` is
+    formatted with the unknown fields' names."""
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        return invalid_request("The body must be a JSON object.")
+        raise Invalid(not_object)
     extra = sorted(set(body) - allowed)
     if extra:
-        return invalid_request(f"Unknown field(s): {', '.join(extra)}.", param=extra[0])
+        raise Invalid(unknown.format(", ".join(extra)), param=extra[0])
     return body
 
 
@@ -40,47 +51,33 @@ def _text(
     pattern: re.Pattern[str] | None = None,
     required: bool = True,
     default: str = "",
-) -> str | ApiError:
+) -> str:
     value = body.get(name, None if required else default)
     if not isinstance(value, str) or (required and not value) or len(value) > 200:
-        return invalid_request(
-            f"'{name}' must be a non-empty string of at most 200 characters.", param=name
-        )
+        raise Invalid(f"'{name}' must be a non-empty string of at most 200 characters.", param=name)
     if pattern is not None and not pattern.fullmatch(value):
-        return invalid_request(f"'{name}' must match {pattern.pattern}.", param=name)
+        raise Invalid(f"'{name}' must match {pattern.pattern}.", param=name)
     return value
 
 
-def tenant_name(body: Any) -> tuple[str, str] | ApiError:
-    fields = _object(body, {"name", "plan"})
-    if isinstance(fields, ApiError):
-        return fields
+def tenant_name(body: Any) -> tuple[str, str]:
+    fields = json_object(body, {"name", "plan"})
     name = _text(fields, "name")
-    plan = _text(fields, "plan", required=False, default="default")
-    for value in (name, plan):
-        if isinstance(value, ApiError):
-            return value
-    return name, plan  # type: ignore[return-value]
+    return name, _text(fields, "plan", required=False, default="default")
 
 
-def environment_name(body: Any) -> str | ApiError:
-    fields = _object(body, {"name"})
-    if isinstance(fields, ApiError):
-        return fields
-    return _text(fields, "name", pattern=_NAME)
+def environment_name(body: Any) -> str:
+    return _text(json_object(body, {"name"}), "name", pattern=_NAME)
 
 
-def status_change(body: Any, allowed: tuple[str, ...]) -> str | ApiError:
-    fields = _object(body, {"status"})
-    if isinstance(fields, ApiError):
-        return fields
-    status = fields.get("status")
+def status_change(body: Any, allowed: tuple[str, ...]) -> str:
+    status = json_object(body, {"status"}).get("status")
     if status not in allowed:
-        return invalid_request(f"'status' must be one of {', '.join(allowed)}.", param="status")
+        raise Invalid(f"'status' must be one of {', '.join(allowed)}.", param="status")
     return str(status)
 
 
-def _names(fields: dict[str, Any], name: str) -> list[str] | ApiError | None:
+def _names(fields: dict[str, Any], name: str) -> list[str] | None:
     value = fields.get(name)
     if value is None:
         return None
@@ -89,43 +86,38 @@ def _names(fields: dict[str, Any], name: str) -> list[str] | ApiError | None:
         or not value
         or not all(isinstance(v, str) and 0 < len(v) <= 200 for v in value)
     ):
-        return invalid_request(
-            f"'{name}' must be a non-empty list of names, or null for all.", param=name
-        )
+        raise Invalid(f"'{name}' must be a non-empty list of names, or null for all.", param=name)
     return sorted(set(value))
 
 
-def key_spec(body: Any, *, now: datetime) -> KeySpec | ApiError:
-    fields = _object(
+def _expiry(fields: dict[str, Any], *, now: datetime) -> datetime | None:
+    raw = fields.get("expires_at")
+    if raw is None:
+        return None
+    try:
+        expires_at = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid("'expires_at' must be an ISO 8601 time.", param="expires_at") from None
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    if expires_at <= now:
+        raise Invalid("'expires_at' must be in the future.", param="expires_at")
+    return expires_at
+
+
+def key_spec(body: Any, *, now: datetime) -> KeySpec:
+    fields = json_object(
         body, {"name", "expires_at", "allowed_models", "allowed_regions", "rate_limit_rpm"}
     )
-    if isinstance(fields, ApiError):
-        return fields
     name = _text(fields, "name", required=False)
-    if isinstance(name, ApiError):
-        return name
-    expires_at = None
-    if fields.get("expires_at") is not None:
-        raw = fields["expires_at"]
-        try:
-            expires_at = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-        except ValueError:
-            return invalid_request("'expires_at' must be an ISO 8601 time.", param="expires_at")
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=UTC)
-        if expires_at <= now:
-            return invalid_request("'expires_at' must be in the future.", param="expires_at")
+    expires_at = _expiry(fields, now=now)
     models = _names(fields, "allowed_models")
-    if isinstance(models, ApiError):
-        return models
     regions = _names(fields, "allowed_regions")
-    if isinstance(regions, ApiError):
-        return regions
     rpm = fields.get("rate_limit_rpm")
     if rpm is not None and (
         not isinstance(rpm, int) or isinstance(rpm, bool) or not 0 < rpm <= 10**9
     ):
-        return invalid_request(
+        raise Invalid(
             "'rate_limit_rpm' must be an integer in [1, 1e9], or null.", param="rate_limit_rpm"
         )
     return KeySpec(
@@ -137,13 +129,19 @@ def key_spec(body: Any, *, now: datetime) -> KeySpec | ApiError:
     )
 
 
-def grace_seconds(body: Any) -> int | ApiError:
-    fields = _object(body, {"grace_seconds"})
-    if isinstance(fields, ApiError):
-        return fields
-    grace = fields.get("grace_seconds", 3600)
+def grace_seconds(body: Any) -> int:
+    grace = json_object(body, {"grace_seconds"}).get("grace_seconds", 3600)
     if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= MAX_GRACE_S:
-        return invalid_request(
+        raise Invalid(
             f"'grace_seconds' must be an integer in [0, {MAX_GRACE_S}].", param="grace_seconds"
         )
     return grace
+
+
+def audit_limit(text: str) -> int:
+    """``?limit=`` / ``--limit``: an integer, clamped to [1, 1000]."""
+    try:
+        limit = int(text)
+    except ValueError:
+        raise Invalid("'limit' must be an integer.", param="limit") from None
+    return min(max(limit, 1), 1000)

@@ -13,39 +13,30 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from crosslogic.openai_errors import ApiError
+from crosslogic.errors import Conflict
 
 
-def refusal(key: Mapping[str, Any], *, successor: str | None, now: datetime) -> ApiError | None:
+def refusal(key: Mapping[str, Any], *, successor: str | None, now: datetime) -> Conflict | None:
     """Why ``key`` (a row of api_keys, times as datetimes) may not be rotated, or None.
 
     ``successor`` is the ``key_id`` of the key it was rotated to, if it was."""
     key_id = key["key_id"]
     if key["status"] != "active":
-        return ApiError(
-            409,
-            f"Key '{key_id}' is revoked; create a new one.",
-            "invalid_request_error",
-            "api_key_revoked",
-        )
+        return Conflict(f"Key '{key_id}' is revoked; create a new one.", code="api_key_revoked")
     if key["rotated_at"] is not None:
         # A second successor of one key would leave two live keys descending from it, and
         # the grace period the first rotation promised would have to be extended or broken.
-        return ApiError(
-            409,
+        return Conflict(
             f"Key '{key_id}' was already rotated to '{successor}'; its grace period ends at "
             f"{key['grace_ends_at'].isoformat()}. Rotate '{successor}' instead, or revoke "
             f"'{key_id}' to end its grace period now.",
-            "invalid_request_error",
-            "api_key_already_rotated",
+            code="api_key_already_rotated",
         )
     expires_at = key["expires_at"]
     if expires_at is not None and expires_at <= now:
-        return ApiError(
-            409,
+        return Conflict(
             f"Key '{key_id}' expired at {expires_at.isoformat()}; create a new one.",
-            "invalid_request_error",
-            "api_key_expired",
+            code="api_key_expired",
         )
     return None
 

@@ -1,11 +1,12 @@
 """The admin API's one error edge: every answer that is not a success is an OpenAI error.
 
-Handlers map what they expect (validation, not found, conflicts) themselves. This middleware,
-the outermost, catches the rest: aiohttp's own plain-text errors (unknown route, wrong
-method, body too large) become the JSON body every other refusal has, and an unexpected
-exception becomes a 500 with that body and one log line (UnexpectedErrors), never aiohttp's
-plain "500 Internal Server Error" with a traceback. A database that is down or restarting is
-no bug: 503 with Retry-After, which clients (and nodes' heartbeats) retry.
+Handlers and the operations they call raise :mod:`crosslogic.errors`; this middleware, the
+outermost, maps them to an HTTP status and OpenAI's error body in one place: Invalid 400,
+NotFound 404, Conflict 409, Unavailable 503 with Retry-After (a database that is down or
+restarting is no bug: clients, and nodes' heartbeats, retry). aiohttp's own plain-text errors
+(unknown route, wrong method, body too large) get the same JSON body. Anything else is a
+bug: a 500 with that body and one log line (UnexpectedErrors), never aiohttp's plain
+"500 Internal Server Error" with a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from crosslogic.db.errors import postgres_errors
-from crosslogic.errors import Unavailable
+from crosslogic.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from crosslogic.openai_errors import ApiError
 from crosslogic.unexpected import UnexpectedErrors
 
@@ -30,7 +31,31 @@ UNAVAILABLE = ApiError(
     "service_unavailable",
     "database_unavailable",
 )
+# a refusal's HTTP status, by the most specific class that matches
+STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (Invalid, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+)
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def error_response(error: ApiError, *, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=error.status, body=error.body(), content_type="application/json", headers=headers
+    )
+
+
+def api_error(exc: DomainError) -> ApiError | None:
+    """The client's view of a refusal; None for a DomainError this edge has no status for."""
+    if isinstance(exc, Unavailable):
+        if exc.dependency == "PostgreSQL":
+            return UNAVAILABLE
+        return ApiError(503, exc.message, "service_unavailable", exc.code)
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return ApiError(status, exc.message, "invalid_request_error", exc.code, exc.param)
+    return None
 
 
 def _as_json(exc: web.HTTPException) -> web.HTTPException:
@@ -56,18 +81,17 @@ def error_middleware(unexpected: UnexpectedErrors) -> Callable[..., Awaitable[we
                 return await handler(request)
         except web.HTTPException as exc:
             raise _as_json(exc) from None
-        except Unavailable as exc:  # Postgres restarting: worth a retry, not a bug
-            log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
-            return web.Response(
-                status=UNAVAILABLE.status,
-                body=UNAVAILABLE.body(),
-                content_type="application/json",
-                headers={"Retry-After": "1"},
-            )
+        except DomainError as exc:
+            error = api_error(exc)
+            if error is None:
+                unexpected.record(exc)
+                return error_response(INTERNAL)
+            if error.status == 503:  # a dependency restarting: worth a retry, not a bug
+                log.warning("%s %s: unavailable: %s", request.method, request.path, exc)
+                return error_response(error, headers={"Retry-After": "1"})
+            return error_response(error)
         except Exception as exc:
             unexpected.record(exc)
-            return web.Response(
-                status=INTERNAL.status, body=INTERNAL.body(), content_type="application/json"
-            )
+            return error_response(INTERNAL)
 
     return errors

@@ -14,6 +14,7 @@ import yaml
 from aiohttp import web
 
 PATH = "/admin/openapi.json"
+routes = web.RouteTableDef()
 
 
 def document() -> dict[str, Any]:
@@ -29,6 +30,7 @@ def _json() -> bytes:
     return json.dumps(document()).encode()
 
 
+@routes.get(PATH)
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=_json(), content_type="application/json")
 

@@ -1,6 +1,7 @@
-"""Keeping each ext_authz process's cache honest without a database read per request.
+"""Keeping each ext_authz process's caches honest without a database read per request.
 
-Changes arrive by LISTEN on the channel the account operations NOTIFY (milliseconds after
+The model catalog is re-read every few seconds; a failed read keeps the last good one. Key
+changes arrive by LISTEN on the channel the account operations NOTIFY (milliseconds after
 the change commits). A dropped listener connection may have missed notifications, so every
 (re)connect clears the cache. Key usage goes back to Postgres in one batched UPDATE.
 """
@@ -17,6 +18,7 @@ from crosslogic.contracts import channels
 from crosslogic.db.connection import connect
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
+from crosslogic.extauthz.service import AuthorizationService
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.settings import Settings
 
@@ -66,3 +68,15 @@ async def flush_last_used(cache: KeyCache, store: PostgresKeys, *, every: float)
             log.warning("could not record last use of %d key(s): %s", len(used), exc)
             for api_key_id, at in used.items():  # keep them for the next flush
                 cache.touch(api_key_id, at=at)
+
+
+async def refresh_catalog(
+    service: AuthorizationService, store: PostgresKeys, *, every: float
+) -> None:
+    """Keep the model catalog current; a failed refresh keeps the last good one."""
+    while True:
+        try:
+            service.catalog = await store.fetch_catalog()
+        except Unavailable as exc:
+            log.warning("model catalog refresh failed, keeping the last one: %s", exc)
+        await asyncio.sleep(every)

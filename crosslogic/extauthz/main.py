@@ -9,8 +9,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from crosslogic.db.connection import create_pool
-from crosslogic.extauthz.invalidation import flush_last_used, follow_changes
-from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics, refresh_catalog
+from crosslogic.extauthz.invalidation import flush_last_used, follow_changes, refresh_catalog
+from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.journal.writer import AdmissionWriter, JournalMetrics

@@ -1,8 +1,8 @@
 """The gRPC edge of ext_authz: CheckRequest -> decision -> CheckResponse.
 
-Maps protos to domain values and back, and is the one place where store errors become client
-answers. Allow responses are immutable protos, cached per (key, model) so the hot path
-builds nothing.
+Maps protos to domain values and back; ``Check`` is the one place where an error becomes a
+client answer (through :func:`~crosslogic.extauthz.responses.refusal`). Allow responses are
+cached per decision so the hot path builds nothing.
 """
 
 from __future__ import annotations
@@ -10,18 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import grpc
-from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
-from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from crosslogic.errors import Unavailable
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import (
     MISSING_KEY,
@@ -32,42 +26,17 @@ from crosslogic.extauthz.decision import (
     decide,
     endpoint_of,
 )
-from crosslogic.extauthz.store import KeyCache, PostgresKeys
+from crosslogic.extauthz.responses import allowed, denied, refusal, with_limits
+from crosslogic.extauthz.store import KeyCache
 from crosslogic.journal.contract import BOOT_HEADER, Admission, encode
 from crosslogic.journal.writer import AdmissionWriter
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity
 from crosslogic.ratelimit.decider import UNAVAILABLE as RL_UNAVAILABLE
 from crosslogic.ratelimit.decider import RateLimiter
-from crosslogic.ratelimit.limiter import Decision
 from crosslogic.unexpected import UnexpectedErrors
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "envoy.filters.http.ext_authz"
-CLUSTER_HEADER = "x-crosslogic-cluster"
-# how Envoy reads token usage from the response: "scan" (Lua, chunk by chunk: streams and
-# embeddings, which can be larger than Envoy's buffer) or "json" (the C++ filter, buffered)
-USAGE_HEADER = "x-crosslogic-usage"
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_JSON = base_pb2.HeaderValueOption(
-    header=base_pb2.HeaderValue(key="content-type", value="application/json"),
-    append_action=_OVERWRITE,
-)
-UNAVAILABLE = ApiError(
-    503,
-    "Authorization is temporarily unavailable; retry shortly.",
-    "service_unavailable",
-    "authorization_unavailable",
-)
-# A bug of ours met by some request: refused (never passed, never Envoy's retryable 503 for
-# an unreachable service), and the request did not reach a node.
-INTERNAL = ApiError(
-    500,
-    "The request could not be authorised because of an internal error; it was not processed.",
-    "server_error",
-    "internal_error",
-)
 
 
 class AuthzMetrics:
@@ -90,26 +59,6 @@ class AuthzMetrics:
         self.unexpected = UnexpectedErrors(edge="extauthz", registry=registry, logger=log)
 
 
-def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
-    )
-
-
-def denied(
-    error: ApiError, *, headers: Sequence[tuple[str, str]] = ()
-) -> external_auth_pb2.CheckResponse:
-    code = 16 if error.status == 401 else 7  # UNAUTHENTICATED / PERMISSION_DENIED
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code, message=error.code or error.type),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=error.status),
-            headers=[_JSON, *(_header(k, v) for k, v in headers)],
-            body=error.body().decode(),
-        ),
-    )
-
-
 def identity_of(key: KeyRecord) -> Identity:
     return Identity(
         tenant_id=key.tenant_id,
@@ -117,61 +66,6 @@ def identity_of(key: KeyRecord) -> Identity:
         api_key_id=key.api_key_id,
         plan=key.plan,
         key_rpm=key.rate_limit_rpm,
-    )
-
-
-def with_limits(
-    base: external_auth_pb2.CheckResponse, limits: Decision
-) -> external_auth_pb2.CheckResponse:
-    """The cached allow response plus this request's rate-limit headers and reservation."""
-    response = external_auth_pb2.CheckResponse()
-    response.CopyFrom(base)
-    for key, value in limits.headers():
-        response.ok_response.response_headers_to_add.append(_header(key, value))
-    reservation = limits.reservation()
-    if reservation is not None:
-        response.dynamic_metadata.update({"token_reservation": reservation})
-    return response
-
-
-def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
-    key = decision.key
-    metadata = struct_pb2.Struct()
-    metadata.update(
-        {
-            "tenant_id": key.tenant_id,
-            "environment_id": key.environment_id,
-            "api_key_id": key.api_key_id,
-            "key_id": key.key_id,
-            "plan": key.plan,
-            # strings: Envoy copies them into rate-limit descriptor entries as they are
-            "tokens": str(decision.tokens),
-            "prompt_estimate": decision.prompt_tokens,
-        }
-    )
-    headers = []
-    if key.rate_limit_rpm is not None:
-        metadata.update({"key_rpm": str(key.rate_limit_rpm)})
-    if decision.model is not None:
-        metadata.update({"model": decision.model.name, "model_id": decision.model.id})
-        if decision.force_include_usage:
-            metadata.update({"force_include_usage": True})
-        headers.append(_header(CLUSTER_HEADER, decision.model.cluster))
-        headers.append(_header(USAGE_HEADER, "scan" if decision.scan_usage else "json"))
-    else:
-        allowed_models = key.allowed_models
-        headers.append(
-            _header(
-                "x-crosslogic-allowed-models",
-                "*" if allowed_models is None else ",".join(sorted(allowed_models)),
-            )
-        )
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=0),
-        ok_response=external_auth_pb2.OkHttpResponse(
-            headers=headers, headers_to_remove=["authorization"]
-        ),
-        dynamic_metadata=metadata,
     )
 
 
@@ -199,9 +93,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         started = time.perf_counter()
         try:
             outcome, response = await self._check(request.attributes.request.http, context)
-        except Exception as exc:  # the one catch-all of this edge: see INTERNAL
-            self._metrics.unexpected.record(exc)
-            outcome, response = "internal_error", denied(INTERNAL)
+        except Exception as exc:  # the one catch of this edge: see responses.refusal
+            outcome, response = refusal(exc, unexpected=self._metrics.unexpected)
         self._metrics.decisions.labels(outcome).inc()
         self._metrics.latency.observe(time.perf_counter() - started)
         return response
@@ -216,11 +109,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         key_hash = keys.hash_key(token)
         hit = self._cache.cached(key_hash) is not None
         self._metrics.cache.labels("hit" if hit else "miss").inc()
-        try:
-            record = await self._cache.get(key_hash)
-        except Unavailable as exc:
-            log.error("key lookup failed, database unavailable: %s", exc)
-            return "unavailable", denied(UNAVAILABLE)
+        record = await self._cache.get(key_hash)  # Unavailable: the database is down
         if record is None:
             return "unknown_key", denied(UNKNOWN_KEY)
         decision = decide(
@@ -294,15 +183,3 @@ def admission(decision: Allow, http: object) -> str:
             admitted_at=datetime.now(UTC),
         )
     )
-
-
-async def refresh_catalog(
-    service: AuthorizationService, store: PostgresKeys, *, every: float
-) -> None:
-    """Keep the model catalog current; a failed refresh keeps the last good one."""
-    while True:
-        try:
-            service.catalog = await store.fetch_catalog()
-        except Unavailable as exc:
-            log.warning("model catalog refresh failed, keeping the last one: %s", exc)
-        await asyncio.sleep(every)

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from crosslogic.node.server import NodeLoad
+from crosslogic.node.config import NodeLoad
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crosslogic.accounts import cli as accounts_cli
-from crosslogic.accounts.cli import Work
+from crosslogic import operator_cli
+from crosslogic.errors import Invalid
 from crosslogic.openai_errors import ApiError
-from crosslogic.ratelimit import admin as ops
+from crosslogic.operator_cli import Work, audited, integer
+from crosslogic.ratelimit import table_store as ops
 from crosslogic.ratelimit.config import parse_limit
 from crosslogic.settings import Settings
 
@@ -28,55 +29,39 @@ _NUMBERS = {
 }
 
 
-def _integer(text: str) -> int | str:
-    # a non-integer goes to the parser as is, which refuses it with the API's message
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
-def _set(args: argparse.Namespace) -> Work | ApiError:
+def _set(args: argparse.Namespace) -> Work:
     body: dict[str, Any] = {"scope": args.scope}
     for name in ("subject", "layer", "fail_mode"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     for option, field in _NUMBERS.items():
         if getattr(args, option) is not None:
-            body[field] = _integer(getattr(args, option))
+            body[field] = integer(getattr(args, option))
     row = parse_limit(body)
     if isinstance(row, ApiError):
-        return row
+        raise Invalid(row.message, param=row.param)
     return lambda conn, actor: ops.set_limit(conn, actor=actor, row=row)
 
 
-def _list(args: argparse.Namespace) -> Work | ApiError:
+def _list(args: argparse.Namespace) -> Work:
     scope = ops.scope_filter(args.scope)
-    if isinstance(scope, ApiError):
-        return scope
     subject = args.subject or None
     return lambda conn, actor: ops.list_limits(conn, scope=scope, subject=subject)
 
 
-def _delete(args: argparse.Namespace) -> Work | ApiError:
+def _delete(args: argparse.Namespace) -> Work:
     limit_id = ops.limit_id_of(args.limit_id)
-    if isinstance(limit_id, ApiError):
-        return limit_id
     return lambda conn, actor: ops.delete_limit(conn, actor=actor, limit_id=limit_id)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``limits`` with ``set``, ``list`` and ``delete``; each leaf sets ``handler``."""
-    audited = argparse.ArgumentParser(add_help=False)
-    audited.add_argument(
-        "--actor", metavar="NAME", help="name recorded in the audit log (default: login user)"
-    )
     limits = sub.add_parser(
         "limits", help="set, list, delete rate limits (per plan, tenant, environment, key)"
     ).add_subparsers(dest="action", required=True)
 
     p = limits.add_parser(
-        "set", parents=[audited], help="create or replace the limit of a scope/subject/layer"
+        "set", parents=[audited()], help="create or replace the limit of a scope/subject/layer"
     )
     p.add_argument(
         "--scope", required=True, metavar="SCOPE", help="global, plan, tenant, environment or key"
@@ -109,11 +94,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--subject", default=None, metavar="X", help="also a key's key_id")
     p.set_defaults(handler=_list)
 
-    p = limits.add_parser("delete", parents=[audited], help="remove a limit by its id")
+    p = limits.add_parser("delete", parents=[audited()], help="remove a limit by its id")
     p.add_argument("limit_id", metavar="ID")
     p.set_defaults(handler=_delete)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    # the accounts runner is generic: one transaction for args.handler's work, JSON out
-    return accounts_cli.run(settings, args)
+    return operator_cli.run(settings, args)

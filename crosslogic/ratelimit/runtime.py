@@ -18,11 +18,11 @@ from crosslogic.contracts import channels
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
-from crosslogic.ratelimit.admin import load_rows
 from crosslogic.ratelimit.config import LimitTable
 from crosslogic.ratelimit.decider import RateLimiter, RateLimitMetrics
 from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.ratelimit.store import CounterStoreUnavailable, RedisCounters
+from crosslogic.ratelimit.table_store import load_rows
 from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)

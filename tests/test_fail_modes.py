@@ -6,11 +6,9 @@ import openai
 import pytest
 
 from crosslogic.ports import port_in_use
-from crosslogic.probes import wait_until
 from crosslogic.stack import Stack
-from tests.conftest import stop_service
-
-MODEL = "demo-llama"
+from tests.support.system import MODEL, stop_service
+from tests.support.waiting import wait_until
 
 
 def ask(client: openai.OpenAI) -> openai.types.chat.ChatCompletion:

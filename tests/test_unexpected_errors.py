@@ -21,7 +21,7 @@ from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
 from crosslogic.extauthz.store import KeyCache
 from crosslogic.ratelimit.service import RateLimitService
 from crosslogic.unexpected import UnexpectedErrors
-from tests.test_decision_fuzz import rls_request
+from tests.support.rls import rls_request
 
 LOG = logging.getLogger("tests.edges")
 

@@ -17,11 +17,11 @@ from crosslogic.db.connection import create_pool
 from crosslogic.ports import free_port
 from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.stack import Stack
-from tests.conftest import run_db
+from tests.support.db import run_db
 
 
-def entry(stack: Stack, **changes: object) -> dict[str, object]:
-    assert stack.demo is not None
+def log_entry(**changes: object) -> dict[str, object]:
+    """One access-log entry as Envoy writes it (of made-up ids), changed as asked."""
     base: dict[str, object] = {
         "request_id": str(uuid.uuid4()),
         "start_time": "2026-11-27T10:00:00.123Z",
@@ -32,9 +32,9 @@ def entry(stack: Stack, **changes: object) -> dict[str, object]:
         "flags": "-",
         "upstream_host": "127.0.0.1:1",
         "upstream_node": "n1",
-        "tenant_id": stack.demo.tenant_id,
-        "environment_id": stack.demo.environment_id,
-        "api_key_id": stack.demo.api_key_id,
+        "tenant_id": str(uuid.uuid4()),
+        "environment_id": str(uuid.uuid4()),
+        "api_key_id": str(uuid.uuid4()),
         "key_id": "k",
         "model": "demo-llama",
         "model_id": 1.0,
@@ -44,6 +44,17 @@ def entry(stack: Stack, **changes: object) -> dict[str, object]:
     }
     base.update(changes)
     return base
+
+
+def entry(stack: Stack, **changes: object) -> dict[str, object]:
+    """An access-log entry of the stack's demo key, which the consumer can write."""
+    assert stack.demo is not None
+    ids = {
+        "tenant_id": stack.demo.tenant_id,
+        "environment_id": stack.demo.environment_id,
+        "api_key_id": stack.demo.api_key_id,
+    }
+    return log_entry(**{**ids, **changes})
 
 
 def test_parse_skips_what_is_not_billable() -> None:
@@ -126,9 +137,9 @@ def test_a_batch_settles_each_counter_once() -> None:
     assert per_counter(items) == {"tenant": -30.0, "key": -500.0}
 
 
-def test_an_abandoned_stream_is_recorded_from_what_the_client_was_sent(stack: Stack) -> None:
+def test_an_abandoned_stream_is_recorded_from_what_the_client_was_sent() -> None:
     entry = {
-        **entry_of(stack),
+        **log_entry(),
         "prompt_tokens": None,
         "completion_tokens": None,
         "completion_seen": 7.0,
@@ -138,10 +149,6 @@ def test_an_abandoned_stream_is_recorded_from_what_the_client_was_sent(stack: St
     record, _ = parse(json.dumps(entry).encode())
     assert record is not None
     assert (record.prompt_tokens, record.completion_tokens, record.usage_estimated) == (3, 7, True)
-
-
-def entry_of(stack: Stack) -> dict[str, object]:
-    return entry(stack)
 
 
 def test_failed_settlements_are_kept_summed_per_counter_and_bounded() -> None:

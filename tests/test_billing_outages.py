@@ -21,12 +21,13 @@ import redis
 from crosslogic.billing.main import APPLICATION_NAME
 from crosslogic.metrics import MULTIPROC_ENV
 from crosslogic.ports import free_port
-from crosslogic.probes import wait_until
 from crosslogic.stack import Stack
-from tests.conftest import metric, outage, own_system, run_db, stop_service
-from tests.test_rate_limits import fresh_tenant, key_in, set_limit
-
-MODEL = "demo-llama"
+from tests.support.db import run_db
+from tests.support.metrics import metric
+from tests.support.ratelimits import set_limit
+from tests.support.system import MODEL, outage, own_system, stop_service
+from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
 
 def ask(client: openai.OpenAI, content: str = "x", *, max_tokens: int = 1) -> str:

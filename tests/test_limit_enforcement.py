@@ -4,77 +4,21 @@ openai SDK understands, and Redis failing under load."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
 import pytest
 
-from crosslogic.extauthz import provisioning
 from crosslogic.stack import Stack
-from tests.conftest import connect_and, outage, own_system, run_db
+from tests.support.db import run_db
+from tests.support.metrics import metric
+from tests.support.ratelimits import notify_and_wait, set_limit
+from tests.support.system import MODEL, outage
+from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
-MODEL = "demo-llama"
-
-
-@pytest.fixture(scope="module")
-def authz_stack() -> Iterator[Stack]:
-    """A second system whose ext_authz makes the rate-limit decisions (RATELIMIT_AT=authz)."""
-    with own_system(nodes=1, ratelimit_at="authz") as running:
-        yield running
-
-
-@pytest.fixture(params=["service", "authz"])
-def limited(request: pytest.FixtureRequest) -> Stack:
-    """Every test below runs with the decision in the rate-limit service and in ext_authz."""
-    name = "stack" if request.param == "service" else "authz_stack"
-    chosen: Stack = request.getfixturevalue(name)
-    return chosen
-
-
-def set_limit(stack: Stack, scope: str, subject: str, **fields: Any) -> None:
-    layer = "global" if scope == "global" else scope
-    columns = ", ".join(fields)
-    values = ", ".join(f"${i + 4}" for i in range(len(fields)))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in fields)
-    run_db(
-        stack,
-        f"INSERT INTO rate_limits (scope, subject, layer, {columns}) VALUES ($1, $2, $3, {values}) "
-        f"ON CONFLICT (scope, subject, layer) DO UPDATE SET {updates}",
-        scope,
-        subject,
-        layer,
-        *fields.values(),
-    )
-    notify_and_wait(stack)
-
-
-def notify_and_wait(stack: Stack) -> None:
-    run_db(stack, "SELECT pg_notify('crosslogic_limits', 'test')")
-    time.sleep(0.5)  # every rate-limit process reloads on the notification (milliseconds)
-
-
-def fresh_tenant(stack: Stack) -> tuple[str, str]:
-    tenant = run_db(
-        stack,
-        "INSERT INTO tenants (name) VALUES ($1) RETURNING id::text",
-        f"rl-{time.monotonic_ns()}",
-    )[0]["id"]
-    env = run_db(
-        stack,
-        "INSERT INTO environments (tenant_id, name) VALUES ($1, 'prod') RETURNING id::text",
-        tenant,
-    )[0]["id"]
-    return tenant, env
-
-
-def key_in(stack: Stack, tenant: str, env: str) -> provisioning.CreatedKey:
-    created: provisioning.CreatedKey = connect_and(
-        stack,
-        lambda conn: provisioning.create_key(conn, tenant_id=tenant, environment_id=env),
-    )
-    return created
+SETTLED = 'crosslogic_billing_token_settlements_total{result="ok"}'
 
 
 def ask(stack: Stack, key: str, **kw: Any) -> Any:
@@ -85,13 +29,15 @@ def ask(stack: Stack, key: str, **kw: Any) -> Any:
 
 
 def burst(stack: Stack, keys: list[str], count: int) -> list[int]:
-    """``count`` requests from 8 concurrent clients, round-robin over ``keys``: statuses."""
+    """``count`` requests from 8 concurrent clients, round-robin over ``keys``: statuses.
+    Anything but an answer or a rate-limit refusal fails the test with its body."""
 
     def one(i: int) -> int:
         try:
             ask(stack, keys[i % len(keys)])
             return 200
         except openai.APIStatusError as exc:
+            assert exc.status_code == 429, (exc.status_code, exc.response.text)
             return exc.status_code
 
     with ThreadPoolExecutor(8) as pool:
@@ -201,14 +147,15 @@ def test_redis_outage_fails_open_fast_and_closed_layers_refuse(limited: Stack) -
         assert time.monotonic() - started < 0.5
     finally:
         stack.start_redis()
-    deadline = time.monotonic() + 5
-    while True:  # back to Redis within the breaker's second
+
+    def passes() -> bool:
         try:
             assert ask(stack, closed_key.plaintext).parse().choices
-            break
+            return True
         except openai.RateLimitError:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+            return False
+
+    wait_until("limits decided in Redis again", passes, timeout=5)  # within the breaker's second
 
 
 def test_reservations_are_settled_to_the_real_usage(limited: Stack) -> None:
@@ -224,13 +171,16 @@ def test_reservations_are_settled_to_the_real_usage(limited: Stack) -> None:
             model=MODEL, messages=[{"role": "user", "content": "hello"}]
         )
 
+    settled_before = metric(stack, SETTLED)
     first = one_request()
     assert 900 < int(first.headers["x-ratelimit-remaining-tokens"]) < 1000
-    deadline = time.monotonic() + 10
     request_id = first.headers["x-request-id"]
-    while not run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id):
-        assert time.monotonic() < deadline, "billing never recorded the request"
-        time.sleep(0.1)
-    time.sleep(0.3)  # settlement follows the commit of the usage row
+    wait_until(
+        "billing to record the request",
+        lambda: run_db(stack, "SELECT 1 FROM usage_records WHERE request_id = $1", request_id),
+        timeout=10,
+    )
+    # settlement follows the commit of the usage row
+    wait_until("the settlement", lambda: metric(stack, SETTLED) > settled_before, timeout=10)
     # settled: 2000 - 17 (the first, real) - 1025 (the second, reserved)
     assert int(one_request().headers["x-ratelimit-remaining-tokens"]) > 900

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import time
 import urllib.error
 import urllib.request
 
@@ -12,43 +10,10 @@ import openai
 import pytest
 
 from crosslogic.stack import Stack
-from tests.conftest import new_key, run_db
-
-MODEL = "demo-llama"
-
-
-def node_metrics(stack: Stack) -> dict[str, str]:
-    """The /metrics text of every live node, by node id."""
-    request = urllib.request.Request(
-        f"{stack.admin_url}/admin/nodes",
-        headers={"Authorization": f"Bearer {stack.settings.admin_token}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as r:
-        nodes = [n for n in json.load(r)["nodes"] if n["live"]]
-    texts = {}
-    for node in nodes:
-        url = f"http://{node['address']}:{node['port']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            texts[node["id"]] = r.read().decode()
-    return texts
-
-
-def node_generated_tokens(stack: Stack) -> dict[str, float]:
-    """vllm:generation_tokens_total per live node."""
-    totals = {}
-    for node_id, text in node_metrics(stack).items():
-        match = re.search(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
-        totals[node_id] = float(match.group(1)) if match else 0.0
-    return totals
-
-
-def usage_row(stack: Stack, request_id: str, *, timeout: float = 10.0) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = run_db(stack, "SELECT * FROM usage_records WHERE request_id = $1", request_id)
-        if rows or time.monotonic() > deadline:
-            return [dict(r) for r in rows]
-        time.sleep(0.1)
+from tests.support.db import usage_row
+from tests.support.metrics import node_generated_tokens
+from tests.support.system import MODEL
+from tests.support.tenants import demo_key
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:
@@ -186,7 +151,7 @@ def test_spoofed_internal_headers_change_nothing(stack: Stack) -> None:
 
 
 def test_rate_limit_per_key(stack: Stack) -> None:
-    key = new_key(stack, rate_limit_rpm=3)
+    key = demo_key(stack, rate_limit_rpm=3)
     limited = openai.OpenAI(base_url=stack.base_url, api_key=key.plaintext, max_retries=0)
     for _ in range(3):
         raw = limited.chat.completions.with_raw_response.create(

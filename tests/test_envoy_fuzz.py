@@ -23,15 +23,15 @@ from dataclasses import dataclass
 import pytest
 
 from crosslogic.stack import Stack
-from tests.conftest import new_key
-from tests.test_hostile_input import node_requests
+from tests.support.metrics import node_requests
+from tests.support.system import MODEL
+from tests.support.tenants import demo_key
 
 SEED = 20261129
 REQUESTS = 10_000
 WORKERS = 16
 ANSWER_WITHIN_S = 15.0  # far above Envoy's own timeouts (conftest: 1 s headers, 3 s request)
 INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-MODEL = "demo-llama"
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def is_openai_error(outcome: Outcome) -> bool:
 
 @pytest.mark.timeout(300)
 def test_ten_thousand_generated_requests(stack: Stack) -> None:
-    key = new_key(stack, rate_limit_rpm=1_000_000).plaintext
+    key = demo_key(stack, rate_limit_rpm=1_000_000).plaintext
     generated = probes(stack, key)
     stack.supervisor.check()
     nodes_before = node_requests(stack)

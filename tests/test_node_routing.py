@@ -7,7 +7,8 @@ import time
 import openai
 
 from crosslogic.stack import Stack
-from tests.test_e2e import MODEL, node_generated_tokens
+from tests.support.metrics import node_generated_tokens
+from tests.support.system import MODEL
 
 
 def one_token(client: openai.OpenAI) -> str | None:

@@ -1,4 +1,5 @@
-"""Operator operations on ``rate_limits``, in PostgreSQL.
+"""The ``rate_limits`` table in PostgreSQL: what the rate-limit service loads, and the
+operator's audited changes to it (from the admin API and ``crosslogic limits``).
 
 Each change runs in the caller's transaction together with its audit row and a NOTIFY on
 ``crosslogic_limits``; every rate-limit process LISTENs there and reloads its table, so a
@@ -17,9 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from crosslogic.accounts.operations import as_dict, write_audit
+from crosslogic import audit
 from crosslogic.contracts import channels
-from crosslogic.openai_errors import ApiError, invalid_request
+from crosslogic.db.rows import as_dict
+from crosslogic.errors import Invalid, NotFound
 from crosslogic.ratelimit.config import FIELDS, SCOPES, LimitRow, row_from_record
 
 _LIMIT = (
@@ -51,26 +53,20 @@ def entity_id(row: LimitRow | dict[str, Any]) -> str:
 # -- pure checks shared by the admin API and the command line ----------------------------
 
 
-def scope_filter(value: str | None) -> str | ApiError | None:
+def scope_filter(value: str | None) -> str | None:
     """The ``scope`` of a listing: absent or empty for every scope, else one of SCOPES."""
     if not value:
         return None
     if value not in SCOPES:
-        return invalid_request(f"'scope' must be one of {', '.join(SCOPES)}.", param="scope")
+        raise Invalid(f"'scope' must be one of {', '.join(SCOPES)}.", param="scope")
     return value
 
 
-def limit_id_of(text: str) -> int | ApiError:
+def limit_id_of(text: str) -> int:
     """A limit's id from a path or an argument; anything but a bigint is simply not found."""
     if text.isascii() and text.isdigit() and 0 < int(text) <= _MAX_ID:
         return int(text)
-    return _missing(text)
-
-
-def _missing(ident: object) -> ApiError:
-    return ApiError(
-        404, f"No rate_limit '{ident}'.", "invalid_request_error", "rate_limit_not_found"
-    )
+    raise NotFound("rate_limit", text)
 
 
 # -- operations --------------------------------------------------------------------------
@@ -97,19 +93,11 @@ async def _notify(conn: asyncpg.Connection, op: str, row: dict[str, Any]) -> Non
     await conn.execute("SELECT pg_notify($1, $2)", channels.LIMITS, json.dumps(payload))
 
 
-async def set_limit(
-    conn: asyncpg.Connection, *, actor: str, row: LimitRow
-) -> dict[str, Any] | ApiError:
+async def set_limit(conn: asyncpg.Connection, *, actor: str, row: LimitRow) -> dict[str, Any]:
     """Create or replace the limit of (scope, subject, layer); fields not given become null."""
     subject = await _subject_id(conn, scope=row.scope, subject=row.subject)
     if subject is None:
-        return ApiError(
-            404,
-            f"No {row.scope} '{row.subject}'.",
-            "invalid_request_error",
-            "subject_not_found",
-            "subject",
-        )
+        raise NotFound(row.scope, row.subject, code="subject_not_found", param="subject")
     values = [getattr(row, field) for field in FIELDS]
     before = await conn.fetchrow(
         f"SELECT {_LIMIT} FROM rate_limits WHERE scope = $1 AND subject = $2 AND layer = $3 "
@@ -140,7 +128,7 @@ async def set_limit(
             row.fail_mode,
         )
     )
-    await write_audit(
+    await audit.record(
         conn,
         actor=actor,
         action="rate_limit.create" if before is None else "rate_limit.update",
@@ -153,17 +141,15 @@ async def set_limit(
     return after
 
 
-async def delete_limit(
-    conn: asyncpg.Connection, *, actor: str, limit_id: int
-) -> dict[str, Any] | ApiError:
+async def delete_limit(conn: asyncpg.Connection, *, actor: str, limit_id: int) -> dict[str, Any]:
     """Remove a limit; the layer falls back to the plan default (or to no limit)."""
     before = await conn.fetchrow(
         f"DELETE FROM rate_limits WHERE id = $1 RETURNING {_LIMIT}", limit_id
     )
     if before is None:
-        return _missing(limit_id)
+        raise NotFound("rate_limit", str(limit_id))
     row = as_dict(before)
-    await write_audit(
+    await audit.record(
         conn,
         actor=actor,
         action="rate_limit.delete",

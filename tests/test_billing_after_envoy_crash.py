@@ -21,15 +21,14 @@ from crosslogic.db.connection import create_pool
 from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
 from crosslogic.journal.contract import BOOTS_KEY, Admission, encode, journal_key, new_boot_id
 from crosslogic.journal.store import JournalStore
-from crosslogic.probes import http_ok, wait_until
+from crosslogic.probes import http_ok
 from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.stack import Stack
-from tests.conftest import own_system, run_db
-from tests.test_rate_limits import authz_stack, fresh_tenant, key_in, limited, set_limit
-
-__all__ = ["authz_stack", "limited"]  # fixtures: every placement of the rate-limit decision
-
-MODEL = "demo-llama"
+from tests.support.db import run_db
+from tests.support.ratelimits import set_limit
+from tests.support.system import MODEL, own_system
+from tests.support.tenants import fresh_tenant, key_in
+from tests.support.waiting import wait_until
 
 
 def journal(stack: Stack) -> redis.Redis:

@@ -9,9 +9,12 @@ import urllib.request
 
 import pytest
 
+from crosslogic.admin.errors import api_error
 from crosslogic.db.connection import connect
 from crosslogic.db.migrate import migrate
+from crosslogic.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from crosslogic.stack import Stack
+from tests.support.db import run_db
 
 
 def call(
@@ -83,3 +86,39 @@ def test_admin_needs_the_operator_token(stack: Stack) -> None:
     for token in (None, "wrong", stack.demo.api_key):  # a tenant key is not an operator token
         status, reply = call(f"{stack.admin_url}/admin/nodes", token=token)
         assert status == 401 and reply["error"]["code"] == "invalid_admin_token"  # type: ignore[index]
+
+
+def test_the_demo_is_seeded_through_the_audited_path_as_system(stack: Stack) -> None:
+    assert stack.demo is not None
+    rows = run_db(
+        stack,
+        "SELECT actor, action FROM audit_log WHERE entity_id = ANY($1::text[]) ORDER BY id",
+        [stack.demo.tenant_id, stack.demo.environment_id, stack.demo.api_key_id],
+    ) + run_db(
+        stack,
+        "SELECT a.actor, a.action FROM audit_log a JOIN api_keys k ON k.key_id = a.entity_id "
+        "WHERE k.id = $1",
+        stack.demo.api_key_id,
+    )
+    actions = {(r["actor"], r["action"]) for r in rows}
+    assert {("system", "tenant.create"), ("system", "environment.create")} <= actions
+    assert ("system", "api_key.create") in actions
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (Invalid("bad", param="x"), 400, "invalid_request"),
+        (NotFound("tenant", "t1"), 404, "tenant_not_found"),
+        (Conflict("taken", code="tenant_exists", param="name"), 409, "tenant_exists"),
+        (Unavailable("PostgreSQL", "restarting"), 503, "database_unavailable"),
+    ],
+)
+def test_domain_errors_map_to_one_status_each(error: DomainError, status: int, code: str) -> None:
+    mapped = api_error(error)
+    assert mapped is not None and (mapped.status, mapped.code) == (status, code)
+    assert mapped.param == (None if status == 503 else error.param)
+
+
+def test_a_domain_error_without_a_status_is_a_bug() -> None:
+    assert api_error(DomainError("what is this")) is None

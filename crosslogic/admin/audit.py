@@ -1,0 +1,17 @@
+"""Admin API route of the audit log, newest first."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from crosslogic import audit
+from crosslogic.accounts.requests import audit_limit
+from crosslogic.admin.context import read
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/admin/audit")
+async def entries(request: web.Request) -> web.Response:
+    limit = audit_limit(request.query.get("limit", "100"))
+    return await read(request, audit.entries, limit=limit, entity_id=request.query.get("entity_id"))

@@ -1,0 +1,249 @@
+"""The admin API's OpenAPI document: well formed, checked against the app's router and
+against the request parsers (so neither can drift from the code), served as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+from aiohttp import web
+
+from crosslogic.accounts import requests as parse
+from crosslogic.admin import openapi
+from crosslogic.admin.app import make_app
+from crosslogic.admin.registration import parse_heartbeat, parse_registration
+from crosslogic.errors import Invalid
+from crosslogic.openai_errors import ApiError
+from crosslogic.ratelimit.config import parse_limit
+from crosslogic.settings import Settings
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def resolve(doc: dict[str, Any], node: Any) -> Any:
+    """Follow local ``$ref``s until a node that is not a reference."""
+    while isinstance(node, dict) and "$ref" in node:
+        pointer = str(node["$ref"])
+        assert pointer.startswith("#/"), pointer
+        node = doc
+        for part in pointer[2:].split("/"):
+            node = node[part]
+    return node
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from walk(child)
+
+
+def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, operation
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    return openapi.document()
+
+
+def test_openapi_document_is_well_formed(doc: dict[str, Any]) -> None:
+    assert doc["openapi"].startswith("3.1.")
+    # YAML traps: an unquoted `null` in a type list, a colon in a flow-style description
+    assert all(node is not None for node in walk(doc))
+    for node in walk(doc):
+        if isinstance(node, dict) and "$ref" in node:
+            resolve(doc, node)  # a dangling reference raises KeyError
+    for schema in doc["components"]["schemas"].values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    ids = [op["operationId"] for _, _, op in operations(doc)]
+    assert len(ids) == len(set(ids))
+    for path, _, operation in operations(doc):
+        assert operation["responses"], path
+        declared = {
+            resolve(doc, p)["name"]
+            for p in doc["paths"][path].get("parameters", []) + operation.get("parameters", [])
+            if resolve(doc, p)["in"] == "path"
+        }
+        assert declared == set(re.findall(r"\{(\w+)\}", path)), path
+        if "requestBody" in operation:
+            schema = resolve(doc, operation["requestBody"]["content"]["application/json"]["schema"])
+            assert schema["additionalProperties"] is False, path
+        if path.startswith("/admin/") and path != openapi.PATH:
+            assert operation.get("security", doc["security"]) == [{"operatorToken": []}], path
+            assert "401" in operation["responses"], path
+
+
+def served_routes(app: web.Application) -> set[tuple[str, str]]:
+    return {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+
+
+def test_every_route_of_the_admin_app_is_documented(doc: dict[str, Any]) -> None:
+    app = make_app(Settings())
+    if ("get", openapi.PATH) not in served_routes(app):
+        openapi.add_route(app)  # until make_app registers it itself
+    served = served_routes(app)
+    documented = {(method, path) for path, method, _ in operations(doc)}
+    assert served - documented == set(), "routes missing from openapi.yaml"
+    assert documented - served == set(), "openapi.yaml documents routes that do not exist"
+
+
+NOW = datetime.now(UTC)
+PARSERS: dict[str, Callable[[Any], object]] = {
+    "TenantCreate": parse.tenant_name,
+    "TenantStatusChange": lambda body: parse.status_change(body, ("active", "suspended")),
+    "EnvironmentCreate": parse.environment_name,
+    "EnvironmentStatusChange": lambda body: parse.status_change(body, ("active", "disabled")),
+    "KeyCreate": lambda body: parse.key_spec(body, now=NOW),
+    "KeyRotate": parse.grace_seconds,
+    "NodeRegistration": parse_registration,
+    "NodeHeartbeat": parse_heartbeat,
+    "LimitSet": parse_limit,
+}
+NODE = {"model": "m", "address": "10.0.0.1", "port": 8000}
+TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
+
+
+@pytest.mark.parametrize(
+    ("schema", "body"),
+    [
+        ("TenantCreate", {"name": "acme"}),
+        ("TenantCreate", {"name": "acme", "plan": ""}),
+        ("TenantCreate", {"name": "a" * 200, "plan": "pro"}),
+        ("TenantCreate", {"name": "a" * 201}),
+        ("TenantCreate", {"name": ""}),
+        ("TenantCreate", {"name": 5}),
+        ("TenantCreate", {"name": "acme", "plan": None}),
+        ("TenantCreate", {"name": "acme", "colour": "red"}),
+        ("TenantCreate", {}),
+        ("TenantStatusChange", {"status": "suspended"}),
+        ("TenantStatusChange", {"status": "disabled"}),
+        ("TenantStatusChange", {"status": "active", "reason": "x"}),
+        ("EnvironmentStatusChange", {"status": "disabled"}),
+        ("EnvironmentStatusChange", {}),
+        ("EnvironmentCreate", {"name": "prod"}),
+        ("EnvironmentCreate", {"name": "my_env-2"}),
+        ("EnvironmentCreate", {"name": "a" * 63}),
+        ("EnvironmentCreate", {"name": "a" * 64}),
+        ("EnvironmentCreate", {"name": "Prod"}),
+        ("EnvironmentCreate", {"name": "-prod"}),
+        ("EnvironmentCreate", {"name": "prod", "plan": "x"}),
+        ("KeyCreate", {}),
+        ("KeyCreate", {"name": "ci", "expires_at": None, "allowed_models": None}),
+        ("KeyCreate", {"name": None}),
+        ("KeyCreate", {"name": "n" * 201}),
+        ("KeyCreate", {"expires_at": "2999-01-01T00:00:00Z"}),
+        ("KeyCreate", {"allowed_models": ["a", "a"], "allowed_regions": ["eu"]}),
+        ("KeyCreate", {"allowed_models": []}),
+        ("KeyCreate", {"allowed_models": [""]}),
+        ("KeyCreate", {"allowed_regions": ["r" * 201]}),
+        ("KeyCreate", {"allowed_regions": "eu"}),
+        ("KeyCreate", {"rate_limit_rpm": 1}),
+        ("KeyCreate", {"rate_limit_rpm": 10**9}),
+        ("KeyCreate", {"rate_limit_rpm": 10**9 + 1}),
+        ("KeyCreate", {"rate_limit_rpm": 0}),
+        ("KeyCreate", {"rate_limit_rpm": "60"}),
+        ("KeyCreate", {"rate_limit_rpm": True}),
+        ("KeyCreate", {"key": "clk_x"}),
+        ("KeyRotate", {}),
+        ("KeyRotate", {"grace_seconds": 0}),
+        ("KeyRotate", {"grace_seconds": 30 * 86400}),
+        ("KeyRotate", {"grace_seconds": 30 * 86400 + 1}),
+        ("KeyRotate", {"grace_seconds": -1}),
+        ("KeyRotate", {"grace_seconds": "60"}),
+        ("KeyRotate", {"grace": 60}),
+        ("NodeRegistration", NODE),
+        ("NodeRegistration", {**NODE, "node_id": "gpu-1.a_b", "gpu_type": "", "region": "eu"}),
+        ("NodeRegistration", {**NODE, "node_id": None}),
+        ("NodeRegistration", {**NODE, "node_id": ""}),
+        ("NodeRegistration", {**NODE, "node_id": "gpu 1"}),
+        ("NodeRegistration", {**NODE, "port": 0}),
+        ("NodeRegistration", {**NODE, "port": 65536}),
+        ("NodeRegistration", {**NODE, "port": "8000"}),
+        ("NodeRegistration", {**NODE, "provider": ""}),
+        ("NodeRegistration", {**NODE, "gpu_type": None}),
+        ("NodeRegistration", {"model": "m", "port": 8000}),
+        ("NodeRegistration", {**NODE, "colour": "red"}),
+        ("NodeHeartbeat", {}),
+        ("NodeHeartbeat", {"requests_running": 3, "kv_cache_usage_perc": 1, "status": "ok"}),
+        ("NodeHeartbeat", {"kv_cache_usage_perc": 1.5}),
+        ("NodeHeartbeat", {"requests_waiting": -1}),
+        ("NodeHeartbeat", {"requests_running": 1.5}),
+        ("NodeHeartbeat", {"load": 1}),
+        ("LimitSet", TENANT_RPM),
+        ("LimitSet", {**TENANT_RPM, "layer": "tenant", "fail_mode": "closed"}),
+        ("LimitSet", {"scope": "global", "requests_per_second": 100}),
+        ("LimitSet", {"scope": "global", "subject": "", "layer": "global", "tokens_per_day": 1}),
+        ("LimitSet", {"scope": "global", "subject": "x", "requests_per_second": 1}),
+        ("LimitSet", {"scope": "global", "layer": "tenant", "requests_per_second": 1}),
+        ("LimitSet", {"scope": "plan", "subject": "pro", "layer": "key", "tokens_per_minute": 9}),
+        ("LimitSet", {"scope": "plan", "subject": "pro", "tokens_per_minute": 9}),
+        ("LimitSet", {"scope": "plan", "subject": "pro", "layer": "global", "tokens_per_day": 9}),
+        ("LimitSet", {"scope": "plan", "layer": "tenant", "tokens_per_day": 9}),
+        ("LimitSet", {"scope": "plan", "subject": "", "layer": "tenant", "tokens_per_day": 9}),
+        ("LimitSet", {"scope": "key", "subject": "k", "requests_per_second": 10**12}),
+        ("LimitSet", {"scope": "key", "subject": "k", "requests_per_second": 10**12 + 1}),
+        ("LimitSet", {"scope": "key", "subject": "s" * 200, "requests_per_second": 1}),
+        ("LimitSet", {"scope": "key", "subject": "s" * 201, "requests_per_second": 1}),
+        ("LimitSet", {"scope": "key", "requests_per_second": 1}),
+        ("LimitSet", {"scope": "key", "subject": None, "requests_per_second": 1}),
+        ("LimitSet", {"scope": "environment", "subject": "e", "layer": "key", "tokens_per_day": 1}),
+        ("LimitSet", {"scope": "environment", "subject": "e", "tokens_per_day": 1, "rpm": 1}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": 0}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": -5}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": "60"}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": True}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": None}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_minute": None, "tokens_per_day": 5}),
+        ("LimitSet", {**TENANT_RPM, "requests_per_second": None}),
+        ("LimitSet", {**TENANT_RPM, "fail_mode": "sometimes"}),
+        ("LimitSet", {**TENANT_RPM, "fail_mode": None}),
+        ("LimitSet", {**TENANT_RPM, "scope": "region"}),
+        ("LimitSet", {"subject": "t1", "requests_per_minute": 60}),
+    ],
+)
+def test_request_schemas_agree_with_the_parsers(
+    doc: dict[str, Any], schema: str, body: dict[str, Any]
+) -> None:
+    validator = jsonschema.Draft202012Validator(
+        {"components": doc["components"], "$ref": f"#/components/schemas/{schema}"}
+    )
+    try:
+        accepted = not isinstance(PARSERS[schema](body), ApiError)
+    except Invalid:
+        accepted = False
+    assert validator.is_valid(body) == accepted
+
+
+def test_document_is_served_as_json(doc: dict[str, Any]) -> None:
+    async def fetch() -> tuple[int, Any]:
+        app = web.Application()
+        openapi.add_route(app)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}{openapi.PATH}") as response,
+            ):
+                return response.status, await response.json()
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(fetch()) == (200, doc)

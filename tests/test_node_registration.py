@@ -1,0 +1,202 @@
+"""The simulated GPU node's registration with a (fake) control plane: retries,
+re-registration, heartbeats, deregistration, and its command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from crosslogic.node.config import NodeLoad
+from crosslogic.node.main import run
+from crosslogic.node.registration import RegistrationConfig, backoff_delay, run_registration
+from crosslogic.ports import free_port
+from tests.support.serving import http_call, serving
+from tests.support.system import MODEL
+from tests.support.waiting import wait_until
+
+
+@dataclass
+class _FakeControlPlane:
+    """Records admin API calls; can refuse registrations or forget the node."""
+
+    refuse_registrations: int = 0
+    forget_after_heartbeats: int | None = None
+    calls: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
+    heartbeats: int = 0
+    enough_heartbeats: int = 1
+    enough: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/admin/nodes/register", self._register)
+        app.router.add_post("/admin/nodes/{node_id}/{action}", self._node_action)
+        return app
+
+    def paths(self) -> list[str]:
+        return [path for path, _, _ in self.calls]
+
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body = await request.json()
+        self.calls.append((request.path, body, request.headers.get("Authorization")))
+        return dict(body)
+
+    async def _register(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        if self.refuse_registrations > 0:
+            self.refuse_registrations -= 1
+            return web.json_response({"error": "starting up"}, status=503)
+        node_id = body["node_id"] or "assigned-1"
+        return web.json_response({"node_id": node_id, "heartbeat_interval_s": 0.01})
+
+    async def _node_action(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if request.match_info["action"] == "heartbeat":
+            self.heartbeats += 1
+            if self.heartbeats >= self.enough_heartbeats:
+                self.enough.set()
+            if self.heartbeats == self.forget_after_heartbeats:
+                return web.json_response({"error": "unknown node"}, status=404)
+        return web.json_response({})
+
+
+def _registration_config(url: str, **overrides: Any) -> RegistrationConfig:
+    values: dict[str, Any] = {
+        "control_plane_url": url,
+        "model": MODEL,
+        "address": "127.0.0.1",
+        "port": 1234,
+        "retry_initial_s": 0.01,
+        "retry_max_s": 0.02,
+        **overrides,
+    }
+    return RegistrationConfig(**values)
+
+
+async def _register_for_a_while(
+    config: RegistrationConfig, *, cp: _FakeControlPlane | None = None
+) -> list[str]:
+    """Run the loop until ``cp`` saw enough heartbeats (or briefly, without one)."""
+    registered: list[str] = []
+    runner: web.AppRunner | None = None
+    if cp is not None:
+        runner = web.AppRunner(cp.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", config.port)
+        await site.start()
+    load = NodeLoad(requests_running=2, requests_waiting=1, kv_cache_usage_perc=0.5)
+    task = asyncio.create_task(
+        run_registration(config, load=lambda: load, on_registered=registered.append)
+    )
+    if cp is None:
+        await asyncio.sleep(0.1)  # a while of retrying (every 10-20 ms) with nobody answering
+    else:
+        await asyncio.wait_for(cp.enough.wait(), timeout=3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    if runner is not None:
+        await runner.cleanup()
+    return registered
+
+
+def test_registration_retries_reregisters_and_deregisters() -> None:
+    cp = _FakeControlPlane(refuse_registrations=2, forget_after_heartbeats=2, enough_heartbeats=4)
+    port = free_port()
+    config = _registration_config(
+        f"http://127.0.0.1:{port}", port=port, node_id=None, admin_token="s3cret"
+    )
+    registered = asyncio.run(_register_for_a_while(config, cp=cp))
+
+    paths = cp.paths()
+    assert paths[:3] == ["/admin/nodes/register"] * 3  # two refusals, then success
+    assert registered == ["assigned-1", "assigned-1"]  # again after the control plane forgot
+    assert paths[-1] == "/admin/nodes/assigned-1/deregister"
+    assert all(auth == "Bearer s3cret" for _, _, auth in cp.calls)
+    register_body = cp.calls[0][1]
+    assert register_body == {
+        "node_id": None,
+        "model": MODEL,
+        "address": "127.0.0.1",
+        "port": port,
+        "provider": "local",
+        "region": "local",
+        "gpu_type": "simulated",
+    }
+    # Once assigned, the id is kept when registering again.
+    assert [b["node_id"] for p, b, _ in cp.calls if p == "/admin/nodes/register"][
+        -1
+    ] == "assigned-1"
+    heartbeat = next(b for p, b, _ in cp.calls if p.endswith("/heartbeat"))
+    assert heartbeat == {"requests_running": 2, "requests_waiting": 1, "kv_cache_usage_perc": 0.5}
+
+
+def test_registration_survives_an_unreachable_control_plane() -> None:
+    port = free_port()
+    config = _registration_config(f"http://127.0.0.1:{port}", node_id="n1")
+    registered = asyncio.run(_register_for_a_while(config))
+    assert registered == []
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    delays = [backoff_delay(a, initial=0.5, maximum=4) for a in range(6)]
+    assert delays == [0.5, 1, 2, 4, 4, 4]
+    assert backoff_delay(10_000, initial=0.5, maximum=4) == 4
+
+
+# --- main.py -----------------------------------------------------------------------------------
+
+
+def test_main_rejects_bad_flags_with_an_exit_code() -> None:
+    assert run(["--port", "99999"]) == 2
+    assert run(["--ttft-ms", "-5"]) == 2
+    assert run(["--control-plane", "not-a-url"]) == 2
+    assert run(["--max-num-seqs", "0"]) == 2
+
+
+def test_main_serves_registers_and_deregisters_on_sigterm() -> None:
+    cp = _FakeControlPlane()
+    with serving(cp.app) as cp_url:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from crosslogic.node.main import run; sys.exit(run(sys.argv[1:]))",
+                "--port=0",
+                "--node-id=node-main",
+                "--model=m1",
+                f"--control-plane={cp_url}",
+                "--log-level=warning",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ADMIN_TOKEN": "tok"},
+        )
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline().strip()
+            assert line.startswith("node node-main serving m1 on http://127.0.0.1:")
+            url = line.rsplit(" ", 1)[1]
+            assert http_call(f"{url}/v1/models").json()["data"][0]["id"] == "m1"
+            wait_until(
+                "a heartbeat", lambda: "/admin/nodes/node-main/heartbeat" in cp.paths(), timeout=3
+            )
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=5) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+    assert cp.paths()[0] == "/admin/nodes/register"
+    assert cp.calls[0][1]["port"] == int(url.rsplit(":", 1)[1])
+    assert cp.paths()[-1] == "/admin/nodes/node-main/deregister"
+    assert all(auth == "Bearer tok" for _, _, auth in cp.calls)
