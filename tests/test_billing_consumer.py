@@ -14,7 +14,7 @@ from crosslogic.billing.accesslog import MalformedEntry, Settlement, parse
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics, split_complete
 from crosslogic.billing.settlement import TokenSettler, per_counter
 from crosslogic.db.connection import create_pool
-from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.stack import Stack, free_port
 from tests.support.db import run_db
 

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from crosslogic.envoy_config import fresh_config, render
-from crosslogic.journal.contract import (
+from crosslogic.contracts.journal import (
     Admission,
     MalformedAdmission,
     decode,
@@ -15,6 +14,7 @@ from crosslogic.journal.contract import (
     journal_key,
     valid_boot_id,
 )
+from crosslogic.envoy_config import fresh_config, render
 from crosslogic.journal.reconcile import DeadBoot, Offset, ready, recovered
 from crosslogic.settings import load
 

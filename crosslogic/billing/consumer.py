@@ -28,7 +28,8 @@ from crosslogic.billing.accesslog import (
 )
 from crosslogic.billing.pricing import FREE, Price
 from crosslogic.billing.settlement import TokenSettler
-from crosslogic.journal.store import JournalStore, JournalUnavailable
+from crosslogic.errors import Unavailable
+from crosslogic.journal.store import JournalStore
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class AccessLogConsumer:
             # reconciliation skips (their rows exist: ON CONFLICT DO NOTHING).
             try:
                 await self._journal.forget(seen)
-            except JournalUnavailable as exc:
+            except Unavailable as exc:
                 log.warning("could not clear %d journal entries: %s", len(seen), exc)
         return consumed
 

@@ -21,7 +21,7 @@ from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.db.connection import create_pool
 from crosslogic.journal.store import JournalStore
-from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,10 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crosslogic.billing.consumer import AccessLogConsumer, insert_usage, prices
-from crosslogic.journal.contract import valid_boot_id
+from crosslogic.contracts.journal import BOOT_METADATA_KEY, valid_boot_id
+from crosslogic.errors import Unavailable
 from crosslogic.journal.reconcile import DeadBoot, Offset, ready, recovered
-from crosslogic.journal.store import JournalStore, JournalUnavailable
+from crosslogic.journal.store import JournalStore
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ async def live_boot(session: aiohttp.ClientSession, url: str) -> str | None:
             info = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
-    boot = info.get("node", {}).get("metadata", {}).get("boot_id")
+    boot = info.get("node", {}).get("metadata", {}).get(BOOT_METADATA_KEY)
     return boot if isinstance(boot, str) and valid_boot_id(boot) else None
 
 
@@ -82,7 +83,7 @@ class JournalReconciler:
         number of usage rows recovered."""
         live = await self._live()
         known = set(self._consumer.boots) | ({live} if live else set())
-        with contextlib.suppress(JournalUnavailable):  # Redis down: the next step asks again
+        with contextlib.suppress(Unavailable):  # Redis down: the next step asks again
             known |= await self._journal.boots()
         if known:
             await self._pool.execute(
@@ -124,7 +125,7 @@ class JournalReconciler:
         )
         committed = Offset(offset["inode"], offset["offset"]) if offset else None
         # Redis down: the gauge keeps its last value; reconciliation below waits for Redis
-        with contextlib.suppress(JournalUnavailable):
+        with contextlib.suppress(Unavailable):
             self._metrics.pending.set(await self._journal.pending([r["boot_id"] for r in rows]))
         total = 0
         for row in rows:

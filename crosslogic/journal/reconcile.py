@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crosslogic.billing.accesslog import UsageRecord
-from crosslogic.journal.contract import MalformedAdmission, decode
+from crosslogic.contracts.journal import MalformedAdmission, decode
 
 
 @dataclass(frozen=True)
