@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from crosslogic.billing.offsets import Offset
 from crosslogic.contracts.journal import (
     Admission,
     MalformedAdmission,
@@ -15,7 +16,7 @@ from crosslogic.contracts.journal import (
     valid_boot_id,
 )
 from crosslogic.envoy_config import fresh_config, render
-from crosslogic.journal.reconcile import DeadBoot, Offset, ready, recovered
+from crosslogic.journal.reconcile import DeadBoot, ready, recovered
 from crosslogic.settings import load
 
 ADMISSION = Admission(

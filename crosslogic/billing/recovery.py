@@ -21,10 +21,12 @@ import aiohttp
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from crosslogic.billing.consumer import AccessLogConsumer, insert_usage, prices
+from crosslogic.billing import offsets
+from crosslogic.billing.consumer import AccessLogConsumer
+from crosslogic.billing.usage_rows import insert_usage, prices
 from crosslogic.contracts.journal import BOOT_METADATA_KEY, valid_boot_id
 from crosslogic.errors import Unavailable
-from crosslogic.journal.reconcile import DeadBoot, Offset, ready, recovered
+from crosslogic.journal.reconcile import DeadBoot, ready, recovered
 from crosslogic.journal.store import JournalStore
 
 log = logging.getLogger(__name__)
@@ -120,10 +122,7 @@ class JournalReconciler:
             "FROM envoy_boots WHERE access_log = $1 AND reconciled_at IS NULL",
             self._path,
         )
-        offset = await self._pool.fetchrow(
-            'SELECT inode, "offset" FROM access_log_offsets WHERE path = $1', self._path
-        )
-        committed = Offset(offset["inode"], offset["offset"]) if offset else None
+        committed = await offsets.committed(self._pool, self._path)
         # Redis down: the gauge keeps its last value; reconciliation below waits for Redis
         with contextlib.suppress(Unavailable):
             self._metrics.pending.set(await self._journal.pending([r["boot_id"] for r in rows]))
