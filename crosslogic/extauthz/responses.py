@@ -17,6 +17,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
+from crosslogic.contracts import routing
 from crosslogic.contracts.routing import CLUSTER_HEADER, USAGE_HEADER
 from crosslogic.errors import Unavailable
 from crosslogic.extauthz.decision import Allow
@@ -109,7 +110,7 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
         allowed_models = key.allowed_models
         headers.append(
             _header(
-                "x-crosslogic-allowed-models",
+                routing.ALLOWED_MODELS_HEADER,
                 "*" if allowed_models is None else ",".join(sorted(allowed_models)),
             )
         )
