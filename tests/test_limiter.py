@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import pytest
 import redis
 
+from crosslogic.errors import Invalid
 from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable, parse_limit
 from crosslogic.ratelimit.gcra import (
     MAX_AHEAD_US,
@@ -105,8 +106,9 @@ def test_limits_and_their_costs() -> None:
     ],
 )
 def test_operator_input_is_validated(body: dict[str, object], param: str | None) -> None:
-    error = parse_limit(body)
-    assert not isinstance(error, LimitRow) and error.param == param
+    with pytest.raises(Invalid) as refused:
+        parse_limit(body)
+    assert refused.value.param == param
 
 
 def test_reset_format() -> None:
