@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from crosslogic.journal.contract import new_boot_id, valid_boot_id
+from crosslogic.contracts.journal import new_boot_id, valid_boot_id
 from crosslogic.settings import RATELIMIT_CALL_TIMEOUT_S, Settings
 
 MAX_REQUEST_BYTES = 1024 * 1024

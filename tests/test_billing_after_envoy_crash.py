@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics
+from crosslogic.contracts.journal import BOOTS_KEY, Admission, encode, journal_key, new_boot_id
 from crosslogic.db.connection import create_pool
 from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
-from crosslogic.journal.contract import BOOTS_KEY, Admission, encode, journal_key, new_boot_id
 from crosslogic.journal.store import JournalStore
 from crosslogic.probes import http_ok
-from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.stack import Stack
 from tests.support.db import run_db
 from tests.support.ratelimits import set_limit

@@ -11,11 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.accesslog import MalformedEntry, Settlement, parse
-from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics, split_complete
+from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.offsets import split_complete
 from crosslogic.billing.settlement import TokenSettler, per_counter
 from crosslogic.db.connection import create_pool
 from crosslogic.ports import free_port
-from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.stack import Stack
 from tests.support.db import run_db
 

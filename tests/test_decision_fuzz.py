@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from crosslogic.contracts.counters import MAX_AHEAD_US
 from crosslogic.extauthz.decision import Allow, Model, decide, endpoint_of
 from crosslogic.extauthz.request_body import MAX_DEPTH, MAX_TOKEN_ESTIMATE, parse_object
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable
-from crosslogic.ratelimit.limiter import MAX_AHEAD_US, MAX_COST, LocalGcra, limits_for
+from crosslogic.ratelimit.gcra import MAX_COST, LocalGcra, limits_for
 from crosslogic.ratelimit.service import request_facts
 from tests.support.key_records import key_record
 from tests.support.rls import rls_request

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from crosslogic.envoy_config import fresh_config, render
-from crosslogic.journal.contract import (
+from crosslogic.billing.offsets import Offset
+from crosslogic.contracts.journal import (
     Admission,
     MalformedAdmission,
     decode,
@@ -15,7 +15,8 @@ from crosslogic.journal.contract import (
     journal_key,
     valid_boot_id,
 )
-from crosslogic.journal.reconcile import DeadBoot, Offset, ready, recovered
+from crosslogic.envoy_config import fresh_config, render
+from crosslogic.journal.reconcile import DeadBoot, ready, recovered
 from crosslogic.settings import load
 
 ADMISSION = Admission(

@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 import pytest
 import redis
 
+from crosslogic.errors import Invalid
 from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable, parse_limit
-from crosslogic.ratelimit.limiter import (
+from crosslogic.ratelimit.gcra import (
     MAX_AHEAD_US,
     MAX_COST,
     Decision,
@@ -21,7 +22,7 @@ from crosslogic.ratelimit.limiter import (
     limits_for,
     script_args,
 )
-from crosslogic.ratelimit.store import load_script
+from crosslogic.redis_pipe import read_script
 from crosslogic.stack import Stack
 
 WHO = Identity(tenant_id="t1", environment_id="e1", api_key_id="k1", plan="pro")
@@ -105,8 +106,9 @@ def test_limits_and_their_costs() -> None:
     ],
 )
 def test_operator_input_is_validated(body: dict[str, object], param: str | None) -> None:
-    error = parse_limit(body)
-    assert not isinstance(error, LimitRow) and error.param == param
+    with pytest.raises(Invalid) as refused:
+        parse_limit(body)
+    assert refused.value.param == param
 
 
 def test_reset_format() -> None:
@@ -123,7 +125,7 @@ def evaluate(request: pytest.FixtureRequest) -> Evaluate:
     stack: Stack = request.getfixturevalue("stack")
     client = redis.Redis(host=stack.settings.redis_host, port=stack.settings.redis_port)
     request.addfinalizer(client.close)
-    script = client.register_script(load_script("gcra.lua"))
+    script = client.register_script(read_script("crosslogic.ratelimit", "gcra.lua"))
 
     def run(limits: Sequence[Limit]) -> list[int]:
         keys, argv = script_args(limits)
@@ -172,8 +174,8 @@ def test_tokens_are_debited_while_any_remain(evaluate: Evaluate) -> None:
 
 def test_settlement_refunds_an_overestimate(stack: Stack) -> None:
     client = redis.Redis(host=stack.settings.redis_host, port=stack.settings.redis_port)
-    gcra = client.register_script(load_script("gcra.lua"))
-    settle = client.register_script(load_script("settle.lua"))
+    gcra = client.register_script(read_script("crosslogic.ratelimit", "gcra.lua"))
+    settle = client.register_script(read_script("crosslogic.billing", "settle.lua"))
     budget = limit("tokens", 100, cost=90)
     keys, argv = script_args([budget])
     first = interpret([budget], gcra(keys=keys, args=argv))

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from crosslogic.errors import Unavailable
 from crosslogic.ports import free_port
-from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable, encode
+from crosslogic.redis_pipe import PipelinedRedis, encode
 from crosslogic.stack import Stack
 
 
@@ -27,7 +28,7 @@ def test_pipelined_calls_keep_their_order_and_load_scripts(stack: Stack) -> None
             script = "return {KEYS[1], ARGV[1] + 1, redis.call('GET', KEYS[1])}"
             await client.call("SCRIPT", "FLUSH")  # NOSCRIPT first, then loaded and retried
             assert await client.eval_script(script, ["resp:test"], [41]) == [b"resp:test", 42, b"v"]
-            with pytest.raises(RedisUnavailable, match="script failed"):
+            with pytest.raises(Unavailable, match="script failed"):
                 await client.eval_script("return redis.call('NOPE')", [], [])
             # a reply that comes after its caller gave up is dropped, not given to the next call
             slow = (
@@ -37,7 +38,7 @@ def test_pipelined_calls_keep_their_order_and_load_scripts(stack: Stack) -> None
             impatient = PipelinedRedis(
                 stack.settings.redis_host or "127.0.0.1", stack.settings.redis_port, timeout=0.1
             )
-            with pytest.raises(RedisUnavailable, match="no reply"):
+            with pytest.raises(Unavailable, match="no reply"):
                 await impatient.eval_script(slow, [], [])
             await client.call("PING")  # answered once Redis is done with the slow script
             assert await impatient.call("GET", "resp:test") == b"v"
@@ -52,7 +53,7 @@ def test_pipelined_calls_keep_their_order_and_load_scripts(stack: Stack) -> None
 def test_unreachable_redis_fails_fast() -> None:
     async def scenario() -> None:
         client = PipelinedRedis("127.0.0.1", free_port(), timeout=0.2)
-        with pytest.raises(RedisUnavailable):
+        with pytest.raises(Unavailable):
             await client.call("PING")
 
     asyncio.run(scenario())
@@ -66,9 +67,7 @@ def test_an_unconfirmed_command_is_written_before_it_returns_and_its_reply_is_se
         client = PipelinedRedis(host, stack.settings.redis_port, timeout=1.0)
         replies: list[object] = []
         try:
-            await client.send_unconfirmed(
-                "HSET", "resp:h", "f", "v", on_reply=lambda f: replies.append(f.result())
-            )
+            await client.send_unconfirmed("HSET", "resp:h", "f", "v", on_reply=replies.append)
             # written, not yet confirmed: a second connection sees it once Redis has read it
             other = PipelinedRedis(host, stack.settings.redis_port, timeout=1.0)
             try:
@@ -76,12 +75,10 @@ def test_an_unconfirmed_command_is_written_before_it_returns_and_its_reply_is_se
             finally:
                 other.close()
             assert replies == [1]
-            errors: list[BaseException | None] = []
-            await client.send_unconfirmed(
-                "INCR", "resp:h", on_reply=lambda f: errors.append(f.result())
-            )
+            errors: list[object] = []
+            await client.send_unconfirmed("INCR", "resp:h", on_reply=errors.append)
             await client.call("PING")  # replies come in order: the INCR's is in by now
-            assert "WRONGTYPE" in str(errors[0])
+            assert isinstance(errors[0], Unavailable) and "WRONGTYPE" in str(errors[0])
             await client.call("DEL", "resp:h")
         finally:
             client.close()

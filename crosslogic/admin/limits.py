@@ -5,8 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from crosslogic.admin.context import change, read, read_json
-from crosslogic.admin.errors import error_response
-from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit import table_store
 from crosslogic.ratelimit.config import parse_limit
 
@@ -23,8 +21,6 @@ async def list_limits(request: web.Request) -> web.Response:
 @routes.put("/admin/limits")
 async def set_limit(request: web.Request) -> web.Response:
     row = parse_limit(await read_json(request))
-    if isinstance(row, ApiError):  # the limits parser answers with the body itself
-        return error_response(row)
     return await change(request, table_store.set_limit, row=row)
 
 

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from crosslogic.admin.context import POOL
 from crosslogic.admin.errors import error_response
+from crosslogic.contracts import routing
 from crosslogic.errors import NotFound
 from crosslogic.openai_errors import ApiError
 
@@ -16,7 +17,7 @@ routes = web.RouteTableDef()
 @routes.get("/v1/models/{model:.+}")
 async def list_models(request: web.Request) -> web.Response:
     """Envoy's ext_authz sets the allowed-models header on requests it authorised."""
-    allowed = request.headers.get("x-crosslogic-allowed-models")
+    allowed = request.headers.get(routing.ALLOWED_MODELS_HEADER)
     if allowed is None:  # not through Envoy's ext_authz: refuse rather than leak the catalog
         return error_response(
             ApiError(401, "Unauthenticated.", "invalid_request_error", "invalid_api_key")

@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from crosslogic.billing import offsets
 from crosslogic.billing.accesslog import (
     MalformedEntry,
     Settlement,
@@ -26,24 +24,13 @@ from crosslogic.billing.accesslog import (
     end_time,
     parse_line,
 )
-from crosslogic.billing.pricing import FREE, Price
+from crosslogic.billing.offsets import Offset
 from crosslogic.billing.settlement import TokenSettler
-from crosslogic.journal.store import JournalStore, JournalUnavailable
+from crosslogic.billing.usage_rows import insert_usage, prices
+from crosslogic.errors import Unavailable
+from crosslogic.journal.store import JournalStore
 
 log = logging.getLogger(__name__)
-
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-
-_INSERT = """
-INSERT INTO usage_records (request_id, tenant_id, environment_id, api_key_id, model_id, node_id,
-    endpoint, streamed, prompt_tokens, completion_tokens, cost_usd, status_code, response_flags,
-    started_at, duration_ms, usage_estimated, source)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int[], $6::text[],
-    $7::text[], $8::bool[], $9::int[], $10::int[], $11::numeric[], $12::int[], $13::text[],
-    $14::timestamptz[], $15::int[], $16::bool[], $17::text[])
-ON CONFLICT (request_id) DO NOTHING
-RETURNING request_id
-"""
 
 
 class BillingMetrics:
@@ -77,20 +64,6 @@ class BillingMetrics:
         )
 
 
-@dataclass
-class Position:
-    inode: int
-    offset: int
-
-
-def split_complete(data: bytes) -> tuple[list[bytes], int]:
-    """Whole lines of data and the bytes they span; a partial last line waits for more."""
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], 0
-    return [line for line in data[: end + 1].split(b"\n") if line.strip()], end + 1
-
-
 # A step that takes longer than this is stuck (a Postgres that stopped answering without
 # closing the connection): cancelled and retried, never waited on forever.
 STEP_TIMEOUT_S = 60.0
@@ -118,7 +91,7 @@ class AccessLogConsumer:
         self._journal = journal
         self._path = path
         self._metrics = metrics
-        self.committed: Position | None = None
+        self.committed: Offset | None = None
         self.boots: set[str] = set()
         # boot -> (inode, offset): a boot whose lines were followed by another boot's. Only
         # one Envoy writes the file at a time (no hot restart), so that boot is dead and
@@ -130,30 +103,21 @@ class AccessLogConsumer:
     def path(self) -> Path:
         return self._path
 
-    async def _position(self) -> Position | None:
-        row = await self._pool.fetchrow(
-            'SELECT inode, "offset" FROM access_log_offsets WHERE path = $1', str(self._path)
-        )
-        return Position(row["inode"], row["offset"]) if row else None
-
-    async def _prices(self) -> dict[int, Price]:
-        return await prices(self._pool)
-
     async def step(self) -> int:
         """Consume what is there now; returns the number of bytes consumed."""
         try:
             stat = os.stat(self._path)
         except FileNotFoundError:
             return 0
-        position = await self._position()
+        position = await offsets.committed(self._pool, self._path)
         if position is None or position.inode != stat.st_ino or position.offset > stat.st_size:
             # a new or truncated file: Envoy starts writing it from the beginning
-            position = Position(stat.st_ino, 0)
+            position = Offset(stat.st_ino, 0)
         self.committed = position
         if stat.st_size == position.offset:
             return 0
-        data = await asyncio.to_thread(_read, self._path, position.offset)
-        lines, consumed = split_complete(data)
+        data = await asyncio.to_thread(offsets.read_batch, self._path, position.offset)
+        lines, consumed = offsets.split_complete(data)
         if consumed == 0:
             return 0
         records: list[UsageRecord] = []
@@ -176,19 +140,14 @@ class AccessLogConsumer:
                 if self._last_boot is not None and self._last_boot != line.boot:
                     replaced.append(self._last_boot)
                 self._last_boot = line.boot
-        prices = await self._prices() if records else {}
+        priced = await prices(self._pool) if records else {}
         inserted: set[str] = set()
+        after = Offset(position.inode, position.offset + consumed)
         async with self._pool.acquire() as conn, conn.transaction():
             if records:
-                inserted = await insert_usage(conn, records, prices)
-            await conn.execute(
-                'INSERT INTO access_log_offsets (path, inode, "offset") VALUES ($1, $2, $3) '
-                'ON CONFLICT (path) DO UPDATE SET inode = $2, "offset" = $3, updated_at = now()',
-                str(self._path),
-                position.inode,
-                position.offset + consumed,
-            )
-        self.committed = Position(position.inode, position.offset + consumed)
+                inserted = await insert_usage(conn, records, priced)
+            await offsets.commit(conn, self._path, after)
+        self.committed = after
         self._metrics.records.inc(len(inserted))
         self.boots.update(seen)
         for boot in replaced:
@@ -206,7 +165,7 @@ class AccessLogConsumer:
             # reconciliation skips (their rows exist: ON CONFLICT DO NOTHING).
             try:
                 await self._journal.forget(seen)
-            except JournalUnavailable as exc:
+            except Unavailable as exc:
                 log.warning("could not clear %d journal entries: %s", len(seen), exc)
         return consumed
 
@@ -228,7 +187,7 @@ class AccessLogConsumer:
         if behind == 0:
             self._metrics.lag_seconds.set(0)
             return
-        ended = end_time(_first_line(self._path, offset))
+        ended = end_time(offsets.first_line(self._path, offset))
         if ended is not None:
             moment = now or datetime.now(UTC)
             self._metrics.lag_seconds.set(max(0.0, (moment - ended).total_seconds()))
@@ -254,55 +213,3 @@ class AccessLogConsumer:
         while True:
             await asyncio.to_thread(self.observe)
             await asyncio.sleep(every)
-
-
-async def prices(pool: asyncpg.Pool | asyncpg.Connection) -> dict[int, Price]:
-    rows = await pool.fetch("SELECT id, input_price_per_mtok, output_price_per_mtok FROM models")
-    return {r["id"]: Price(r["input_price_per_mtok"], r["output_price_per_mtok"]) for r in rows}
-
-
-async def insert_usage(
-    conn: asyncpg.Connection, records: Sequence[UsageRecord], prices: dict[int, Price]
-) -> set[str]:
-    """Insert rows that do not exist yet (by request_id); returns the ids inserted."""
-    rows = await conn.fetch(_INSERT, *columns(records, prices))
-    return {r["request_id"] for r in rows}
-
-
-def _first_line(path: Path, offset: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.readline(64 * 1024)
-
-
-def _read(path: Path, offset: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(MAX_BATCH_BYTES)
-
-
-def columns(records: Sequence[UsageRecord], prices: dict[int, Price]) -> list[list[object]]:
-    def cost(r: UsageRecord) -> Decimal:
-        return prices.get(r.model_id, FREE).cost(
-            prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens
-        )
-
-    return [
-        [r.request_id for r in records],
-        [r.tenant_id for r in records],
-        [r.environment_id for r in records],
-        [r.api_key_id for r in records],
-        [r.model_id for r in records],
-        [r.node_id for r in records],
-        [r.endpoint for r in records],
-        [r.streamed for r in records],
-        [r.prompt_tokens for r in records],
-        [r.completion_tokens for r in records],
-        [cost(r) for r in records],
-        [r.status_code for r in records],
-        [r.response_flags for r in records],
-        [r.started_at for r in records],
-        [r.duration_ms for r in records],
-        [r.usage_estimated for r in records],
-        [r.source for r in records],
-    ]

@@ -19,7 +19,7 @@ from crosslogic.billing.settlement import TokenSettler
 from crosslogic.db.connection import create_pool
 from crosslogic.journal.store import JournalStore
 from crosslogic.lifecycle import run_until_signalled
-from crosslogic.ratelimit.resp import PipelinedRedis
+from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.settings import Settings
 
 APPLICATION_NAME = "crosslogic-billing"  # in pg_stat_activity

@@ -21,10 +21,13 @@ import aiohttp
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from crosslogic.billing.consumer import AccessLogConsumer, insert_usage, prices
-from crosslogic.journal.contract import valid_boot_id
-from crosslogic.journal.reconcile import DeadBoot, Offset, ready, recovered
-from crosslogic.journal.store import JournalStore, JournalUnavailable
+from crosslogic.billing import offsets
+from crosslogic.billing.consumer import AccessLogConsumer
+from crosslogic.billing.usage_rows import insert_usage, prices
+from crosslogic.contracts.journal import BOOT_METADATA_KEY, valid_boot_id
+from crosslogic.errors import Unavailable
+from crosslogic.journal.reconcile import DeadBoot, ready, recovered
+from crosslogic.journal.store import JournalStore
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ async def live_boot(session: aiohttp.ClientSession, url: str) -> str | None:
             info = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
-    boot = info.get("node", {}).get("metadata", {}).get("boot_id")
+    boot = info.get("node", {}).get("metadata", {}).get(BOOT_METADATA_KEY)
     return boot if isinstance(boot, str) and valid_boot_id(boot) else None
 
 
@@ -82,7 +85,7 @@ class JournalReconciler:
         number of usage rows recovered."""
         live = await self._live()
         known = set(self._consumer.boots) | ({live} if live else set())
-        with contextlib.suppress(JournalUnavailable):  # Redis down: the next step asks again
+        with contextlib.suppress(Unavailable):  # Redis down: the next step asks again
             known |= await self._journal.boots()
         if known:
             await self._pool.execute(
@@ -119,12 +122,9 @@ class JournalReconciler:
             "FROM envoy_boots WHERE access_log = $1 AND reconciled_at IS NULL",
             self._path,
         )
-        offset = await self._pool.fetchrow(
-            'SELECT inode, "offset" FROM access_log_offsets WHERE path = $1', self._path
-        )
-        committed = Offset(offset["inode"], offset["offset"]) if offset else None
+        committed = await offsets.committed(self._pool, self._path)
         # Redis down: the gauge keeps its last value; reconciliation below waits for Redis
-        with contextlib.suppress(JournalUnavailable):
+        with contextlib.suppress(Unavailable):
             self._metrics.pending.set(await self._journal.pending([r["boot_id"] for r in rows]))
         total = 0
         for row in rows:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crosslogic.billing.accesslog import Settlement
-from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
-from crosslogic.ratelimit.store import load_script
+from crosslogic.errors import Unavailable
+from crosslogic.redis_pipe import PipelinedRedis, read_script
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TokenSettler:
         max_pending: int = MAX_PENDING_COUNTERS,
     ) -> None:
         self._redis = redis
-        self._script = load_script("settle.lua")
+        self._script = read_script("crosslogic.billing", "settle.lua")
         self._clock = clock
         self._max_pending = max_pending
         self._pending: dict[str, float] = {}  # counter -> microseconds still to move it by
@@ -106,7 +106,7 @@ class TokenSettler:
                 chunk = keys[start : start + CHUNK]
                 await self._redis.eval_script(self._script, chunk, [round(todo[k]) for k in chunk])
                 done = start + len(chunk)
-        except RedisUnavailable as exc:
+        except Unavailable as exc:
             # What was applied stays applied; the rest is kept, summed with later corrections.
             # (A chunk whose reply was lost after Redis ran it is applied twice: it takes a
             # reply slower than the 1 s timeout, and costs a limit accuracy, never usage.)

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from crosslogic.contracts.routing import Model as Model  # re-exported: the catalog's entries
 from crosslogic.extauthz.request_body import (
     MAX_CHOICES,
     MAX_COMPLETION_TOKENS,
@@ -43,16 +44,6 @@ class KeyRecord:
     allowed_models: frozenset[str] | None
     rate_limit_rpm: int | None
     plan: str = "default"  # the tenant's plan: its default rate limits
-
-
-@dataclass(frozen=True)
-class Model:
-    id: int
-    name: str
-
-    @property
-    def cluster(self) -> str:
-        return f"model_{self.id}"
 
 
 @dataclass(frozen=True)

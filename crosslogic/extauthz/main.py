@@ -14,8 +14,8 @@ from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.journal.writer import AdmissionWriter, JournalMetrics
-from crosslogic.ratelimit.resp import PipelinedRedis
 from crosslogic.ratelimit.runtime import open_limiter
+from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.settings import Settings
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from crosslogic.openai_errors import ApiError, invalid_request
-from crosslogic.ratelimit.limiter import MAX_COST
+from crosslogic.ratelimit.gcra import MAX_COST
 
 MAX_DEPTH = 64  # far beyond any real request (tool schemas nest a handful of levels)
 # Largest completion budget accepted (max_tokens / max_completion_tokens): above any model's

@@ -17,19 +17,16 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
+from crosslogic.contracts import routing
+from crosslogic.contracts.routing import CLUSTER_HEADER, USAGE_HEADER
 from crosslogic.errors import Unavailable
 from crosslogic.extauthz.decision import Allow
 from crosslogic.openai_errors import ApiError
-from crosslogic.ratelimit.limiter import Decision
+from crosslogic.ratelimit.gcra import Decision
 from crosslogic.unexpected import UnexpectedErrors
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "envoy.filters.http.ext_authz"
-CLUSTER_HEADER = "x-crosslogic-cluster"
-# how Envoy reads token usage from the response: "scan" (Lua, chunk by chunk: streams and
-# embeddings, which can be larger than Envoy's buffer) or "json" (the C++ filter, buffered)
-USAGE_HEADER = "x-crosslogic-usage"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _JSON = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="content-type", value="application/json"),
@@ -113,7 +110,7 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
         allowed_models = key.allowed_models
         headers.append(
             _header(
-                "x-crosslogic-allowed-models",
+                routing.ALLOWED_MODELS_HEADER,
                 "*" if allowed_models is None else ",".join(sorted(allowed_models)),
             )
         )

@@ -16,6 +16,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from crosslogic.contracts.journal import BOOT_HEADER, Admission, encode
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import (
     MISSING_KEY,
@@ -28,12 +29,11 @@ from crosslogic.extauthz.decision import (
 )
 from crosslogic.extauthz.responses import allowed, denied, refusal, with_limits
 from crosslogic.extauthz.store import KeyCache
-from crosslogic.journal.contract import BOOT_HEADER, Admission, encode
 from crosslogic.journal.writer import AdmissionWriter
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity
-from crosslogic.ratelimit.decider import UNAVAILABLE as RL_UNAVAILABLE
-from crosslogic.ratelimit.decider import RateLimiter
+from crosslogic.ratelimit.limiter import UNAVAILABLE as RL_UNAVAILABLE
+from crosslogic.ratelimit.limiter import RateLimiter
 from crosslogic.unexpected import UnexpectedErrors
 
 log = logging.getLogger(__name__)

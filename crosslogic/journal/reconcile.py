@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crosslogic.billing.accesslog import UsageRecord
-from crosslogic.journal.contract import MalformedAdmission, decode
+from crosslogic.billing.offsets import Offset
+from crosslogic.contracts.journal import MalformedAdmission, decode
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,6 @@ class DeadBoot:
     boot_id: str
     log_inode: int
     log_size: int
-
-
-@dataclass(frozen=True)
-class Offset:
-    """The consumer's committed position in the access log."""
-
-    inode: int
-    offset: int
 
 
 def ready(boot: DeadBoot, committed: Offset | None) -> bool:

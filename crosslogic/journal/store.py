@@ -1,4 +1,4 @@
-"""Billing's side of the admission journal in Redis (the layout is in contract.py)."""
+"""Billing's side of the admission journal in Redis (layout: crosslogic/contracts/journal.py)."""
 
 from __future__ import annotations
 
@@ -6,30 +6,22 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import hiredis
-
-from crosslogic.journal.contract import BOOTS_KEY, journal_key, valid_boot_id
-from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
+from crosslogic.contracts.journal import BOOTS_KEY, journal_key, valid_boot_id
+from crosslogic.redis_pipe import PipelinedRedis
 
 CHUNK = 1000  # request ids per HDEL
 
 
-class JournalUnavailable(RuntimeError):
-    """Redis did not answer, or refused a command."""
-
-
 class JournalStore:
-    """Forgets entries whose usage rows are committed, and reads and drops a dead boot's."""
+    """Forgets entries whose usage rows are committed, and reads and drops a dead boot's.
+    Every method raises :class:`crosslogic.errors.Unavailable` when Redis cannot answer."""
 
     def __init__(self, redis: PipelinedRedis) -> None:
         self._redis = redis
 
     async def _all(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
         # gathered: the commands leave in one write and cost one round trip
-        try:
-            return list(await asyncio.gather(*(self._redis.call(*c) for c in commands)))
-        except (RedisUnavailable, hiredis.ReplyError) as exc:
-            raise JournalUnavailable(str(exc)) from exc
+        return list(await asyncio.gather(*(self._redis.call(*c) for c in commands)))
 
     async def forget(self, by_boot: Mapping[str, Sequence[str]]) -> None:
         commands = [

@@ -10,17 +10,16 @@ not tried for a second, so an outage never costs a timeout per request.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import hiredis
 from prometheus_client import CollectorRegistry, Counter
 
-from crosslogic.journal.contract import BOOTS_KEY, journal_key
-from crosslogic.ratelimit.resp import PipelinedRedis, RedisUnavailable
+from crosslogic.contracts.journal import BOOTS_KEY, journal_key
+from crosslogic.errors import Unavailable
+from crosslogic.redis_pipe import PipelinedRedis
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +75,19 @@ class AdmissionWriter:
             await self._redis.send_unconfirmed(
                 "HSET", journal_key(boot), request_id, record, on_reply=self._replied
             )
-        except RedisUnavailable as exc:
+        except Unavailable as exc:
             self._failed(exc)
             return False
         return True
 
-    def _announce_replied(self, boot: str, reply: asyncio.Future[Any]) -> None:
-        if reply.cancelled() or reply.exception() or isinstance(reply.result(), Exception):
+    def _announce_replied(self, boot: str, reply: Any) -> None:
+        if isinstance(reply, Unavailable):
             self._announced.discard(boot)  # named again with the next entry
         self._replied(reply)
 
-    def _replied(self, reply: asyncio.Future[Any]) -> None:
-        if reply.cancelled():
-            return
-        error = reply.exception()
-        if error is None and isinstance(reply.result(), hiredis.ReplyError):
-            error = reply.result()
-        if error is not None:
-            self._failed(error)
+    def _replied(self, reply: Any) -> None:
+        if isinstance(reply, Unavailable):
+            self._failed(reply)
 
     def _failed(self, exc: BaseException) -> None:
         self._metrics.errors.labels("redis_error").inc()
@@ -105,6 +99,6 @@ class AdmissionWriter:
         # Left behind, the entry would be billed at its estimate once this Envoy is gone.
         try:
             await self._redis.call("HDEL", journal_key(boot), request_id)
-        except (RedisUnavailable, hiredis.ReplyError) as exc:
+        except Unavailable as exc:
             self._metrics.errors.labels("withdraw_failed").inc()
             log.warning("could not withdraw refused request %s: %s", request_id, exc)

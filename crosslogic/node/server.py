@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.exposition import generate_latest
 
+from crosslogic.contracts import routing
 from crosslogic.node.completions import Completion, stream
 from crosslogic.node.config import NodeConfig
 from crosslogic.node.state import NodeState
@@ -63,7 +64,7 @@ def _endpoint(name: str, handler: _Handler) -> _Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         metrics = request.app[NODE_STATE].metrics
         if any(
-            h == "authorization" or h.startswith("x-crosslogic-")
+            h == "authorization" or h.startswith(routing.INTERNAL_HEADER_PREFIX)
             for h in map(str.lower, request.headers)
         ):
             metrics.leaked_headers.inc()

@@ -11,8 +11,6 @@ import argparse
 from typing import Any
 
 from crosslogic import operator_cli
-from crosslogic.errors import Invalid
-from crosslogic.openai_errors import ApiError
 from crosslogic.operator_cli import Work, audited, integer
 from crosslogic.ratelimit import table_store as ops
 from crosslogic.ratelimit.config import parse_limit
@@ -38,8 +36,6 @@ def _set(args: argparse.Namespace) -> Work:
         if getattr(args, option) is not None:
             body[field] = integer(getattr(args, option))
     row = parse_limit(body)
-    if isinstance(row, ApiError):
-        raise Invalid(row.message, param=row.param)
     return lambda conn, actor: ops.set_limit(conn, actor=actor, row=row)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from crosslogic.openai_errors import ApiError, invalid_request
+from crosslogic.errors import Invalid
 
 LAYERS = ("global", "tenant", "environment", "key")
 SCOPES = ("global", "plan", "tenant", "environment", "key")
@@ -88,29 +88,30 @@ class LimitTable:
         return out
 
 
-def parse_limit(body: Any) -> LimitRow | ApiError:
-    """Operator input for one limit: unknown fields, bad values and contradictions refused."""
+def parse_limit(body: Any) -> LimitRow:
+    """Operator input for one limit: unknown fields, bad values and contradictions refused
+    (:class:`Invalid`, naming the field)."""
     if not isinstance(body, dict):
-        return invalid_request("The body must be a JSON object.")
+        raise Invalid("The body must be a JSON object.")
     allowed = {"scope", "subject", "layer", "fail_mode", *FIELDS}
     extra = sorted(set(body) - allowed)
     if extra:
-        return invalid_request(f"Unknown field(s): {', '.join(extra)}.", param=extra[0])
+        raise Invalid(f"Unknown field(s): {', '.join(extra)}.", param=extra[0])
     scope = body.get("scope")
     if scope not in SCOPES:
-        return invalid_request(f"'scope' must be one of {', '.join(SCOPES)}.", param="scope")
+        raise Invalid(f"'scope' must be one of {', '.join(SCOPES)}.", param="scope")
     layer = body.get("layer", scope if scope != "plan" else None)
     if layer not in LAYERS:
-        return invalid_request(f"'layer' must be one of {', '.join(LAYERS)}.", param="layer")
+        raise Invalid(f"'layer' must be one of {', '.join(LAYERS)}.", param="layer")
     if scope in ("tenant", "environment", "key", "global") and layer != scope:
-        return invalid_request(f"A {scope} limit limits the {scope} layer.", param="layer")
+        raise Invalid(f"A {scope} limit limits the {scope} layer.", param="layer")
     if scope == "plan" and layer == "global":
-        return invalid_request("The global layer is set with scope 'global'.", param="layer")
+        raise Invalid("The global layer is set with scope 'global'.", param="layer")
     subject = body.get("subject", "")
     if not isinstance(subject, str) or len(subject) > 200:
-        return invalid_request("'subject' must be a string.", param="subject")
+        raise Invalid("'subject' must be a string.", param="subject")
     if (scope == "global") != (subject == ""):
-        return invalid_request(
+        raise Invalid(
             "'subject' names the plan, tenant, environment or key "
             "(and is empty for the global scope).",
             param="subject",
@@ -121,25 +122,25 @@ def parse_limit(body: Any) -> LimitRow | ApiError:
         if value is not None and (
             not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX
         ):
-            return invalid_request(f"'{field}' must be a positive integer or null.", param=field)
+            raise Invalid(f"'{field}' must be a positive integer or null.", param=field)
         values[field] = value
     if all(v is None for v in values.values()):
-        return invalid_request("Set at least one of " + ", ".join(FIELDS) + ".")
+        raise Invalid("Set at least one of " + ", ".join(FIELDS) + ".")
     rps, rpm = values["requests_per_second"], values["requests_per_minute"]
     if rps is not None and rpm is not None and rps > rpm:
-        return invalid_request(
+        raise Invalid(
             "'requests_per_second' above 'requests_per_minute' can never "
             "apply: the minute window always binds first.",
             param="requests_per_second",
         )
     tpm, tpd = values["tokens_per_minute"], values["tokens_per_day"]
     if tpm is not None and tpd is not None and tpm > tpd:
-        return invalid_request(
+        raise Invalid(
             "'tokens_per_minute' above 'tokens_per_day' can never apply.", param="tokens_per_minute"
         )
     fail_mode = body.get("fail_mode", "open")
     if fail_mode not in ("open", "closed"):
-        return invalid_request("'fail_mode' must be 'open' or 'closed'.", param="fail_mode")
+        raise Invalid("'fail_mode' must be 'open' or 'closed'.", param="fail_mode")
     return LimitRow(scope=scope, subject=subject, layer=layer, fail_mode=fail_mode, **values)
 
 

@@ -20,8 +20,9 @@
 -- Reply: {allowed (1|0), index of the refusing limit (0 if allowed), retry_after_us,
 --         then per limit i: remaining_i, reset_after_us_i}
 -- A request far over a limit (a huge reservation) sets its counter at most this far ahead
--- (400 days; limiter.py's MAX_AHEAD_US): timestamps stay exact integers in Lua's doubles,
--- and string.format("%d") never meets a number it cannot print.
+-- (400 days; MAX_AHEAD_US in crosslogic/contracts/counters.py, also in settle.lua):
+-- timestamps stay exact integers in Lua's doubles, and string.format("%d") never meets a
+-- number it cannot print.
 local MAX_AHEAD = 400 * 86400 * 1000000
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])

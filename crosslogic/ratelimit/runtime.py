@@ -19,10 +19,10 @@ from crosslogic.db.connection import connect, create_pool
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
 from crosslogic.ratelimit.config import LimitTable
-from crosslogic.ratelimit.decider import RateLimiter, RateLimitMetrics
-from crosslogic.ratelimit.resp import PipelinedRedis
-from crosslogic.ratelimit.store import CounterStoreUnavailable, RedisCounters
+from crosslogic.ratelimit.limiter import RateLimiter, RateLimitMetrics
+from crosslogic.ratelimit.store import RedisCounters
 from crosslogic.ratelimit.table_store import load_rows
+from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenL
     counters = RedisCounters(redis)
     try:
         await counters.prepare()
-    except CounterStoreUnavailable as exc:
+    except Unavailable as exc:
         log.warning("Redis unreachable at start, limits fail open or closed until it is: %s", exc)
     pool = await create_pool(settings, min_size=1, max_size=2)
     limiter = RateLimiter(

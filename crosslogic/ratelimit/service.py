@@ -14,10 +14,11 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import struct_pb2
 
+from crosslogic.contracts.metadata import TOKEN_RESERVATION
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity
-from crosslogic.ratelimit.decider import UNAVAILABLE, RateLimiter
-from crosslogic.ratelimit.limiter import MAX_COST, Decision
+from crosslogic.ratelimit.gcra import MAX_COST, Decision
+from crosslogic.ratelimit.limiter import UNAVAILABLE, RateLimiter
 from crosslogic.unexpected import UnexpectedErrors
 
 OK = rls_pb2.RateLimitResponse.OK
@@ -79,7 +80,7 @@ def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
     reservation = decision.reservation()
     if reservation is not None:
         metadata = struct_pb2.Struct()
-        metadata.update({"token_reservation": reservation})
+        metadata.update({TOKEN_RESERVATION: reservation})
         response.dynamic_metadata.CopyFrom(metadata)
     return response
 

@@ -18,19 +18,14 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from crosslogic.contracts.routing import Model
+
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    id: int
-    name: str
-
-    @property
-    def cluster(self) -> str:
-        # must equal extauthz.decision.Model.cluster: the header ext_authz sets picks it
-        return f"model_{self.id}"
+# a model gets the cluster named by the routing contract: the header ext_authz sets picks it
+ModelEntry = Model
 
 
 @dataclass(frozen=True)

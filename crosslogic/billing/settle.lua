@@ -5,7 +5,7 @@
 -- KEYS[i]  a token counter (GCRA TAT in microseconds, as gcra.lua keeps it)
 -- ARGV[i]  the adjustment in microseconds (negative: refund)
 -- Reply: the number of counters changed
-local MAX_AHEAD = 400 * 86400 * 1000000  -- as in gcra.lua: timestamps stay exact integers
+local MAX_AHEAD = 400 * 86400 * 1000000  -- contracts/counters.py, as in gcra.lua: exact integers
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local changed = 0

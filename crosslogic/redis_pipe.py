@@ -1,9 +1,13 @@
-"""A lean Redis client for the per-request path: one connection, commands pipelined.
+"""The Redis transport of every process that uses Redis: one connection, commands pipelined.
 
 redis-py's asyncio client costs more Python per command than the whole limit decision (pool
 checkout, command objects, parsing). Here a call writes its command and awaits its reply,
 which arrives in order on the one connection; hiredis (C) parses. Replies to calls that timed
 out are read and dropped, so the order never slips.
+
+This is the one place where Redis trouble (no connection, a timeout, an error reply) becomes
+a domain error: :class:`crosslogic.errors.Unavailable` naming "Redis". The Lua scripts live
+beside the code that runs them; :func:`read_script` reads one from its package.
 """
 
 from __future__ import annotations
@@ -12,13 +16,21 @@ import asyncio
 import collections
 import hashlib
 from collections.abc import Callable
+from importlib import resources
 from typing import Any, cast
 
 import hiredis
 
+from crosslogic.errors import Unavailable
 
-class RedisUnavailable(RuntimeError):
-    """No connection, a timeout, or an error reply we cannot act on."""
+
+def unavailable(detail: str) -> Unavailable:
+    return Unavailable("Redis", detail)
+
+
+def read_script(package: str, name: str) -> str:
+    """The text of a Lua script shipped in ``package`` (``"crosslogic.billing"``)."""
+    return (resources.files(package) / name).read_text()
 
 
 def encode(*args: str | bytes | int) -> bytes:
@@ -68,7 +80,7 @@ class _Connection(asyncio.Protocol):
         else:
             for future in written:
                 if not future.done():
-                    future.set_exception(RedisUnavailable("connection lost"))
+                    future.set_exception(unavailable("connection lost"))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's does not subclass asyncio.Transport: no isinstance)
@@ -94,11 +106,20 @@ class _Connection(asyncio.Protocol):
         draining, self._draining = self._draining, []
         for waiting in draining:
             if not waiting.done():
-                waiting.set_exception(RedisUnavailable(f"connection lost: {exc}"))
+                waiting.set_exception(unavailable(f"connection lost: {exc}"))
         while self.pending:
             future = self.pending.popleft()
             if not future.done():
-                future.set_exception(RedisUnavailable(f"connection lost: {exc}"))
+                future.set_exception(unavailable(f"connection lost: {exc}"))
+
+
+def _outcome(done: asyncio.Future[Any], on_reply: Callable[[Any], None]) -> None:
+    if done.cancelled():
+        return
+    error = done.exception()
+    if error is None and isinstance(done.result(), hiredis.ReplyError):
+        error = unavailable(f"error reply: {done.result()}")
+    on_reply(done.result() if error is None else error)
 
 
 class PipelinedRedis:
@@ -126,34 +147,42 @@ class PipelinedRedis:
                     loop.create_connection(_Connection, self._host, self._port), self._timeout
                 )
             except (OSError, TimeoutError) as exc:
-                raise RedisUnavailable(f"cannot connect to {self._host}:{self._port}") from exc
+                raise unavailable(f"cannot connect to {self._host}:{self._port}") from exc
             self._conn = fresh
             if self._password:
                 await self.call("AUTH", self._password)
             return fresh
 
     async def call(self, *args: str | bytes | int) -> Any:
+        """The reply to one command; Unavailable when there is none in time or it is an
+        error reply (WRONGTYPE, NOSCRIPT...: never an answer the caller can use)."""
+        reply = await self._reply(*args)
+        if isinstance(reply, hiredis.ReplyError):
+            raise unavailable(f"error reply: {reply}")
+        return reply
+
+    async def _reply(self, *args: str | bytes | int) -> Any:
+        """The reply to one command, an error reply included (returned, not raised)."""
         conn = await self._connection()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         conn.send(encode(*args), future)
         try:
             reply = await asyncio.wait_for(future, self._timeout)
         except TimeoutError as exc:
-            raise RedisUnavailable(f"no reply within {self._timeout * 1000:.0f} ms") from exc
-        if isinstance(reply, hiredis.ReplyError):
-            raise reply
+            raise unavailable(f"no reply within {self._timeout * 1000:.0f} ms") from exc
         return reply
 
     async def send_unconfirmed(
-        self, *args: str | bytes | int, on_reply: Callable[[asyncio.Future[Any]], None]
+        self, *args: str | bytes | int, on_reply: Callable[[Any], None]
     ) -> None:
         """Write a command without waiting for its reply: returns once the bytes are in the
-        kernel's socket buffer (they reach Redis even if this process dies right after);
-        ``on_reply`` sees the reply (or the error) later."""
+        kernel's socket buffer (they reach Redis even if this process dies right after).
+        ``on_reply`` is called later with the reply, or with the Unavailable error that
+        stands for it (an error reply, a lost connection)."""
         conn = await self._connection()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        future.add_done_callback(on_reply)
+        future.add_done_callback(lambda done: _outcome(done, on_reply))
         written: asyncio.Future[None] = loop.create_future()
         conn.send(encode(*args), future, written=written)
         await written
@@ -161,16 +190,13 @@ class PipelinedRedis:
     async def eval_script(self, script: str, keys: list[str], args: list[int]) -> Any:
         """EVALSHA, loading the script once when Redis does not know it (NOSCRIPT)."""
         sha = hashlib.sha1(script.encode()).hexdigest()
-        try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
-        except hiredis.ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise RedisUnavailable(f"script failed: {exc}") from exc
-        await self.call("SCRIPT", "LOAD", script)
-        try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
-        except hiredis.ReplyError as exc:
-            raise RedisUnavailable(f"script failed: {exc}") from exc
+        reply = await self._reply("EVALSHA", sha, len(keys), *keys, *args)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            await self.call("SCRIPT", "LOAD", script)
+            reply = await self._reply("EVALSHA", sha, len(keys), *keys, *args)
+        if isinstance(reply, hiredis.ReplyError):
+            raise unavailable(f"script failed: {reply}")
+        return reply
 
     def close(self) -> None:
         if self._conn is not None and self._conn.transport is not None:

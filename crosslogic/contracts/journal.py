@@ -1,6 +1,8 @@
 """The admission journal's contract, shared by its writer (ext_authz) and reader (billing).
 
-Every Envoy process gets a boot id when its config is rendered. ext_authz records each model
+Every Envoy process gets a boot id when its config is rendered: Envoy sends it to ext_authz
+as the ``BOOT_HEADER`` call metadata, shows it in /server_info's node metadata
+(``BOOT_METADATA_KEY``), and writes it into every access-log line. ext_authz records each model
 request it admits, before answering allow, in one Redis hash per boot::
 
     HSET crosslogic:admitted:<boot> <request_id> <record>
@@ -34,6 +36,8 @@ VERSION = "1"
 _BOOT = re.compile(r"^[0-9a-f]{16,64}$")
 # how Envoy hands the boot id to ext_authz (the ext_authz grpc_service's initial_metadata)
 BOOT_HEADER = "x-crosslogic-boot"
+# where billing finds it in Envoy's /server_info: node.metadata.<this>
+BOOT_METADATA_KEY = "boot_id"
 
 
 class MalformedAdmission(ValueError):
