@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from crosslogic.contracts import routing
+from crosslogic.contracts.metadata import TOKEN_RESERVATION
 from crosslogic.contracts.routing import CLUSTER_HEADER, USAGE_HEADER
 from crosslogic.errors import Unavailable
 from crosslogic.extauthz.decision import Allow
@@ -78,7 +79,7 @@ def with_limits(
         response.ok_response.response_headers_to_add.append(_header(key, value))
     reservation = limits.reservation()
     if reservation is not None:
-        response.dynamic_metadata.update({"token_reservation": reservation})
+        response.dynamic_metadata.update({TOKEN_RESERVATION: reservation})
     return response
 
 
