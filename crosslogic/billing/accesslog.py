@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+# Envoy's response flag for a client that closed its connection before the response ended
+CLIENT_LEFT = "DC"
+
 
 class MalformedEntry(ValueError):
     """A line that is not an access-log entry of ours."""
@@ -65,10 +68,6 @@ def counted_usage(entry: dict[str, Any]) -> tuple[int, int, bool] | None:
     if entry.get("completion_seen") is not None:
         return _count(entry.get("prompt_estimate")), _count(entry["completion_seen"]), True
     return None
-
-
-# Envoy's response flag for a client that closed its connection before the response ended
-CLIENT_LEFT = "DC"
 
 
 def billed_usage(entry: dict[str, Any]) -> tuple[int, int, bool]:
