@@ -1,7 +1,8 @@
 -- Token usage capture for billing and token limits (Envoy HTTP Lua filter).
 --
--- Request side: when ext_authz decided that a streaming request must report usage
--- (metadata envoy.filters.http.ext_authz/force_include_usage), rewrite the JSON body so that
+-- Request side: mark streams (metadata "crosslogic.usage" streamed) and, when ext_authz
+-- decided that a streaming request must report usage (metadata
+-- envoy.filters.http.ext_authz/force_include_usage), rewrite the JSON body so that
 -- stream_options.include_usage is true: a stream can then never dodge billing.
 --
 -- Response side: scan the body chunk by chunk (never buffering it: embeddings can exceed the
@@ -86,6 +87,13 @@ local function last_usage(text)
 end
 
 function envoy_on_request(request_handle)
+  -- ext_authz sends streams and embeddings here (x-crosslogic-usage: scan): anything but
+  -- embeddings is a stream. Said now, not at the response's headers, so that a stream whose
+  -- client leaves before any answer is still billed as one (prompt estimate, nothing sent).
+  local path = request_handle:headers():get(":path") or ""
+  if not string.find(path, "/v1/embeddings", 1, true) then
+    request_handle:streamInfo():dynamicMetadata():set(NS, "streamed", true)
+  end
   force_include_usage(request_handle)
 end
 

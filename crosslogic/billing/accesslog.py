@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+# Envoy's response flag for a client that closed its connection before the response ended
+CLIENT_LEFT = "DC"
+
 
 class MalformedEntry(ValueError):
     """A line that is not an access-log entry of ours."""
@@ -34,6 +37,11 @@ class UsageRecord:
     started_at: datetime
     duration_ms: int
     source: str = "access_log"  # or "journal": recovered from the admission journal
+
+    @property
+    def abandoned(self) -> bool:
+        """The client closed its connection before the response ended (Envoy's flag DC)."""
+        return CLIENT_LEFT in self.response_flags.split(",")
 
 
 def _count(value: Any) -> int:
@@ -60,6 +68,25 @@ def counted_usage(entry: dict[str, Any]) -> tuple[int, int, bool] | None:
     if entry.get("completion_seen") is not None:
         return _count(entry.get("prompt_estimate")), _count(entry["completion_seen"]), True
     return None
+
+
+def billed_usage(entry: dict[str, Any]) -> tuple[int, int, bool]:
+    """(prompt, completion, estimated) of a request that reached a node: ``counted_usage``, or
+    an estimate, never zero tokens for work a node may have done.
+
+    A stream with no usage and no token sent: the prompt estimate (the node stops when Envoy
+    resets it). Anything else whose usage is unknown (a client that left before the answer,
+    status 0 and flag DC; an answer without usage): the prompt estimate plus the completion
+    budget, as for a request in flight when Envoy died: the node may have done, or may still
+    be doing, the whole work.
+    """
+    usage = counted_usage(entry)
+    if usage is not None:
+        return usage
+    prompt = _count(entry.get("prompt_estimate"))
+    if entry.get("streamed"):
+        return prompt, 0, True
+    return prompt, max(0, _count(entry.get("token_estimate")) - prompt), True
 
 
 def settlement(entry: dict[str, Any]) -> Settlement | None:
@@ -139,9 +166,11 @@ def usage_record(entry: dict[str, Any]) -> UsageRecord | None:
         return None  # not an inference request (GET /v1/models)
     if not entry.get("upstream_host"):
         return None  # refused before any node (rate limit, no healthy node)
-    usage = counted_usage(entry)
-    # no usage at all: an error answer (nothing generated), or unknown (flagged as estimated)
-    prompt, completion, estimated = usage or (0, 0, entry.get("status") == 200)
+    if entry.get("status") in (0, 200):
+        prompt, completion, estimated = billed_usage(entry)
+    else:
+        # an error answer (the node refused, or Envoy gave up on it): nothing generated
+        prompt, completion, estimated = counted_usage(entry) or (0, 0, False)
     try:
         started = datetime.strptime(entry["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ")
         return UsageRecord(

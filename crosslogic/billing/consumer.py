@@ -38,6 +38,12 @@ class BillingMetrics:
         self.records = Counter(
             "crosslogic_billing_usage_records_total", "usage records written", registry=registry
         )
+        self.abandoned = Counter(
+            "crosslogic_billing_abandoned_requests_total",
+            "usage records of requests whose client left before the response ended",
+            ["endpoint", "streamed"],
+            registry=registry,
+        )
         self.malformed = Counter(
             "crosslogic_billing_malformed_entries_total",
             "access-log lines that could not be parsed",
@@ -149,6 +155,10 @@ class AccessLogConsumer:
             await offsets.commit(conn, self._path, after)
         self.committed = after
         self._metrics.records.inc(len(inserted))
+        for record in records:
+            if record.abandoned and record.request_id in inserted:
+                streamed = "true" if record.streamed else "false"
+                self._metrics.abandoned.labels(endpoint=record.endpoint, streamed=streamed).inc()
         self.boots.update(seen)
         for boot in replaced:
             self.superseded.setdefault(boot, (position.inode, self.committed.offset))

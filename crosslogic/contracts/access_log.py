@@ -34,6 +34,8 @@ FIELDS: dict[str, str] = {
         for key in ("streamed", "prompt_tokens", "completion_tokens", "completion_seen")
     },
     "prompt_estimate": envoy_command(AUTHZ, "prompt_estimate"),
+    # prompt estimate + completion budget: what a request abandoned before its answer costs
+    "token_estimate": envoy_command(AUTHZ, "tokens"),
     "reservation": envoy_command(RATELIMIT, TOKEN_RESERVATION),
     "authz_reservation": envoy_command(AUTHZ, TOKEN_RESERVATION),
 }

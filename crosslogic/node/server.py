@@ -38,8 +38,11 @@ _MAX_BODY_BYTES = 16 * 1024 * 1024  # long prompts are the point of some load te
 _JSON = "application/json"
 # A simulator's fault injection, for the gateway's tests: a request carrying
 # "x-simulate-fault: reset" has its connection reset before any response byte, as a node
-# that crashes mid-request does. A real node has no such header.
+# that crashes mid-request does; "x-simulate-fault: delay=<seconds>" (at most MAX_FAULT_DELAY_S)
+# is answered that much later, as a node with a long queue is (a client can give up before
+# any endpoint answers). A real node has no such header.
 FAULT_HEADER = "x-simulate-fault"
+MAX_FAULT_DELAY_S = 30.0
 
 NODE_STATE = web.AppKey("crosslogic_node_state", NodeState)
 
@@ -72,6 +75,9 @@ def _endpoint(name: str, handler: _Handler) -> _Handler:
             metrics.requests.labels(endpoint=name, code="reset").inc()
             request.transport.abort()
             raise asyncio.CancelledError  # nothing can be answered on an aborted connection
+        delay = fault_delay(request.headers.get(FAULT_HEADER))
+        if delay > 0:
+            await asyncio.sleep(delay)
         try:
             response = await handler(request)
         except RequestError as exc:
@@ -81,6 +87,17 @@ def _endpoint(name: str, handler: _Handler) -> _Handler:
         return response
 
     return wrapped
+
+
+def fault_delay(fault: str | None) -> float:
+    """The seconds a "delay=<seconds>" fault asks for (0 for any other value)."""
+    if fault is None or not fault.startswith("delay="):
+        return 0.0
+    try:
+        seconds = float(fault[len("delay=") :])
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), MAX_FAULT_DELAY_S) if seconds == seconds else 0.0
 
 
 def _json(body: dict[str, Any], *, status: int = 200) -> web.Response:
