@@ -21,7 +21,9 @@ from crosslogic.errors import Invalid
 from crosslogic.stack import Stack
 from tests.support.cli import Cli, cli_ok
 from tests.support.db import connect_and, run_db
+from tests.support.metrics import metric
 from tests.support.usage import Payer, add_usage, payer, unused_hour
+from tests.support.waiting import wait_until
 
 H = hours.HOUR
 
@@ -260,3 +262,9 @@ def test_cli_bad_arguments_exit_2_naming_them(cli: Cli, argv: list[str], named: 
     code, out, err = cli("billing", "aggregate", *argv)
     assert (code, out) == (2, "")
     assert named in err
+
+
+def test_the_billing_service_runs_the_aggregation_loop(stack: Stack) -> None:
+    """Its first run is at start; the gauges are served on the control plane's /metrics."""
+    runs = 'crosslogic_billing_aggregation_runs_total{outcome="ok"}'
+    wait_until("an aggregation run of the billing service", lambda: metric(stack, runs) >= 1)
