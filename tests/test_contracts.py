@@ -162,7 +162,10 @@ def test_ext_authz_writes_the_metadata_and_headers_envoy_reads() -> None:
     headers = {h.header.key: h.header.value for h in response.ok_response.headers}
     assert headers == {routing.CLUSTER_HEADER: "model_3", routing.USAGE_HEADER: routing.USAGE_SCAN}
     models = authz.allowed(Allow(key=key_record(), model=None, force_include_usage=False))
-    assert [h.header.key for h in models.ok_response.headers] == [routing.ALLOWED_MODELS_HEADER]
+    assert [h.header.key for h in models.ok_response.headers] == [
+        routing.ALLOWED_MODELS_HEADER,
+        routing.TENANT_HEADER,
+    ]
 
 
 def test_routes_pick_the_cluster_ext_authz_names_and_xds_publishes() -> None:
@@ -187,7 +190,12 @@ def test_routes_pick_the_cluster_ext_authz_names_and_xds_publishes() -> None:
         if "remove_on_match" in m
     ]
     assert prefixes == [routing.INTERNAL_HEADER_PREFIX]
-    for header in (routing.CLUSTER_HEADER, routing.USAGE_HEADER, routing.ALLOWED_MODELS_HEADER):
+    for header in (
+        routing.CLUSTER_HEADER,
+        routing.USAGE_HEADER,
+        routing.ALLOWED_MODELS_HEADER,
+        routing.TENANT_HEADER,
+    ):
         assert header.startswith(routing.INTERNAL_HEADER_PREFIX)
     # the model's cluster: one name on both sides, and no static cluster can take it
     model = allowed_model_request().model

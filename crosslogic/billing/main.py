@@ -1,5 +1,5 @@
 """The billing process: the access-log consumer, settlement retries, the journal's
-reconciliation and the pipeline gauges (aggregation and Stripe export come later).
+reconciliation, the hourly aggregation and the pipeline gauges.
 
 Every loop retries its own transient failures (Postgres or Redis down); a loop that ends
 anyway ends the process with an error, so that its supervisor restarts it instead of
@@ -13,6 +13,7 @@ import asyncio
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from crosslogic.billing.aggregation import AggregationMetrics, Aggregator
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
@@ -51,11 +52,16 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         RecoveryMetrics(registry),
         live=lambda: live_boot(session, envoy_admin),
     )
+    aggregator = Aggregator(
+        pool, AggregationMetrics(registry), interval=settings.billing_aggregation_interval
+    )
     tasks = [
         asyncio.create_task(consumer.run(), name="consumer"),
         asyncio.create_task(consumer.observe_forever(), name="lag-gauges"),
         asyncio.create_task(settler.retry_forever(), name="settlement-retries"),
         asyncio.create_task(reconciler.run(), name="journal-reconciliation"),
+        asyncio.create_task(aggregator.run(), name="aggregation"),
+        asyncio.create_task(aggregator.observe_forever(), name="aggregation-lag"),
     ]
     try:
         # a batch cut short commits nothing: its offset commits with its rows, so it is

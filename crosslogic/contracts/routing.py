@@ -25,6 +25,10 @@ USAGE_SOURCES = (USAGE_SCAN, USAGE_JSON)
 ALLOWED_MODELS_HEADER = "x-crosslogic-allowed-models"
 """On GET /v1/models: the models the key may use (``*`` for all), read by the control plane."""
 
+TENANT_HEADER = "x-crosslogic-tenant-id"
+"""On GET /v1/models and /v1/usage: the key's tenant, read by the control plane (a tenant's
+own usage report)."""
+
 MODEL_CLUSTER_PREFIX = "model_"
 
 

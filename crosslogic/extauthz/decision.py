@@ -26,6 +26,9 @@ STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 MODELS_ENDPOINT = "/v1/models"
 # the same expression as the /v1/models route in envoy/envoy.yaml
 _MODELS_PATH = re.compile(r"/v1/models(/[^/]+)?")
+USAGE_ENDPOINT = "/v1/usage"  # the key's tenant's own usage report
+# read-only endpoints the control plane answers, for any valid key
+CONTROL_PLANE_ENDPOINTS = (MODELS_ENDPOINT, USAGE_ENDPOINT)
 UNKNOWN_ENDPOINT = ApiError(404, "Unknown endpoint.", "invalid_request_error", "unknown_url")
 
 
@@ -49,7 +52,7 @@ class KeyRecord:
 @dataclass(frozen=True)
 class Allow:
     key: KeyRecord
-    model: Model | None  # None on endpoints that name no model (GET /v1/models)
+    model: Model | None  # None on endpoints that name no model (GET /v1/models, /v1/usage)
     force_include_usage: bool
     stream: bool = False  # the node will answer with SSE
     scan_usage: bool = False  # read usage chunk by chunk: streams, and bodies that can be big
@@ -92,6 +95,8 @@ def endpoint_of(path: str) -> str | None:
         return path
     if _MODELS_PATH.fullmatch(path):
         return MODELS_ENDPOINT
+    if path == USAGE_ENDPOINT:
+        return USAGE_ENDPOINT
     return None
 
 
@@ -110,7 +115,7 @@ def decide(
     endpoint = endpoint_of(path)
     if endpoint is None:
         return UNKNOWN_ENDPOINT
-    if endpoint == MODELS_ENDPOINT:
+    if endpoint in CONTROL_PLANE_ENDPOINTS:
         if method not in ("GET", "HEAD"):
             return _wrong_method(endpoint, "GET")
         return Allow(key=key, model=None, force_include_usage=False)

@@ -115,6 +115,7 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
                 "*" if allowed_models is None else ",".join(sorted(allowed_models)),
             )
         )
+        headers.append(_header(routing.TENANT_HEADER, key.tenant_id))
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=external_auth_pb2.OkHttpResponse(
