@@ -9,14 +9,17 @@ leaving billing alive and idle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.price_store import PriceCache
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
-from crosslogic.db.connection import create_pool
+from crosslogic.contracts import channels
+from crosslogic.db.connection import connect, create_pool
 from crosslogic.journal.store import JournalStore
 from crosslogic.lifecycle import run_until_signalled
 from crosslogic.redis_pipe import PipelinedRedis
@@ -35,12 +38,18 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     )
     settler = TokenSettler(redis, registry)
     journal = JournalStore(redis)
+    prices = PriceCache()
+    # operators' price changes reload the book at once; the cache also reloads on its own
+    # (every 30 s), which covers notifications lost while this connection is down
+    listener = await connect(settings)
+    await listener.add_listener(channels.PRICES, prices.invalidate)
     consumer = AccessLogConsumer(
         pool,
         settings.access_log.resolve(),
         BillingMetrics(registry),
         settler=settler,
         journal=journal,
+        prices=prices,
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
     envoy_admin = f"http://{settings.envoy_admin_host}:{settings.envoy_admin_port}"
@@ -63,5 +72,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         await run_until_signalled(tasks)
     finally:
         await session.close()
+        with contextlib.suppress(Exception):  # a listener Postgres already dropped
+            await listener.close()
         redis.close()
         await pool.close()
