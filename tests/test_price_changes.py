@@ -1,13 +1,22 @@
 """Price changes through Envoy with the openai SDK: each request is priced by the list price
-and the tenant override in force when it started, and its usage row says which."""
+and the tenant override in force when it started, and its usage row says which; billing
+hears of changes (NOTIFY) even after its listener connection was dropped."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+
+from crosslogic.billing.price_store import PriceCache, listen_forever
 from crosslogic.billing.pricing import round_cost
+from crosslogic.contracts import channels
+from crosslogic.db.connection import connect
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.db import usage_row
@@ -103,3 +112,40 @@ def test_a_price_change_mid_hour_prices_each_request_by_its_own_time(
         assert row["cost_usd"] == round_cost(exact), row
         assert row["cost_usd"] > 0
     assert len(seen) == 3, seen  # each of the three rules priced some request
+
+
+def test_billing_hears_price_changes_across_a_dropped_listener(stack: Stack) -> None:
+    async def until(what: str, probe: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not probe():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        cache = PriceCache()
+        listeners: list[asyncpg.Connection] = []
+
+        async def connect_listener() -> asyncpg.Connection:
+            listeners.append(await connect(stack.settings))
+            return listeners[-1]
+
+        task = asyncio.create_task(listen_forever(connect_listener, cache, check_every=0.1))
+        other = await connect(stack.settings)
+        try:
+            await until("a listener", lambda: bool(listeners))
+            await cache.book(other)
+            await other.execute("SELECT pg_notify($1, '{}')", channels.PRICES)
+            await until("the notification", lambda: cache.stale)
+            await cache.book(other)
+            pid = listeners[0].get_server_pid()
+            await other.execute("SELECT pg_terminate_backend($1)", pid)
+            await until("a new listener", lambda: len(listeners) == 2)
+            await until("a reload for what was missed", lambda: cache.stale)
+            await cache.book(other)
+            await other.execute("SELECT pg_notify($1, '{}')", channels.PRICES)
+            await until("the notification on the new listener", lambda: cache.stale)
+        finally:
+            task.cancel()
+            await other.close()
+
+    asyncio.run(scenario())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from crosslogic.billing import price_store
@@ -71,7 +72,7 @@ def test_contract_price_replaces_list_price_and_multiplier() -> None:
     book = PriceBook.of(versions=[V1, V2], overrides=[contract], multipliers={"eu": D(2)})
     priced = cost(book, region_code="eu", started_at=T1)
     assert priced.cost == D("0.0000030000")
-    assert (priced.price_id, priced.tenant_price_id) == (2, 9)
+    assert (priced.price_id, priced.tenant_price_id, priced.multiplier) == (2, 9, 1)
     other = cost(book, tenant_id="someone-else", started_at=T1)
     assert (other.cost, other.tenant_price_id) == (D("0.0000280000"), None)
 
@@ -163,3 +164,24 @@ def test_cache_reloads_on_notify_on_age_and_for_new_nodes() -> None:
         assert source.loads == 6
 
     asyncio.run(scenario())
+
+
+def test_exact_at_the_largest_values_the_columns_allow() -> None:
+    """Up to 30 significant digits before the one rounding: the cost equals the exact
+    rational value rounded half-even, computed here in integers."""
+    big = rates("999999.999999", "999999.999999")
+    discount = TenantPrice(1, TENANT, 7, T0, "discount", discount_percent=D("33.33"))
+    book = PriceBook.of(
+        versions=[PriceVersion(1, 7, T0, big)],
+        overrides=[discount],
+        multipliers={"x": D("9999.9999")},
+    )
+    tokens = 2**31 - 1  # usage_records' integer columns
+    priced = cost(book, prompt_tokens=tokens, completion_tokens=tokens, region_code="x")
+    exact = Fraction(2 * tokens) * Fraction("999999.999999") / 10**6
+    exact = exact * Fraction("9999.9999") * (100 - Fraction("33.33")) / 100
+    scaled = exact * 10**10  # rounded half-even to 10 places, in integers
+    whole, rest = divmod(scaled.numerator, scaled.denominator)
+    if 2 * rest > scaled.denominator or (2 * rest == scaled.denominator and whole % 2):
+        whole += 1
+    assert priced.cost == D(whole).scaleb(-10)

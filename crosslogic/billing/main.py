@@ -9,16 +9,14 @@ leaving billing alive and idle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
-from crosslogic.billing.price_store import PriceCache
+from crosslogic.billing.price_store import PriceCache, listen_forever
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
-from crosslogic.contracts import channels
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.journal.store import JournalStore
 from crosslogic.lifecycle import run_until_signalled
@@ -38,11 +36,9 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     )
     settler = TokenSettler(redis, registry)
     journal = JournalStore(redis)
+    # operators' price changes reload the book at once (NOTIFY); it also reloads on its own
+    # every 30 s, which covers a notification lost while the listener reconnects
     prices = PriceCache()
-    # operators' price changes reload the book at once; the cache also reloads on its own
-    # (every 30 s), which covers notifications lost while this connection is down
-    listener = await connect(settings)
-    await listener.add_listener(channels.PRICES, prices.invalidate)
     consumer = AccessLogConsumer(
         pool,
         settings.access_log.resolve(),
@@ -65,6 +61,9 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         asyncio.create_task(consumer.observe_forever(), name="lag-gauges"),
         asyncio.create_task(settler.retry_forever(), name="settlement-retries"),
         asyncio.create_task(reconciler.run(), name="journal-reconciliation"),
+        asyncio.create_task(
+            listen_forever(lambda: connect(settings), prices), name="price-notifications"
+        ),
     ]
     try:
         # a batch cut short commits nothing: its offset commits with its rows, so it is
@@ -72,7 +71,5 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         await run_until_signalled(tasks)
     finally:
         await session.close()
-        with contextlib.suppress(Exception):  # a listener Postgres already dropped
-            await listener.close()
         redis.close()
         await pool.close()

@@ -6,14 +6,17 @@ registered since the last load: its region). A failed reload keeps the last good
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeAlias
 
 import asyncpg
 
 from crosslogic.billing.pricing import PriceBook, PriceVersion, Rates, TenantPrice
+from crosslogic.contracts import channels
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
 
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 RELOAD_EVERY_S = 30.0  # a lost notification (listener reconnecting) is caught up within this
 NODES_EVERY_S = 1.0  # at most one extra load per second for batches naming unknown nodes
+LISTEN_CHECK_S = 1.0  # how soon a dropped listener connection is noticed and replaced
 
 Source: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
@@ -72,6 +76,11 @@ class PriceCache:
         self._loaded_at = 0.0
         self._stale = True
 
+    @property
+    def stale(self) -> bool:
+        """The next ``book()`` reloads (a notification arrived, or a reload failed)."""
+        return self._stale
+
     def invalidate(self, *_: object) -> None:
         self._stale = True
 
@@ -103,3 +112,37 @@ class PriceCache:
             self._book, self._loaded_at = book, now
         assert book is not None
         return book
+
+
+async def listen_forever(
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+    cache: PriceCache,
+    *,
+    check_every: float = LISTEN_CHECK_S,
+) -> None:
+    """LISTEN on ``channels.PRICES`` and invalidate ``cache`` on each notification; a dropped
+    connection (Postgres restarted) is replaced, and the book reloaded for what was missed."""
+    failures = 0
+    while True:
+        closed = asyncio.Event()
+        try:
+            with postgres_errors():
+                conn = await connect()
+                conn.add_termination_listener(lambda _, done=closed: done.set())
+                await conn.add_listener(channels.PRICES, cache.invalidate)
+        except Unavailable as exc:
+            failures += 1
+            log.warning("price notifications: cannot listen (retry %d): %s", failures, exc)
+            await asyncio.sleep(min(5.0, 0.25 * 2**failures))
+            continue
+        failures = 0
+        cache.invalidate()  # whatever changed while nobody listened
+        try:
+            # the termination callback, or the periodic check should it not come
+            while not conn.is_closed():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), check_every)
+            log.warning("price notifications: the listener connection dropped; reconnecting")
+        finally:
+            with contextlib.suppress(Exception):  # already closed by Postgres, or cancelled
+                await conn.close()

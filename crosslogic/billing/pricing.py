@@ -20,7 +20,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from typing import TypeVar
 
 MILLION = Decimal(1_000_000)
@@ -28,6 +28,9 @@ HUNDRED = Decimal(100)
 ONE = Decimal(1)
 COST_QUANTUM = Decimal("1e-10")  # usage_records.cost_usd is numeric(20, 10)
 EMBEDDINGS = "/v1/embeddings"
+# Products of token counts, prices, a multiplier and a discount need more than the default 28
+# significant digits to stay exact until the one rounding; 60 holds any value the columns allow.
+EXACT = Context(prec=60)
 
 
 def round_cost(exact: Decimal) -> Decimal:
@@ -92,7 +95,7 @@ V = TypeVar("V", PriceVersion, TenantPrice)
 
 def in_force(versions: list[V], at: datetime) -> V | None:
     """The version of ``versions`` (sorted by effective_at) in force at ``at``."""
-    index = bisect.bisect_right([v.effective_at for v in versions], at)
+    index = bisect.bisect_right(versions, at, key=lambda v: v.effective_at)
     return versions[index - 1] if index else None
 
 
@@ -141,32 +144,31 @@ class PriceBook:
         completion_tokens: int,
         region_code: str | None,
     ) -> Priced:
+        """The cost of one request (see the module's rules), computed exactly, rounded once."""
+
         def exact_cost(rates: Rates) -> Decimal:
             return rates.exact_cost(
                 endpoint=endpoint, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
             )
 
-        multiplier = self.multipliers.get(region_code, ONE) if region_code else ONE
-        override = in_force(self.tenants.get((tenant_id, model_id), []), started_at)
-        if override is not None and override.kind == "contract" and override.rates is not None:
-            exact = exact_cost(override.rates)
-            listed = in_force(self.models.get(model_id, []), started_at)
-            return Priced(
-                round_cost(exact),
-                None if listed is None else listed.id,
-                override.id,
-                multiplier,
-                region_code,
-            )
-        version = in_force(self.models.get(model_id, []), started_at)
-        if version is None:  # no price in force (yet): free, and the row says so (no price id)
-            return Priced(FREE.cost, None, None, multiplier, region_code)
-        exact = exact_cost(version.rates) * multiplier
-        applied = None
-        if override is not None and override.kind == "discount":
-            assert override.discount_percent is not None
-            exact = exact * (HUNDRED - override.discount_percent) / HUNDRED
-            applied = override.id
-        elif override is not None:  # kind none: recorded, so the row says no override applied
-            applied = override.id
-        return Priced(round_cost(exact), version.id, applied, multiplier, region_code)
+        with localcontext(EXACT):
+            multiplier = self.multipliers.get(region_code, ONE) if region_code else ONE
+            override = in_force(self.tenants.get((tenant_id, model_id), []), started_at)
+            if override is not None and override.kind == "contract" and override.rates is not None:
+                exact = exact_cost(override.rates)
+                listed = in_force(self.models.get(model_id, []), started_at)
+                # the multiplier recorded is the one applied: none
+                listed_id = None if listed is None else listed.id
+                return Priced(round_cost(exact), listed_id, override.id, ONE, region_code)
+            version = in_force(self.models.get(model_id, []), started_at)
+            if version is None:  # no price in force (yet): free, and the row says so (no price id)
+                return Priced(FREE.cost, None, None, multiplier, region_code)
+            exact = exact_cost(version.rates) * multiplier
+            applied = None
+            if override is not None and override.kind == "discount":
+                assert override.discount_percent is not None
+                exact = exact * (HUNDRED - override.discount_percent) / HUNDRED
+                applied = override.id
+            elif override is not None:  # kind none: recorded, so the row says no override applied
+                applied = override.id
+            return Priced(round_cost(exact), version.id, applied, multiplier, region_code)
