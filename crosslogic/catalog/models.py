@@ -1,4 +1,9 @@
-"""Models in PostgreSQL: create (with a first list price), list, update, deprecate."""
+"""Models in PostgreSQL: create (with a first list price), list, update, deprecate.
+
+Only active models are served: a deprecated one leaves ``/v1/models``, ext_authz's catalog
+(its requests are refused as ``model_not_found`` within ext_authz's refresh) and, announced
+on ``channels.NODES``, the xDS snapshot.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import asyncpg
 from crosslogic.catalog import store
 from crosslogic.catalog.money import plain_row
 from crosslogic.catalog.requests import ModelCreate, ModelUpdate
+from crosslogic.contracts import channels
 from crosslogic.errors import Conflict
 
 # a model with the list price in force now (null before its first version applies)
@@ -83,6 +89,9 @@ async def update(
         change.context_length,
     )
     after = await get(conn, str(ident))
+    if after["status"] != before["status"]:
+        # xDS serves only active models' clusters (ext_authz re-reads its catalog on its own)
+        await conn.execute("SELECT pg_notify($1, '')", channels.NODES)
     action = "model.deprecate" if change.status == "deprecated" else "model.update"
     await store.changed(
         conn,
