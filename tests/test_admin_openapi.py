@@ -18,6 +18,7 @@ from crosslogic.accounts import requests as parse
 from crosslogic.admin import openapi
 from crosslogic.admin.app import make_app
 from crosslogic.admin.registration import parse_heartbeat, parse_registration
+from crosslogic.catalog import requests as catalog
 from crosslogic.errors import Invalid
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import parse_limit
@@ -112,7 +113,15 @@ PARSERS: dict[str, Callable[[Any], object]] = {
     "NodeRegistration": parse_registration,
     "NodeHeartbeat": parse_heartbeat,
     "LimitSet": parse_limit,
+    "ModelCreate": catalog.model_create,
+    "ModelUpdate": catalog.model_update,
+    "ModelPriceAdd": lambda body: catalog.price_version(body, now=NOW),
+    "RegionCreate": catalog.region_create,
+    "RegionUpdate": catalog.region_update,
+    "TenantPriceSet": lambda body: catalog.tenant_price(body, now=NOW),
 }
+PRICES = {"prompt_per_mtok": "0.2", "completion_per_mtok": 0.6}
+LATER = "2999-01-01T00:00:00Z"
 NODE = {"model": "m", "address": "10.0.0.1", "port": 8000}
 TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
 
@@ -213,6 +222,56 @@ TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
         ("LimitSet", {**TENANT_RPM, "fail_mode": None}),
         ("LimitSet", {**TENANT_RPM, "scope": "region"}),
         ("LimitSet", {"subject": "t1", "requests_per_minute": 60}),
+        ("ModelCreate", {"name": "m"}),
+        ("ModelCreate", {"name": "m", "family": "llama", "context_length": 131072, **PRICES}),
+        ("ModelCreate", {"name": "m", **PRICES, "embedding_per_mtok": "0.01"}),
+        ("ModelCreate", {"name": "m", "prompt_per_mtok": 1}),
+        ("ModelCreate", {"name": "m", "embedding_per_mtok": 1}),
+        ("ModelCreate", {"name": "m", "context_length": 0}),
+        ("ModelCreate", {"name": "m", "context_length": 10**7 + 1}),
+        ("ModelCreate", {"name": ""}),
+        ("ModelCreate", {"name": "m", "price": 1}),
+        ("ModelCreate", {"name": "m", **PRICES, "prompt_per_mtok": -1}),
+        ("ModelCreate", {"name": "m", **PRICES, "prompt_per_mtok": "1e3"}),
+        ("ModelCreate", {"name": "m", **PRICES, "prompt_per_mtok": "0.1234567"}),
+        ("ModelCreate", {"name": "m", **PRICES, "prompt_per_mtok": "1000000"}),
+        ("ModelCreate", {"name": "m", **PRICES, "prompt_per_mtok": 999999.999999}),
+        ("ModelCreate", {"name": "m", **PRICES, "prompt_per_mtok": True}),
+        ("ModelCreate", {"name": "m", **PRICES, "prompt_per_mtok": None}),
+        ("ModelUpdate", {"status": "deprecated"}),
+        ("ModelUpdate", {"status": "active", "context_length": 4096}),
+        ("ModelUpdate", {"status": "retired"}),
+        ("ModelUpdate", {"context_length": "4096"}),
+        ("ModelUpdate", {}),
+        ("ModelUpdate", {"name": "x"}),
+        ("ModelPriceAdd", PRICES),
+        ("ModelPriceAdd", {**PRICES, "embedding_per_mtok": 0, "effective_at": LATER}),
+        ("ModelPriceAdd", {"prompt_per_mtok": 1}),
+        ("ModelPriceAdd", {**PRICES, "model": "m"}),
+        ("RegionCreate", {"code": "eu-west", "name": "EU West"}),
+        ("RegionCreate", {"code": "eu", "name": "EU", "provider": "aws", "price_multiplier": 1.25}),
+        ("RegionCreate", {"code": "eu", "name": "EU", "price_multiplier": "0.0001"}),
+        ("RegionCreate", {"code": "eu", "name": "EU", "price_multiplier": 0}),
+        ("RegionCreate", {"code": "eu", "name": "EU", "price_multiplier": -1}),
+        ("RegionCreate", {"code": "eu", "name": "EU", "price_multiplier": 10000}),
+        ("RegionCreate", {"code": "EU", "name": "EU"}),
+        ("RegionCreate", {"code": "eu"}),
+        ("RegionCreate", {"code": "eu", "name": "EU", "zone": "a"}),
+        ("RegionUpdate", {"price_multiplier": "1.5"}),
+        ("RegionUpdate", {"name": "Europe"}),
+        ("RegionUpdate", {"price_multiplier": "1.12345"}),
+        ("RegionUpdate", {}),
+        ("RegionUpdate", {"code": "x"}),
+        ("TenantPriceSet", {"model": "m", **PRICES}),
+        ("TenantPriceSet", {"model": "m", "discount_percent": 12.5, "effective_at": LATER}),
+        ("TenantPriceSet", {"model": "m", "discount_percent": "100"}),
+        ("TenantPriceSet", {"model": "m", "discount_percent": 100.5}),
+        ("TenantPriceSet", {"model": "m", "discount_percent": 0}),
+        ("TenantPriceSet", {"model": "m", "discount_percent": "12.345"}),
+        ("TenantPriceSet", {"model": "m", "discount_percent": 10, **PRICES}),
+        ("TenantPriceSet", {"model": "m"}),
+        ("TenantPriceSet", {**PRICES}),
+        ("TenantPriceSet", {"model": "m", **PRICES, "kind": "contract"}),
     ],
 )
 def test_request_schemas_agree_with_the_parsers(

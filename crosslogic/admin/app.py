@@ -2,8 +2,9 @@
 
 health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), models
 (``/v1/models`` via Envoy), accounts (tenants, environments, keys), audit, limits, usage
-(reports, also ``/v1/usage`` via Envoy) and openapi each own their routes; ``context``
-holds what they share, ``errors`` answers every refusal.
+(reports, also ``/v1/usage`` via Envoy), catalog (models, regions), prices (list prices,
+tenant overrides) and openapi each own their routes; ``context`` holds what they share,
+``errors`` answers every refusal.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from crosslogic.admin import accounts, audit, health, limits, models, nodes, openapi, usage
+from crosslogic.admin import (
+    accounts,
+    audit,
+    catalog,
+    health,
+    limits,
+    models,
+    nodes,
+    openapi,
+    prices,
+    usage,
+)
 from crosslogic.admin.context import NODES, POOL, REDIS, SETTINGS
 from crosslogic.admin.errors import Handler, error_middleware, error_response
 from crosslogic.admin.health import metrics
@@ -72,6 +84,17 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
         await pool.close()
 
     app.cleanup_ctx.append(resources)
-    for module in (health, nodes, models, accounts, audit, limits, usage, openapi):
+    for module in (
+        health,
+        nodes,
+        models,
+        accounts,
+        audit,
+        limits,
+        usage,
+        catalog,
+        prices,
+        openapi,
+    ):
         app.router.add_routes(module.routes)
     return app

@@ -25,8 +25,9 @@ from crosslogic.billing.accesslog import (
     parse_line,
 )
 from crosslogic.billing.offsets import Offset
+from crosslogic.billing.price_store import PriceCache
 from crosslogic.billing.settlement import TokenSettler
-from crosslogic.billing.usage_rows import insert_usage, prices
+from crosslogic.billing.usage_rows import insert_usage
 from crosslogic.errors import Unavailable
 from crosslogic.journal.store import JournalStore
 
@@ -91,8 +92,10 @@ class AccessLogConsumer:
         *,
         settler: TokenSettler | None = None,
         journal: JournalStore | None = None,
+        prices: PriceCache | None = None,
     ) -> None:
         self._pool = pool
+        self.prices = prices or PriceCache()
         self._settler = settler
         self._journal = journal
         self._path = path
@@ -146,12 +149,13 @@ class AccessLogConsumer:
                 if self._last_boot is not None and self._last_boot != line.boot:
                     replaced.append(self._last_boot)
                 self._last_boot = line.boot
-        priced = await prices(self._pool) if records else {}
+        # the book is in memory: a query per batch at most (a reload), never one per row
+        book = await self.prices.book(self._pool, node_ids={r.node_id for r in records})
         inserted: set[str] = set()
         after = Offset(position.inode, position.offset + consumed)
         async with self._pool.acquire() as conn, conn.transaction():
             if records:
-                inserted = await insert_usage(conn, records, priced)
+                inserted = await insert_usage(conn, records, book)
             await offsets.commit(conn, self._path, after)
         self.committed = after
         self._metrics.records.inc(len(inserted))

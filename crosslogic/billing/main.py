@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.aggregation import AggregationMetrics, Aggregator
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.price_store import PriceCache, listen_forever
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
-from crosslogic.db.connection import create_pool
+from crosslogic.db.connection import connect, create_pool
 from crosslogic.journal.store import JournalStore
 from crosslogic.lifecycle import run_until_signalled
 from crosslogic.redis_pipe import PipelinedRedis
@@ -36,12 +37,16 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     )
     settler = TokenSettler(redis, registry)
     journal = JournalStore(redis)
+    # operators' price changes reload the book at once (NOTIFY); it also reloads on its own
+    # every 30 s, which covers a notification lost while the listener reconnects
+    prices = PriceCache()
     consumer = AccessLogConsumer(
         pool,
         settings.access_log.resolve(),
         BillingMetrics(registry),
         settler=settler,
         journal=journal,
+        prices=prices,
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
     envoy_admin = f"http://{settings.envoy_admin_host}:{settings.envoy_admin_port}"
@@ -62,6 +67,9 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         asyncio.create_task(reconciler.run(), name="journal-reconciliation"),
         asyncio.create_task(aggregator.run(), name="aggregation"),
         asyncio.create_task(aggregator.observe_forever(), name="aggregation-lag"),
+        asyncio.create_task(
+            listen_forever(lambda: connect(settings), prices), name="price-notifications"
+        ),
     ]
     try:
         # a batch cut short commits nothing: its offset commits with its rows, so it is

@@ -1,22 +1,174 @@
-"""Token prices: USD per million tokens, per model, exact decimal arithmetic."""
+"""Pricing rules, pure: which price is in force, and what a request costs.
+
+USD per million tokens, exact decimal arithmetic (never floats). For a request of a tenant on
+a model, started at ``t`` and served in a region:
+
+- the list price is the model's version with the latest ``effective_at <= t`` (a version
+  never applies before its time, so a new one never reprices the past);
+- the tenant's override in force at ``t`` (same rule), if any: a *contract* price replaces
+  the list price and ignores the region multiplier; a *discount* takes its percentage off
+  the list price after the multiplier; *none* ends an earlier override;
+- the region multiplier (``regions.price_multiplier``, 1 when the region is unknown);
+- embeddings (``/v1/embeddings``) pay the embedding price on their prompt tokens;
+- THE rounding rule: the exact cost is rounded half-even to 10 decimal places (the
+  ``usage_records.cost_usd`` scale), here and only here. Sums of rows are exact.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from decimal import Decimal
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from typing import TypeVar
 
 MILLION = Decimal(1_000_000)
+HUNDRED = Decimal(100)
+ONE = Decimal(1)
+COST_QUANTUM = Decimal("1e-10")  # usage_records.cost_usd is numeric(20, 10)
+EMBEDDINGS = "/v1/embeddings"
+# Products of token counts, prices, a multiplier and a discount need more than the default 28
+# significant digits to stay exact until the one rounding; 60 holds any value the columns allow.
+EXACT = Context(prec=60)
+
+
+def round_cost(exact: Decimal) -> Decimal:
+    """A usage row's stored cost: ``exact`` rounded half-even to 10 decimal places."""
+    return exact.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 @dataclass(frozen=True)
-class Price:
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
+class Rates:
+    """USD per million prompt, completion and embedding tokens."""
 
-    def cost(self, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        return (
-            prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
-        ) / MILLION
+    prompt: Decimal
+    completion: Decimal
+    embedding: Decimal
+
+    def exact_cost(self, *, endpoint: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        if endpoint == EMBEDDINGS:
+            return prompt_tokens * self.embedding / MILLION
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / MILLION
 
 
-FREE = Price(Decimal(0), Decimal(0))
+@dataclass(frozen=True)
+class PriceVersion:
+    """A model's list price from ``effective_at`` on (``id``: model_prices.id)."""
+
+    id: int
+    model_id: int
+    effective_at: datetime
+    rates: Rates
+
+
+@dataclass(frozen=True)
+class TenantPrice:
+    """A tenant's override on a model from ``effective_at`` on: ``kind`` is contract (with
+    ``rates``), discount (with ``discount_percent``) or none."""
+
+    id: int
+    tenant_id: str
+    model_id: int
+    effective_at: datetime
+    kind: str
+    rates: Rates | None = None
+    discount_percent: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A request's stored cost and what it was computed with (for reproducing it)."""
+
+    cost: Decimal
+    price_id: int | None
+    tenant_price_id: int | None
+    multiplier: Decimal
+    region_code: str | None
+
+
+FREE = Priced(Decimal(0).quantize(COST_QUANTUM), None, None, ONE, None)
+
+
+V = TypeVar("V", PriceVersion, TenantPrice)
+
+
+def in_force(versions: list[V], at: datetime) -> V | None:
+    """The version of ``versions`` (sorted by effective_at) in force at ``at``."""
+    index = bisect.bisect_right(versions, at, key=lambda v: v.effective_at)
+    return versions[index - 1] if index else None
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    """Every price version, override, region multiplier and node region, as loaded at one
+    moment; immutable, so a batch is priced against one consistent book."""
+
+    models: dict[int, list[PriceVersion]] = field(default_factory=dict)
+    tenants: dict[tuple[str, int], list[TenantPrice]] = field(default_factory=dict)
+    multipliers: dict[str, Decimal] = field(default_factory=dict)
+    node_regions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        versions: Iterable[PriceVersion] = (),
+        overrides: Iterable[TenantPrice] = (),
+        multipliers: dict[str, Decimal] | None = None,
+        node_regions: dict[str, str] | None = None,
+    ) -> PriceBook:
+        models: dict[int, list[PriceVersion]] = {}
+        for version in versions:
+            models.setdefault(version.model_id, []).append(version)
+        tenants: dict[tuple[str, int], list[TenantPrice]] = {}
+        for override in overrides:
+            tenants.setdefault((override.tenant_id, override.model_id), []).append(override)
+        for chain in models.values():
+            chain.sort(key=lambda v: v.effective_at)
+        for overrides_of in tenants.values():
+            overrides_of.sort(key=lambda v: v.effective_at)
+        return cls(models, tenants, dict(multipliers or {}), dict(node_regions or {}))
+
+    def region_of(self, node_id: str | None) -> str | None:
+        return None if node_id is None else self.node_regions.get(node_id)
+
+    def price(
+        self,
+        *,
+        tenant_id: str,
+        model_id: int,
+        endpoint: str,
+        started_at: datetime,
+        prompt_tokens: int,
+        completion_tokens: int,
+        region_code: str | None,
+    ) -> Priced:
+        """The cost of one request (see the module's rules), computed exactly, rounded once."""
+
+        def exact_cost(rates: Rates) -> Decimal:
+            return rates.exact_cost(
+                endpoint=endpoint, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+
+        with localcontext(EXACT):
+            multiplier = self.multipliers.get(region_code, ONE) if region_code else ONE
+            override = in_force(self.tenants.get((tenant_id, model_id), []), started_at)
+            if override is not None and override.kind == "contract" and override.rates is not None:
+                exact = exact_cost(override.rates)
+                listed = in_force(self.models.get(model_id, []), started_at)
+                # the multiplier recorded is the one applied: none
+                listed_id = None if listed is None else listed.id
+                return Priced(round_cost(exact), listed_id, override.id, ONE, region_code)
+            version = in_force(self.models.get(model_id, []), started_at)
+            if version is None:  # no price in force (yet): free, and the row says so (no price id)
+                return Priced(FREE.cost, None, None, multiplier, region_code)
+            exact = exact_cost(version.rates) * multiplier
+            applied = None
+            if override is not None and override.kind == "discount":
+                assert override.discount_percent is not None
+                exact = exact * (HUNDRED - override.discount_percent) / HUNDRED
+                applied = override.id
+            elif override is not None:  # kind none: recorded, so the row says no override applied
+                applied = override.id
+            return Priced(round_cost(exact), version.id, applied, multiplier, region_code)

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crosslogic.billing import offsets
 from crosslogic.billing.consumer import AccessLogConsumer
-from crosslogic.billing.usage_rows import insert_usage, prices
+from crosslogic.billing.usage_rows import insert_usage
 from crosslogic.contracts.journal import BOOT_METADATA_KEY, valid_boot_id
 from crosslogic.errors import Unavailable
 from crosslogic.journal.reconcile import DeadBoot, ready, recovered
@@ -140,7 +140,9 @@ class JournalReconciler:
         inserted: set[str] = set()
         if records:
             async with self._pool.acquire() as conn, conn.transaction():
-                inserted = await insert_usage(conn, records, await prices(conn))
+                # priced with the consumer's book: one set of rules for both writers
+                book = await self._consumer.prices.book(conn, node_ids={r.node_id for r in records})
+                inserted = await insert_usage(conn, records, book)
         for request_id in bad:
             log.error("journal of boot %s: unreadable entry for %s", boot, request_id)
         await self._journal.drop(boot)

@@ -1,20 +1,28 @@
 """Usage rows in PostgreSQL: priced and inserted once per request id.
 
 Both the access-log consumer and the journal's recovery write through here, so a request
-billed by one is never billed again by the other (``ON CONFLICT (request_id) DO NOTHING``).
+billed by one is never billed again by the other (``ON CONFLICT (request_id) DO NOTHING``),
+and both price through :meth:`PriceBook.price`: the row keeps its cost and what it was
+computed with (region, multiplier, price version, tenant override).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 
 import asyncpg
 
 from crosslogic.billing.accesslog import UsageRecord
-from crosslogic.billing.pricing import FREE, Price
+from crosslogic.billing.pricing import PriceBook, Priced
 
-COST = "cost_usd"  # computed from the model's price; every other column is a record field
+# computed by pricing; every other column is a record field
+PRICED = {
+    "cost_usd": "cost",
+    "region_code": "region_code",
+    "price_multiplier": "multiplier",
+    "price_id": "price_id",
+    "tenant_price_id": "tenant_price_id",
+}
 
 # usage_records' columns as inserted, with the PostgreSQL type of each unnest()ed array
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -28,13 +36,17 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("streamed", "bool"),
     ("prompt_tokens", "int"),
     ("completion_tokens", "int"),
-    (COST, "numeric"),
+    ("cost_usd", "numeric"),
     ("status_code", "int"),
     ("response_flags", "text"),
     ("started_at", "timestamptz"),
     ("duration_ms", "int"),
     ("usage_estimated", "bool"),
     ("source", "text"),
+    ("region_code", "text"),
+    ("price_multiplier", "numeric"),
+    ("price_id", "bigint"),
+    ("tenant_price_id", "bigint"),
 )
 
 _INSERT = (
@@ -45,25 +57,32 @@ _INSERT = (
 )
 
 
-async def prices(db: asyncpg.Pool | asyncpg.Connection) -> dict[int, Price]:
-    rows = await db.fetch("SELECT id, input_price_per_mtok, output_price_per_mtok FROM models")
-    return {r["id"]: Price(r["input_price_per_mtok"], r["output_price_per_mtok"]) for r in rows}
-
-
 async def insert_usage(
-    conn: asyncpg.Connection, records: Sequence[UsageRecord], prices: dict[int, Price]
+    conn: asyncpg.Connection, records: Sequence[UsageRecord], book: PriceBook
 ) -> set[str]:
     """Insert rows that do not exist yet (by request_id); returns the ids inserted."""
-    rows = await conn.fetch(_INSERT, *columns(records, prices))
+    rows = await conn.fetch(_INSERT, *columns(records, book))
     return {r["request_id"] for r in rows}
 
 
-def columns(records: Sequence[UsageRecord], prices: dict[int, Price]) -> list[list[object]]:
+def priced(record: UsageRecord, book: PriceBook) -> Priced:
+    return book.price(
+        tenant_id=record.tenant_id,
+        model_id=record.model_id,
+        endpoint=record.endpoint,
+        started_at=record.started_at,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        region_code=book.region_of(record.node_id),
+    )
+
+
+def columns(records: Sequence[UsageRecord], book: PriceBook) -> list[list[object]]:
     """One array per column of ``COLUMNS``, in its order."""
-
-    def cost(r: UsageRecord) -> Decimal:
-        return prices.get(r.model_id, FREE).cost(
-            prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens
-        )
-
-    return [[cost(r) if name == COST else getattr(r, name) for r in records] for name, _ in COLUMNS]
+    prices = [priced(r, book) for r in records]
+    return [
+        [getattr(p, PRICED[name]) for p in prices]
+        if name in PRICED
+        else [getattr(r, name) for r in records]
+        for name, _ in COLUMNS
+    ]

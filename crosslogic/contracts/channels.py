@@ -15,3 +15,7 @@ LIMITS = "crosslogic_limits"
 
 NODES = "crosslogic_nodes"
 """The node registry changed: the xDS service re-reads it and pushes a new snapshot."""
+
+PRICES = "crosslogic_prices"
+"""The catalog's prices changed (a model's price version, a tenant override, a region's
+multiplier, a new model or region): billing reloads its in-memory price book."""
