@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,8 +86,10 @@ class AccessLogConsumer:
         *,
         settler: TokenSettler | None = None,
         journal: JournalStore | None = None,
+        committed: Callable[[set[str]], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._committed = committed  # told the tenants of the rows each batch inserted
         self._settler = settler
         self._journal = journal
         self._path = path
@@ -149,6 +152,8 @@ class AccessLogConsumer:
             await offsets.commit(conn, self._path, after)
         self.committed = after
         self._metrics.records.inc(len(inserted))
+        if self._committed is not None and inserted:
+            self._committed({r.tenant_id for r in records if r.request_id in inserted})
         self.boots.update(seen)
         for boot in replaced:
             self.superseded.setdefault(boot, (position.inode, self.committed.offset))

@@ -1,5 +1,6 @@
 """The billing process: the access-log consumer, settlement retries, the journal's
-reconciliation and the pipeline gauges (aggregation and Stripe export come later).
+reconciliation, the pipeline gauges and the tenants' quota state (aggregation and Stripe
+export come later).
 
 Every loop retries its own transient failures (Postgres or Redis down); a loop that ends
 anyway ends the process with an error, so that its supervisor restarts it instead of
@@ -14,6 +15,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.quota_store import QuotaKeeper
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.db.connection import create_pool
@@ -34,6 +36,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         timeout=1.0,
     )
     settler = TokenSettler(redis, registry)
+    keeper = QuotaKeeper(pool, registry)
     journal = JournalStore(redis)
     consumer = AccessLogConsumer(
         pool,
@@ -41,6 +44,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         BillingMetrics(registry),
         settler=settler,
         journal=journal,
+        committed=keeper.mark,
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
     envoy_admin = f"http://{settings.envoy_admin_host}:{settings.envoy_admin_port}"
@@ -56,6 +60,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         asyncio.create_task(consumer.observe_forever(), name="lag-gauges"),
         asyncio.create_task(settler.retry_forever(), name="settlement-retries"),
         asyncio.create_task(reconciler.run(), name="journal-reconciliation"),
+        asyncio.create_task(keeper.run(), name="quota"),
     ]
     try:
         # a batch cut short commits nothing: its offset commits with its rows, so it is

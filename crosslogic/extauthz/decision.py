@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from crosslogic.billing.quota import CREDITS_EXHAUSTED
+from crosslogic.billing.quota import MESSAGES as QUOTA_MESSAGES
 from crosslogic.contracts.routing import Model as Model  # re-exported: the catalog's entries
 from crosslogic.extauthz.request_body import (
     MAX_CHOICES,
@@ -26,6 +28,7 @@ STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 MODELS_ENDPOINT = "/v1/models"
 # the same expression as the /v1/models route in envoy/envoy.yaml
 _MODELS_PATH = re.compile(r"/v1/models(/[^/]+)?")
+INSUFFICIENT_QUOTA = "insufficient_quota"  # OpenAI's error type and code
 UNKNOWN_ENDPOINT = ApiError(404, "Unknown endpoint.", "invalid_request_error", "unknown_url")
 
 
@@ -44,6 +47,7 @@ class KeyRecord:
     allowed_models: frozenset[str] | None
     rate_limit_rpm: int | None
     plan: str = "default"  # the tenant's plan: its default rate limits
+    quota: str | None = None  # why the tenant's quota is used up (billing sets it), or None
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,12 @@ MISSING_KEY = unauthorized(
     "Missing or malformed API key. Send it as 'Authorization: Bearer <key>'."
 )
 UNKNOWN_KEY = unauthorized("Incorrect API key provided.")
+
+
+def insufficient_quota(reason: str) -> ApiError:
+    """OpenAI's quota error: a 429 the SDKs must not retry (see responses.denied)."""
+    message = QUOTA_MESSAGES.get(reason, QUOTA_MESSAGES[CREDITS_EXHAUSTED])
+    return ApiError(429, message, INSUFFICIENT_QUOTA, INSUFFICIENT_QUOTA)
 
 
 def check_key(key: KeyRecord, *, now: datetime) -> ApiError | None:
@@ -145,6 +155,8 @@ def decide(
             "model_not_found",
             "model",
         )
+    if key.quota is not None:  # after validation: a bad request is the client's error first
+        return insufficient_quota(key.quota)
     if key.allowed_models is not None and name not in key.allowed_models:
         return ApiError(
             403,
