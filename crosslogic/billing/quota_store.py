@@ -64,12 +64,21 @@ WHERE t.quota_reason IS NOT NULL OR t.monthly_spend_cap_usd IS NOT NULL
 
 
 async def load_account(
-    conn: asyncpg.Connection, tenant_id: str, *, now: datetime, lock: bool = False
+    conn: asyncpg.Connection,
+    tenant_id: str,
+    *,
+    now: datetime,
+    lock: bool = False,
+    usage: bool = False,
 ) -> tuple[Account, dict[str, Any]]:
-    """The tenant's account and its row (NotFound if there is no such tenant)."""
+    """The tenant's account and its row (NotFound if there is no such tenant); its usage is
+    read only when quota can refuse it, or with ``usage``."""
     row = await conn.fetchrow(_TENANT + (" FOR UPDATE OF t" if lock else ""), tenant_id)
     if row is None:
         raise NotFound("tenant", tenant_id)
+    mode = quota.effective_mode(
+        tenant_mode=row["billing_mode"], plan_mode=row["plan_mode"], stripe_customer=row["stripe"]
+    )
     grants = tuple(
         Grant(r["amount_usd"], r["granted_at"], r["expires_at"])
         for r in await conn.fetch(_GRANTS, tenant_id, now)
@@ -77,20 +86,20 @@ async def load_account(
     start = quota.since(grants, now=now)
     current = quota.month_start(now)
     first = min(current, quota.month_start(start)) if start is not None else current
-    months = tuple(
-        MonthUsage(
-            month=r["month"],
-            total=Usage(r["tokens"], r["cost"]),
-            before_since=Usage(r["tokens_before"], r["cost_before"]),
+    months: tuple[MonthUsage, ...] = ()
+    # a postpaid tenant without a cap is never refused: its usage is not read (billing marks
+    # every tenant with new rows, the busiest ones included)
+    if usage or mode == quota.PREPAID or row["monthly_spend_cap_usd"] is not None:
+        months = tuple(
+            MonthUsage(
+                month=r["month"],
+                total=Usage(r["tokens"], r["cost"]),
+                before_since=Usage(r["tokens_before"], r["cost_before"]),
+            )
+            for r in await conn.fetch(_MONTHS, tenant_id, first, start or first)
         )
-        for r in await conn.fetch(_MONTHS, tenant_id, first, start or first)
-    )
     account = Account(
-        mode=quota.effective_mode(
-            tenant_mode=row["billing_mode"],
-            plan_mode=row["plan_mode"],
-            stripe_customer=row["stripe"],
-        ),
+        mode=mode,
         allowance=Allowance(
             tokens=row["monthly_allowance_tokens"], usd=row["monthly_allowance_usd"]
         ),
@@ -124,7 +133,7 @@ async def recompute(
 async def state(conn: asyncpg.Connection, tenant_id: str) -> dict[str, Any]:
     """The tenant's balance and quota, as the admin API and the command line show them."""
     now = datetime.now(UTC)
-    account, row = await load_account(conn, tenant_id, now=now)
+    account, row = await load_account(conn, tenant_id, now=now, usage=True)
     month = quota.this_month(account.months, now=now)
     allowance = account.allowance
     exhausted = row["quota_exhausted_at"]
