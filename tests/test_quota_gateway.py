@@ -5,12 +5,16 @@ Also the admin API and the command line of plans and credits, with their validat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import openai
 import pytest
+from prometheus_client import CollectorRegistry
 
+from crosslogic.billing.quota_store import QuotaKeeper
+from crosslogic.db.connection import create_pool
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.cli import Cli, cli_ok
@@ -185,3 +189,28 @@ def test_cli_grants_lists_and_reads_the_balance(stack: Stack, cli: Cli) -> None:
     assert [r["action"] for r in audited][-2:] == ["credit_grant.create", "tenant.billing"]
     plan = cli_ok(cli("plans", "set", f"p{time.monotonic_ns()}", "--allowance-usd", "3"))
     assert plan["monthly_allowance_usd"] == "3.0000000000" and plan["billing_mode"] == "postpaid"
+
+
+def test_the_sweep_clears_a_state_that_no_longer_holds_and_announces_it(stack: Stack) -> None:
+    """What renews allowances at a month's start and expires grants: the sweep recomputes
+    every tenant quota concerns and tells ext_authz of each change."""
+    tenant, key = customer(stack)
+    run_db(
+        stack,
+        "UPDATE tenants SET quota_reason = 'allowance_used', quota_exhausted_at = now() "
+        "WHERE id = $1",
+        tenant,
+    )
+    # (billing's own sweep may get there first: the outcome is the same)
+
+    async def sweep() -> None:
+        pool = await create_pool(stack.settings, min_size=1, max_size=1)
+        try:
+            await QuotaKeeper(pool, CollectorRegistry()).step(sweep=True)
+        finally:
+            await pool.close()
+
+    asyncio.run(sweep())
+    reason = run_db(stack, "SELECT quota_reason FROM tenants WHERE id = $1", tenant)
+    assert reason[0]["quota_reason"] is None
+    wait_until("the tenant to be served again", lambda: served(stack, key), timeout=5)
