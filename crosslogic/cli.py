@@ -16,6 +16,7 @@ import uvloop
 
 from crosslogic import services
 from crosslogic.accounts import cli as accounts_cli
+from crosslogic.accounts import quota_cli
 from crosslogic.billing import cli as billing_cli
 from crosslogic.catalog import cli as catalog_cli
 from crosslogic.demo import client_lines
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits_cli.add_parsers(sub)
     billing_cli.add_parsers(sub)
     catalog_cli.add_parsers(sub)
+    quota_cli.add_parsers(sub)
     return parser
 
 
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             return billing_cli.run(settings, args)
         if args.command in catalog_cli.COMMANDS:
             return catalog_cli.run(settings, args)
+        if args.command in quota_cli.COMMANDS:
+            return quota_cli.run(settings, args)
         return COMMANDS[args.command](settings, args)
     except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 from aiohttp import web
 
+from crosslogic.accounts import credits, plans
 from crosslogic.accounts import requests as parse
 from crosslogic.admin import openapi
 from crosslogic.admin.app import make_app
@@ -119,6 +120,9 @@ PARSERS: dict[str, Callable[[Any], object]] = {
     "RegionCreate": catalog.region_create,
     "RegionUpdate": catalog.region_update,
     "TenantPriceSet": lambda body: catalog.tenant_price(body, now=NOW),
+    "PlanSet": plans.plan_spec,
+    "BillingChange": plans.billing_change,
+    "CreditGrantCreate": lambda body: credits.grant_spec(body, now=NOW),
 }
 PRICES = {"prompt_per_mtok": "0.2", "completion_per_mtok": 0.6}
 LATER = "2999-01-01T00:00:00Z"
@@ -272,6 +276,42 @@ TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
         ("TenantPriceSet", {"model": "m"}),
         ("TenantPriceSet", {**PRICES}),
         ("TenantPriceSet", {"model": "m", **PRICES, "kind": "contract"}),
+        ("PlanSet", {}),
+        ("PlanSet", {"billing_mode": "prepaid", "monthly_allowance_tokens": 1000}),
+        ("PlanSet", {"monthly_allowance_usd": "5.25", "description": "d"}),
+        ("PlanSet", {"monthly_allowance_usd": 5}),
+        ("PlanSet", {"monthly_allowance_usd": 5.5}),
+        ("PlanSet", {"monthly_allowance_usd": "0"}),
+        ("PlanSet", {"monthly_allowance_usd": "0.00"}),
+        ("PlanSet", {"monthly_allowance_usd": "1e3"}),
+        ("PlanSet", {"monthly_allowance_usd": "0.00000000001"}),
+        ("PlanSet", {"monthly_allowance_usd": None, "monthly_allowance_tokens": None}),
+        ("PlanSet", {"monthly_allowance_usd": "1", "monthly_allowance_tokens": 1}),
+        ("PlanSet", {"monthly_allowance_tokens": 0}),
+        ("PlanSet", {"monthly_allowance_tokens": True}),
+        ("PlanSet", {"billing_mode": "weekly"}),
+        ("PlanSet", {"description": "x" * 501}),
+        ("PlanSet", {"price": 1}),
+        ("BillingChange", {}),
+        ("BillingChange", {"plan": "free"}),
+        ("BillingChange", {"plan": "Free"}),
+        ("BillingChange", {"plan": None}),
+        ("BillingChange", {"billing_mode": None, "monthly_spend_cap_usd": None}),
+        ("BillingChange", {"billing_mode": "prepaid", "monthly_spend_cap_usd": "100"}),
+        ("BillingChange", {"monthly_spend_cap_usd": -1}),
+        ("BillingChange", {"monthly_spend_cap_usd": 0}),
+        ("BillingChange", {"status": "active"}),
+        ("CreditGrantCreate", {"amount_usd": "10.50"}),
+        ("CreditGrantCreate", {"amount_usd": 10, "note": "welcome"}),
+        ("CreditGrantCreate", {"amount_usd": "2099-01-01"}),
+        ("CreditGrantCreate", {"amount_usd": 10.5}),
+        ("CreditGrantCreate", {"amount_usd": "9999999999.9999999999"}),
+        ("CreditGrantCreate", {"amount_usd": "10000000000"}),
+        ("CreditGrantCreate", {"amount_usd": 10**10}),
+        ("CreditGrantCreate", {"amount_usd": "-1"}),
+        ("CreditGrantCreate", {"note": "no amount"}),
+        ("CreditGrantCreate", {"amount_usd": "1", "note": "x" * 501}),
+        ("CreditGrantCreate", {"amount_usd": "1", "currency": "eur"}),
     ],
 )
 def test_request_schemas_agree_with_the_parsers(

@@ -3,8 +3,8 @@
 health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), models
 (``/v1/models`` via Envoy), accounts (tenants, environments, keys), audit, limits, usage
 (reports, also ``/v1/usage`` via Envoy), catalog (models, regions), prices (list prices,
-tenant overrides) and openapi each own their routes; ``context`` holds what they share,
-``errors`` answers every refusal.
+tenant overrides), plans (and a tenant's billing settings), credits and openapi each own
+their routes; ``context`` holds what they share, ``errors`` answers every refusal.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from crosslogic.admin import (
     accounts,
     audit,
     catalog,
+    credits,
     health,
     limits,
     models,
     nodes,
     openapi,
+    plans,
     prices,
     usage,
 )
@@ -94,6 +96,8 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
         usage,
         catalog,
         prices,
+        plans,
+        credits,
         openapi,
     ):
         app.router.add_routes(module.routes)

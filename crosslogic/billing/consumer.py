@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,9 +94,11 @@ class AccessLogConsumer:
         settler: TokenSettler | None = None,
         journal: JournalStore | None = None,
         prices: PriceCache | None = None,
+        committed: Callable[[set[str]], None] | None = None,
     ) -> None:
         self._pool = pool
         self.prices = prices or PriceCache()
+        self._committed = committed  # told the tenants of the rows each batch inserted
         self._settler = settler
         self._journal = journal
         self._path = path
@@ -163,6 +166,8 @@ class AccessLogConsumer:
             if record.abandoned and record.request_id in inserted:
                 streamed = "true" if record.streamed else "false"
                 self._metrics.abandoned.labels(endpoint=record.endpoint, streamed=streamed).inc()
+        if self._committed is not None and inserted:
+            self._committed({r.tenant_id for r in records if r.request_id in inserted})
         self.boots.update(seen)
         for boot in replaced:
             self.superseded.setdefault(boot, (position.inode, self.committed.offset))

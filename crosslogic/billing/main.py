@@ -1,5 +1,5 @@
 """The billing process: the access-log consumer, settlement retries, the journal's
-reconciliation, the hourly aggregation and the pipeline gauges.
+reconciliation, the hourly aggregation, the tenants' quota state and the pipeline gauges.
 
 Every loop retries its own transient failures (Postgres or Redis down); a loop that ends
 anyway ends the process with an error, so that its supervisor restarts it instead of
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from crosslogic.billing.aggregation import AggregationMetrics, Aggregator
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
 from crosslogic.billing.price_store import PriceCache, listen_forever
+from crosslogic.billing.quota_store import QuotaKeeper
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.db.connection import connect, create_pool
@@ -36,6 +37,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         timeout=1.0,
     )
     settler = TokenSettler(redis, registry)
+    keeper = QuotaKeeper(pool, registry)
     journal = JournalStore(redis)
     # operators' price changes reload the book at once (NOTIFY); it also reloads on its own
     # every 30 s, which covers a notification lost while the listener reconnects
@@ -47,6 +49,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         settler=settler,
         journal=journal,
         prices=prices,
+        committed=keeper.mark,
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
     envoy_admin = f"http://{settings.envoy_admin_host}:{settings.envoy_admin_port}"
@@ -70,6 +73,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         asyncio.create_task(
             listen_forever(lambda: connect(settings), prices), name="price-notifications"
         ),
+        asyncio.create_task(keeper.run(), name="quota"),
     ]
     try:
         # a batch cut short commits nothing: its offset commits with its rows, so it is

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from crosslogic.billing.quota import CREDITS_EXHAUSTED
+from crosslogic.billing.quota import MESSAGES as QUOTA_MESSAGES
 from crosslogic.contracts.routing import Model as Model  # re-exported: the catalog's entries
 from crosslogic.extauthz.request_body import (
     MAX_CHOICES,
@@ -29,6 +31,7 @@ _MODELS_PATH = re.compile(r"/v1/models(/[^/]+)?")
 USAGE_ENDPOINT = "/v1/usage"  # the key's tenant's own usage report
 # read-only endpoints the control plane answers, for any valid key
 CONTROL_PLANE_ENDPOINTS = (MODELS_ENDPOINT, USAGE_ENDPOINT)
+INSUFFICIENT_QUOTA = "insufficient_quota"  # OpenAI's error type and code
 UNKNOWN_ENDPOINT = ApiError(404, "Unknown endpoint.", "invalid_request_error", "unknown_url")
 
 
@@ -47,6 +50,7 @@ class KeyRecord:
     allowed_models: frozenset[str] | None
     rate_limit_rpm: int | None
     plan: str = "default"  # the tenant's plan: its default rate limits
+    quota: str | None = None  # why the tenant's quota is used up (billing sets it), or None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,12 @@ MISSING_KEY = unauthorized(
     "Missing or malformed API key. Send it as 'Authorization: Bearer <key>'."
 )
 UNKNOWN_KEY = unauthorized("Incorrect API key provided.")
+
+
+def insufficient_quota(reason: str) -> ApiError:
+    """OpenAI's quota error: a 429 the SDKs must not retry (see responses.denied)."""
+    message = QUOTA_MESSAGES.get(reason, QUOTA_MESSAGES[CREDITS_EXHAUSTED])
+    return ApiError(429, message, INSUFFICIENT_QUOTA, INSUFFICIENT_QUOTA)
 
 
 def check_key(key: KeyRecord, *, now: datetime) -> ApiError | None:
@@ -150,6 +160,8 @@ def decide(
             "model_not_found",
             "model",
         )
+    if key.quota is not None:  # after validation: a bad request is the client's error first
+        return insufficient_quota(key.quota)
     if key.allowed_models is not None and name not in key.allowed_models:
         return ApiError(
             403,

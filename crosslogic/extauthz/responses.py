@@ -21,7 +21,7 @@ from crosslogic.contracts import routing
 from crosslogic.contracts.metadata import TOKEN_RESERVATION
 from crosslogic.contracts.routing import CLUSTER_HEADER, USAGE_HEADER
 from crosslogic.errors import Unavailable
-from crosslogic.extauthz.decision import Allow
+from crosslogic.extauthz.decision import INSUFFICIENT_QUOTA, Allow
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.gcra import Decision
 from crosslogic.unexpected import UnexpectedErrors
@@ -55,10 +55,16 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+# The official SDKs retry a 429 unless told not to: a quota refusal will not pass on retry.
+_NO_RETRY = (("x-should-retry", "false"),)
+
+
 def denied(
     error: ApiError, *, headers: Sequence[tuple[str, str]] = ()
 ) -> external_auth_pb2.CheckResponse:
     code = 16 if error.status == 401 else 7  # UNAUTHENTICATED / PERMISSION_DENIED
+    if error.code == INSUFFICIENT_QUOTA:
+        headers = (*headers, *_NO_RETRY)
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code, message=error.code or error.type),
         denied_response=external_auth_pb2.DeniedHttpResponse(

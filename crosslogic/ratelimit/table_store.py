@@ -167,6 +167,8 @@ async def list_limits(
 ) -> list[dict[str, Any]]:
     """Limits, optionally of one scope and/or subject (a key may be named by its key_id)."""
     aliases: list[str] = []
+    if subject is not None and "\x00" in subject:
+        return []  # names nothing (and PostgreSQL text cannot hold it)
     if subject is not None:
         aliases = [subject]
         canonical = _uuid(subject)
