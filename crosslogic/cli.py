@@ -16,6 +16,7 @@ import uvloop
 
 from crosslogic import services
 from crosslogic.accounts import cli as accounts_cli
+from crosslogic.billing import cli as billing_cli
 from crosslogic.demo import client_lines
 from crosslogic.lifecycle import TaskDied, exit_code
 from crosslogic.plan import plan
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     accounts_cli.add_parsers(sub)
     limits_cli.add_parsers(sub)
+    billing_cli.add_parsers(sub)
     return parser
 
 
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return accounts_cli.run(settings, args)
         if args.command in limits_cli.COMMANDS:
             return limits_cli.run(settings, args)
+        if args.command in billing_cli.COMMANDS:
+            return billing_cli.run(settings, args)
         return COMMANDS[args.command](settings, args)
     except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from crosslogic.accounts import requests as parse
 from crosslogic.admin import openapi
 from crosslogic.admin.app import make_app
 from crosslogic.admin.registration import parse_heartbeat, parse_registration
+from crosslogic.billing.customers import customer_change
 from crosslogic.errors import Invalid
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import parse_limit
@@ -112,6 +113,7 @@ PARSERS: dict[str, Callable[[Any], object]] = {
     "NodeRegistration": parse_registration,
     "NodeHeartbeat": parse_heartbeat,
     "LimitSet": parse_limit,
+    "StripeCustomerChange": customer_change,
 }
 NODE = {"model": "m", "address": "10.0.0.1", "port": 8000}
 TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
@@ -213,6 +215,14 @@ TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
         ("LimitSet", {**TENANT_RPM, "fail_mode": None}),
         ("LimitSet", {**TENANT_RPM, "scope": "region"}),
         ("LimitSet", {"subject": "t1", "requests_per_minute": 60}),
+        ("StripeCustomerChange", {"stripe_customer_id": "cus_NffrFeUfNV2Hib"}),
+        ("StripeCustomerChange", {"stripe_customer_id": None}),
+        ("StripeCustomerChange", {}),
+        ("StripeCustomerChange", {"stripe_customer_id": ""}),
+        ("StripeCustomerChange", {"stripe_customer_id": "acme"}),
+        ("StripeCustomerChange", {"stripe_customer_id": "cus_a b"}),
+        ("StripeCustomerChange", {"stripe_customer_id": 5}),
+        ("StripeCustomerChange", {"stripe_customer_id": "cus_1", "plan": "pro"}),
     ],
 )
 def test_request_schemas_agree_with_the_parsers(

@@ -1,9 +1,9 @@
 """The admin API, assembled: its middlewares, its resources, and each noun's routes.
 
 health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), models
-(``/v1/models`` via Envoy), accounts (tenants, environments, keys), audit, limits and
-openapi each own their routes; ``context`` holds what they share, ``errors`` answers every
-refusal.
+(``/v1/models`` via Envoy), accounts (tenants, environments, keys), audit, limits,
+stripe_customers (a tenant's Stripe customer) and openapi each own their routes;
+``context`` holds what they share, ``errors`` answers every refusal.
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from crosslogic.admin import accounts, audit, health, limits, models, nodes, openapi
+from crosslogic.admin import (
+    accounts,
+    audit,
+    health,
+    limits,
+    models,
+    nodes,
+    openapi,
+    stripe_customers,
+)
 from crosslogic.admin.context import NODES, POOL, REDIS, SETTINGS
 from crosslogic.admin.errors import Handler, error_middleware, error_response
 from crosslogic.admin.health import metrics
@@ -72,6 +81,6 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
         await pool.close()
 
     app.cleanup_ctx.append(resources)
-    for module in (health, nodes, models, accounts, audit, limits, openapi):
+    for module in (health, nodes, models, accounts, audit, limits, stripe_customers, openapi):
         app.router.add_routes(module.routes)
     return app
