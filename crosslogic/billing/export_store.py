@@ -121,7 +121,7 @@ async def record_planned(
 
 async def due_events(conn: asyncpg.Connection, *, now: datetime, limit: int) -> list[DueEvent]:
     rows = await conn.fetch(
-        "SELECT b.id, b.event_name, b.idempotency_key, b.hour, b.stripe_customer_id, "
+        "SELECT b.id, b.event_name, b.idempotency_key AS identifier, b.hour, b.stripe_customer_id, "
         "m.name AS model, b.meter, b.quantity, b.attempts "
         "FROM billing_events b JOIN models m ON m.id = b.model_id "
         "WHERE b.status <> 'sent' AND b.next_attempt_at <= $1 "
@@ -129,20 +129,7 @@ async def due_events(conn: asyncpg.Connection, *, now: datetime, limit: int) -> 
         now,
         limit,
     )
-    return [
-        DueEvent(
-            id=r["id"],
-            event_name=r["event_name"],
-            identifier=r["idempotency_key"],
-            hour=r["hour"],
-            stripe_customer_id=r["stripe_customer_id"],
-            model=r["model"],
-            meter=r["meter"],
-            quantity=r["quantity"],
-            attempts=r["attempts"],
-        )
-        for r in rows
-    ]
+    return [DueEvent(**dict(r)) for r in rows]
 
 
 async def record_attempt(
