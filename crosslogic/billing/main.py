@@ -1,5 +1,6 @@
 """The billing process: the access-log consumer, settlement retries, the journal's
-reconciliation, the hourly aggregation, the tenants' quota state and the pipeline gauges.
+reconciliation, the hourly aggregation, the tenants' quota state, the Stripe export (every
+BILLING_EXPORT_INTERVAL; off, said once, without STRIPE_SECRET_KEY) and the pipeline gauges.
 
 Every loop retries its own transient failures (Postgres or Redis down); a loop that ends
 anyway ends the process with an error, so that its supervisor restarts it instead of
@@ -9,16 +10,19 @@ leaving billing alive and idle.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.aggregation import AggregationMetrics, Aggregator
 from crosslogic.billing.consumer import AccessLogConsumer, BillingMetrics
+from crosslogic.billing.exporter import ExportMetrics, StripeExporter, meter_names
 from crosslogic.billing.price_store import PriceCache, listen_forever
 from crosslogic.billing.quota_store import QuotaKeeper
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
 from crosslogic.billing.settlement import TokenSettler
+from crosslogic.billing.stripe_meter import StripeMeterEvents
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.journal.store import JournalStore
 from crosslogic.lifecycle import run_until_signalled
@@ -26,6 +30,8 @@ from crosslogic.redis_pipe import PipelinedRedis
 from crosslogic.settings import Settings
 
 APPLICATION_NAME = "crosslogic-billing"  # in pg_stat_activity
+
+log = logging.getLogger(__name__)
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
@@ -75,11 +81,28 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         ),
         asyncio.create_task(keeper.run(), name="quota"),
     ]
+    stripe_events = None
+    if settings.stripe_secret_key:
+        stripe_events = StripeMeterEvents(
+            settings.stripe_secret_key, api_base=settings.stripe_api_base
+        )
+        exporter = StripeExporter(
+            pool.acquire, stripe_events, ExportMetrics(registry), names=meter_names(settings)
+        )
+        tasks.append(
+            asyncio.create_task(
+                exporter.run_forever(settings.billing_export_interval), name="stripe-export"
+            )
+        )
+    else:
+        log.info("Stripe export is off: STRIPE_SECRET_KEY is not set")
     try:
         # a batch cut short commits nothing: its offset commits with its rows, so it is
         # read again by the next process
         await run_until_signalled(tasks)
     finally:
+        if stripe_events is not None:
+            await stripe_events.close()
         await session.close()
         redis.close()
         await pool.close()
