@@ -62,7 +62,7 @@ def usage(
         stack,
         "INSERT INTO usage_hourly (hour, tenant_id, environment_id, model_id, request_count, "
         "prompt_tokens, completion_tokens, cost_usd) VALUES ($1, $2, $3, $4, 1, $5, $6, 0) "
-        "ON CONFLICT (tenant_id, environment_id, model_id, hour) DO UPDATE "
+        "ON CONFLICT (tenant_id, environment_id, model_id, region_code, hour) DO UPDATE "
         "SET prompt_tokens = $5, completion_tokens = $6",
         hour,
         tenant,
