@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from crosslogic import times
 from crosslogic.billing import aggregation, hours
 from crosslogic.billing.reconcile import Window, reconcile
 from crosslogic.db.connection import connect, create_pool
@@ -29,7 +30,7 @@ H = hours.HOUR
 
 
 def test_times_read_as_utc_and_hours_must_be_whole() -> None:
-    assert hours.parse_time("2026-11-29", param="start") == datetime(2026, 11, 29, tzinfo=UTC)
+    assert times.parse_time("2026-11-29", param="start") == datetime(2026, 11, 29, tzinfo=UTC)
     assert hours.parse_time("2026-11-29T21:30:00+01:00", param="x") == datetime(
         2026, 11, 29, 20, 30, tzinfo=UTC
     )

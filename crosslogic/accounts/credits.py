@@ -9,7 +9,7 @@ transaction, so a tenant refused for want of credits is served again as soon as 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +22,7 @@ from crosslogic.accounts.requests import json_object
 from crosslogic.billing import quota_store
 from crosslogic.db.rows import as_dict
 from crosslogic.errors import Invalid
+from crosslogic.times import parse_time
 
 _GRANT = (
     "id, tenant_id::text, amount_usd::text, granted_at, expires_at, note, actor, "
@@ -44,19 +45,9 @@ def grant_spec(body: Any, *, now: datetime) -> GrantSpec:
         raise Invalid("'amount_usd' is required.", param="amount_usd")
     amount = usd(body["amount_usd"], field="amount_usd")
     expires = body.get("expires_at")
-    expires_at = None
-    if expires is not None:
-        try:
-            expires_at = datetime.fromisoformat(expires) if isinstance(expires, str) else None
-        except ValueError:
-            expires_at = None
-        if expires_at is None or expires_at.tzinfo is None:
-            raise Invalid(
-                "'expires_at' must be an ISO 8601 time with a timezone.", param="expires_at"
-            )
-        if expires_at <= now:
-            raise Invalid("'expires_at' must be in the future.", param="expires_at")
-        expires_at = expires_at.astimezone(UTC)
+    expires_at = None if expires is None else parse_time(expires, param="expires_at")
+    if expires_at is not None and expires_at <= now:
+        raise Invalid("'expires_at' must be in the future.", param="expires_at")
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > 500:
         raise Invalid("'note' must be a string of at most 500 characters.", param="note")

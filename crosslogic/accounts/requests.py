@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from crosslogic.errors import Invalid
+from crosslogic.times import parse_time
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_GRACE_S = 30 * 86400
@@ -94,12 +95,7 @@ def _expiry(fields: dict[str, Any], *, now: datetime) -> datetime | None:
     raw = fields.get("expires_at")
     if raw is None:
         return None
-    try:
-        expires_at = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        raise Invalid("'expires_at' must be an ISO 8601 time.", param="expires_at") from None
-    if expires_at.tzinfo is None:
-        expires_at = expires_at.replace(tzinfo=UTC)
+    expires_at = parse_time(raw, param="expires_at")
     if expires_at <= now:
         raise Invalid("'expires_at' must be in the future.", param="expires_at")
     return expires_at

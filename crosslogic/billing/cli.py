@@ -26,12 +26,13 @@ from typing import Any
 import asyncpg
 
 from crosslogic.billing import aggregation, export_cli, reports
-from crosslogic.billing.hours import HOUR, floor_hour, hours_in, parse_hour, parse_time, window
+from crosslogic.billing.hours import HOUR, floor_hour, hours_in, parse_hour, window
 from crosslogic.billing.reconcile import Window, reconcile
 from crosslogic.db.connection import connect
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import DomainError, Invalid, Unavailable
 from crosslogic.settings import Settings
+from crosslogic.times import parse_time
 
 COMMANDS = ("billing",)
 

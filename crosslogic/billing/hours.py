@@ -10,25 +10,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from crosslogic.errors import Invalid
+from crosslogic.times import parse_time
 
 HOUR = timedelta(hours=1)
 MAX_HOURS = 24 * 366  # one aggregation or report covers at most about a year of hours
-
-
-def parse_time(text: str, *, param: str) -> datetime:
-    """``text`` (an ISO 8601 date or date-time) as an aware UTC datetime; Invalid naming
-    ``param`` otherwise."""
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise Invalid(
-            f"'{param}' must be an ISO 8601 date or date-time (e.g. 2026-11-29T20:00:00Z), "
-            f"not {text[:64]!r}.",
-            param=param,
-        ) from None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def floor_hour(moment: datetime) -> datetime:

@@ -20,8 +20,9 @@ from typing import Any
 import asyncpg
 
 from crosslogic.accounts import records
-from crosslogic.billing.hours import HOUR, floor_hour, parse_time, window
+from crosslogic.billing.hours import HOUR, floor_hour, window
 from crosslogic.errors import Invalid
+from crosslogic.times import parse_time
 
 FORMATS = ("json", "csv")
 # a group's name (its column in the report) -> its SQL expression

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from crosslogic.accounts.requests import json_object
 from crosslogic.catalog.money import as_decimal
 from crosslogic.errors import Invalid
+from crosslogic.times import parse_time
 
 REGION_CODE = re.compile(r"^[a-z0-9-]{1,64}$")
 MODEL_STATUSES = ("active", "deprecated")
@@ -127,12 +128,7 @@ def effective_at(raw: Any, *, now: datetime) -> datetime:
     applies retroactively)."""
     if raw is None:
         return now
-    try:
-        when = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        raise Invalid("'effective_at' must be an ISO 8601 time.", param="effective_at") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
+    when = parse_time(raw, param="effective_at")
     if when < now:
         raise Invalid(
             "'effective_at' must not be in the past: a price never applies retroactively.",
