@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from crosslogic.contracts.quota import ALLOWANCE_USED as ALLOWANCE_USED
+from crosslogic.contracts.quota import CREDITS_EXHAUSTED as CREDITS_EXHAUSTED
+from crosslogic.contracts.quota import MESSAGES as MESSAGES
+from crosslogic.contracts.quota import SPEND_CAP_REACHED as SPEND_CAP_REACHED
+
 PREPAID = "prepaid"
 POSTPAID = "postpaid"
 MODES = (PREPAID, POSTPAID)
-CREDITS_EXHAUSTED = "credits_exhausted"
-ALLOWANCE_USED = "allowance_used"
-SPEND_CAP_REACHED = "spend_cap_reached"
 _PLACES = Decimal("1e-10")
 ZERO = Decimal(0)
 
@@ -165,13 +167,3 @@ def exhaustion(account: Account, *, now: datetime) -> str | None:
     has_allowance = account.allowance != NO_ALLOWANCE
     credited = any(g.live(now) for g in account.grants)
     return ALLOWANCE_USED if has_allowance and not credited else CREDITS_EXHAUSTED
-
-
-MESSAGES = {
-    CREDITS_EXHAUSTED: "You exceeded your current quota: your prepaid credits are used up. "
-    "Add credits to continue.",
-    ALLOWANCE_USED: "You exceeded your current quota: this month's free allowance is used up. "
-    "Add credits or change your plan to continue.",
-    SPEND_CAP_REACHED: "You exceeded your current quota: this month's spend cap is reached. "
-    "Raise the cap to continue.",
-}

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from crosslogic.billing.quota import CREDITS_EXHAUSTED
-from crosslogic.billing.quota import MESSAGES as QUOTA_MESSAGES
+from crosslogic.contracts.quota import CREDITS_EXHAUSTED
+from crosslogic.contracts.quota import MESSAGES as QUOTA_MESSAGES
 from crosslogic.contracts.routing import Model as Model  # re-exported: the catalog's entries
 from crosslogic.extauthz.request_body import (
     MAX_CHOICES,
