@@ -158,7 +158,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     p = billing.add_parser(
         "reconcile",
-        help="compare usage rows with the aggregates; print every difference (exit 1 if any)",
+        help="compare usage rows, aggregates, exported events and credits; print every "
+        "difference (exit 1 if any)",
     )
     p.add_argument("--since", default=None, metavar="T", help="hours from T (default: all)")
     p.add_argument("--until", default=None, metavar="T", help="hours before T")
