@@ -39,6 +39,9 @@ class Billing:
     in_flight: int  # at most this many more rows than completed requests
     recorded: int
     exact: int  # rows with the upstream's token counts (5 prompt + 16 completion)
+    rows_per_s: float = 0.0  # usage rows billing wrote per second during the measured run
+    lag_p50_s: float = 0.0  # the pipeline lag (oldest unconsumed log line) during that run
+    lag_max_s: float = 0.0
 
     @property
     def consistent(self) -> bool:
@@ -48,7 +51,10 @@ class Billing:
         return (
             f"{self.recorded:,} usage_records rows, {self.exact:,} of them with 5 + 16 tokens, "
             f"for {self.completed:,} requests wrk completed (warm-up included; up to "
-            f"{self.in_flight:,} more rows come from requests cut off when wrk stopped)"
+            f"{self.in_flight:,} more rows come from requests cut off when wrk stopped); "
+            f"during the load billing wrote {self.rows_per_s:,.0f} rows/s, its lag (the age of "
+            f"the oldest log line not yet billed) p50 {self.lag_p50_s:.2f} s, "
+            f"max {self.lag_max_s:.2f} s"
         )
 
 

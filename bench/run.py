@@ -7,6 +7,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from bench import pipeline
 from bench.envoys import BaselineEnvoys
 from bench.gateway import Gateway
 from bench.histogram import scrape
@@ -47,7 +48,10 @@ def run_gateway(gateway: Gateway, *, load: Load, label: str) -> GatewayRun:
         warmup = run_wrk(gateway.url, load=load, duration_s=load.warmup_s, authorization=auth)
         completed += warmup.requests
     before, failures_before = scrape(gateway.metrics_url), gateway.ratelimit_failures()
-    result = run_wrk(gateway.url, load=load, duration_s=load.duration_s, authorization=auth)
+    rows_before = pipeline.sample(gateway.metrics_url, pipeline.RECORDS)
+    with pipeline.LagSampler(gateway.metrics_url) as lag:
+        result = run_wrk(gateway.url, load=load, duration_s=load.duration_s, authorization=auth)
+    rows_after = pipeline.sample(gateway.metrics_url, pipeline.RECORDS)
     after, failures_after = scrape(gateway.metrics_url), gateway.ratelimit_failures()
     completed += result.requests
     services = [
@@ -63,7 +67,13 @@ def run_gateway(gateway: Gateway, *, load: Load, label: str) -> GatewayRun:
     announce(f"waiting up to 20 s for billing to record {completed:,} requests...")
     recorded, exact = gateway.wait_for_billing(completed)
     billing = Billing(
-        completed=completed, in_flight=load.connections * runs, recorded=recorded, exact=exact
+        completed=completed,
+        in_flight=load.connections * runs,
+        recorded=recorded,
+        exact=exact,
+        rows_per_s=(rows_after - rows_before) / result.duration_s,
+        lag_p50_s=lag.percentile(0.5),
+        lag_max_s=lag.percentile(1.0),
     )
     return GatewayRun(
         target=Target(label, result),
