@@ -13,9 +13,10 @@ from crosslogic.billing import quota
 from crosslogic.billing.quota import Account, Allowance, Grant, MonthUsage, Usage
 from crosslogic.contracts.routing import Model
 from crosslogic.errors import Invalid
-from crosslogic.extauthz.decision import Allow, KeyRecord, decide
+from crosslogic.extauthz.decision import Allow, decide
 from crosslogic.extauthz.responses import denied
 from crosslogic.openai_errors import ApiError
+from tests.support.key_records import key_record
 
 NOW = datetime(2026, 3, 15, 12, tzinfo=UTC)
 MARCH = datetime(2026, 3, 1, tzinfo=UTC)
@@ -114,18 +115,7 @@ def test_postpaid_is_refused_only_at_its_spend_cap() -> None:
     assert quota.exhaustion(last_month, now=NOW) is None
 
 
-KEY = KeyRecord(
-    api_key_id="k",
-    key_id="kid",
-    tenant_id="t",
-    environment_id="e",
-    key_status="active",
-    tenant_status="active",
-    environment_status="active",
-    expires_at=None,
-    allowed_models=None,
-    rate_limit_rpm=None,
-)
+KEY = key_record()
 CATALOG = {"m": Model(id=1, name="m")}
 BODY = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 
