@@ -222,7 +222,9 @@ def test_a_dead_boot_billing_never_heard_of_is_found_through_the_journal(
             redis_client.close()
             await pool.close()
 
-    assert asyncio.run(reconcile()) == 1
+    # the session's own billing service reads the same journal and may bill the boot first:
+    # either way the request is billed once, from the journal (the assertions below)
+    assert asyncio.run(reconcile()) in (0, 1)
     (row,) = rows_of(stack, [request_id])[request_id]
     assert row["source"] == "journal" and row["usage_estimated"] is True
     assert (row["prompt_tokens"], row["completion_tokens"]) == (3, 7)
