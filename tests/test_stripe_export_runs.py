@@ -9,8 +9,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -25,7 +24,7 @@ from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.cli import Cli, cli_ok
 from tests.support.db import run_db
-from tests.support.stripe_double import StripeDouble, stripe_double
+from tests.support.stripe_double import StripeDouble, run_export, stripe_double
 from tests.support.tenants import fresh_tenant
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -89,33 +88,6 @@ def requests_for(double: StripeDouble, cus: str) -> list[str]:
         for r in double.requests
         if r.form.get("payload[stripe_customer_id]") == cus
     ]
-
-
-def export(
-    stack: Stack,
-    double: StripeDouble,
-    *,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
-    registry: CollectorRegistry | None = None,
-) -> ExportResult | None:
-    async def go() -> ExportResult | None:
-        @asynccontextmanager
-        async def fresh() -> AsyncIterator[asyncpg.Connection]:
-            conn = await connect(stack.settings)
-            try:
-                yield conn
-            finally:
-                await conn.close()
-
-        events = StripeMeterEvents("sk_test", api_base=double.url, max_network_retries=0)
-        metrics = ExportMetrics(registry or CollectorRegistry())
-        try:
-            exporter = StripeExporter(fresh, events, metrics, names=MeterNames(), now=now)
-            return await exporter.export_once()
-        finally:
-            await events.close()
-
-    return asyncio.run(go())
 
 
 def test_each_hours_total_goes_out_once_and_growth_as_a_delta(
@@ -238,7 +210,7 @@ def test_failed_events_wait_and_are_retried_under_the_same_identifier(
 
     registry = CollectorRegistry()
     later = datetime.now(UTC) + timedelta(hours=1)
-    result = export(stack, double, now=lambda: later, registry=registry)
+    result = run_export(stack, double, now=lambda: later, registry=registry)
     assert result is not None and result.failed == 0 and result.planned == 0
     assert result.oldest_unexported_hour is None
     assert requests_for(double, cus).count(first[0]) == 4  # the same event, sent again
@@ -261,7 +233,7 @@ def test_a_second_export_skips_while_one_holds_the_lock(
         conn = await connect(stack.settings)
         try:
             assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", 0x434C5345)
-            in_thread = await asyncio.to_thread(export, stack, double)
+            in_thread = await asyncio.to_thread(run_export, stack, double)
             code = await asyncio.to_thread(stripe_cli, "billing", "export")
             return in_thread, code
         finally:

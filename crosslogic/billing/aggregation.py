@@ -4,7 +4,8 @@ An hour is aggregated by recomputing it from its rows and replacing its aggregat
 transaction (only the groups whose sums changed are written, so ``updated_at`` says when an
 aggregate last changed). Re-running an hour changes nothing; an hour that receives rows
 after it was aggregated (late access-log lines, the journal's recovery) is marked again by
-``usage_records``' triggers (migration 0008) and aggregated again by the next run.
+``usage_records``' triggers (migration 0008) and aggregated again by the next run. The same
+transaction recomputes the hour's reserved capacity coverage (``reserved_usage``).
 
 Concurrency: each hour is aggregated under a transaction-level advisory lock of its own, so
 a second run on the same hour (the billing service and ``crosslogic billing aggregate``)
@@ -24,6 +25,7 @@ from datetime import UTC, datetime
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from crosslogic.billing import reservation_store
 from crosslogic.billing.hours import lag_seconds
 from crosslogic.db.errors import postgres_errors
 
@@ -112,6 +114,8 @@ async def aggregate_hour(conn: asyncpg.Connection, hour: datetime) -> HourResult
             hour,
         )
         counts = await conn.fetchrow(_REPLACE, hour, timeout=HOUR_TIMEOUT_S)
+        # reserved capacity's share of the hour, as current as its aggregates
+        await reservation_store.cover(conn, hour)
         clean = True
         if mark is not None:
             deleted = await conn.fetchval(

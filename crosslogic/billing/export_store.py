@@ -11,10 +11,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 
-from crosslogic.billing.stripe_export import HourTotal, PlannedEvent
+from crosslogic.billing.stripe_export import HourTotal, PlannedEvent, ReservationFee
 from crosslogic.billing.stripe_meter import Answer
 
 # pg_advisory_lock key of the export ("CLSE"): one exporter at a time, across processes
@@ -22,10 +23,8 @@ EXPORT_LOCK = 0x434C5345
 
 _TOTALS = """
 WITH totals AS (
-    SELECT tenant_id, hour, model_id,
-           sum(prompt_tokens)::bigint AS prompt_tokens,
-           sum(completion_tokens)::bigint AS completion_tokens
-    FROM usage_hourly WHERE hour >= $1 GROUP BY tenant_id, hour, model_id
+    SELECT tenant_id, hour, model_id, prompt_tokens, completion_tokens
+    FROM metered_hourly WHERE hour >= $1
 ), exported AS (
     SELECT tenant_id, hour, model_id,
            coalesce(sum(quantity) FILTER (WHERE meter = 'prompt_tokens'), 0)::bigint AS p,
@@ -49,6 +48,29 @@ ORDER BY t.hour, t.tenant_id, t.model_id
 """
 
 
+# $1: now. Started reservations of tenants with a Stripe customer whose fee is not planned.
+_FEES = """
+SELECT r.id AS reservation_id, r.tenant_id::text AS tenant_id, tn.stripe_customer_id,
+       r.model_id, m.name AS model, r.starts_at, r.fee_usd
+FROM reservations r
+JOIN tenants tn ON tn.id = r.tenant_id
+JOIN models m ON m.id = r.model_id
+WHERE r.starts_at <= $1 AND coalesce(tn.stripe_customer_id, '') <> ''
+  AND NOT EXISTS (SELECT 1 FROM billing_events b WHERE b.reservation_id = r.id)
+ORDER BY r.starts_at, r.id
+"""
+
+
+@dataclass(frozen=True)
+class FeeLine:
+    """What a reservation's invoice item says besides its amount."""
+
+    region: str | None
+    tokens_per_minute: int
+    starts_at: datetime
+    ends_at: datetime
+
+
 @dataclass(frozen=True)
 class DueEvent:
     """A recorded event that is not in Stripe yet and whose next attempt is due."""
@@ -62,6 +84,9 @@ class DueEvent:
     meter: str
     quantity: int
     attempts: int
+    amount_usd: Decimal | None = None
+    reservation_id: int | None = None
+    fee: FeeLine | None = None  # a reservation's fee, sent as an invoice item
 
 
 async def try_lock(conn: asyncpg.Connection) -> bool:
@@ -93,13 +118,18 @@ async def hour_totals(conn: asyncpg.Connection, *, since: datetime) -> list[Hour
     ]
 
 
+async def reservation_fees(conn: asyncpg.Connection, *, now: datetime) -> list[ReservationFee]:
+    return [ReservationFee(**dict(r)) for r in await conn.fetch(_FEES, now)]
+
+
 async def record_planned(
     conn: asyncpg.Connection, events: Sequence[PlannedEvent], *, now: datetime
 ) -> None:
     await conn.executemany(
         "INSERT INTO billing_events (tenant_id, hour, model_id, meter, sequence, quantity, "
-        "event_name, stripe_customer_id, idempotency_key, created_at, next_attempt_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) "
+        "event_name, stripe_customer_id, idempotency_key, created_at, next_attempt_at, "
+        "amount_usd, reservation_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) "
         "ON CONFLICT (idempotency_key) DO NOTHING",
         [
             (
@@ -113,6 +143,8 @@ async def record_planned(
                 e.stripe_customer_id,
                 e.identifier,
                 now,
+                e.amount_usd,
+                e.reservation_id,
             )
             for e in events
         ],
@@ -121,15 +153,26 @@ async def record_planned(
 
 async def due_events(conn: asyncpg.Connection, *, now: datetime, limit: int) -> list[DueEvent]:
     rows = await conn.fetch(
-        "SELECT b.id, b.event_name, b.idempotency_key AS identifier, b.hour, b.stripe_customer_id, "
-        "m.name AS model, b.meter, b.quantity, b.attempts "
+        "SELECT b.id, b.event_name, b.idempotency_key AS identifier, b.hour, "
+        "b.stripe_customer_id, m.name AS model, b.meter, b.quantity, b.attempts, b.amount_usd, "
+        "b.reservation_id, r.region_code, r.tokens_per_minute, r.starts_at, r.ends_at "
         "FROM billing_events b JOIN models m ON m.id = b.model_id "
+        "LEFT JOIN reservations r ON r.id = b.reservation_id "
         "WHERE b.status <> 'sent' AND b.next_attempt_at <= $1 "
         "ORDER BY b.hour, b.id LIMIT $2",
         now,
         limit,
     )
-    return [DueEvent(**dict(r)) for r in rows]
+    fee = ("region_code", "tokens_per_minute", "starts_at", "ends_at")
+    return [
+        DueEvent(
+            **{k: v for k, v in r.items() if k not in fee},
+            fee=None
+            if r["reservation_id"] is None
+            else FeeLine(r["region_code"], r["tokens_per_minute"], r["starts_at"], r["ends_at"]),
+        )
+        for r in rows
+    ]
 
 
 async def record_attempt(

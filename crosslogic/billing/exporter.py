@@ -22,8 +22,18 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crosslogic.billing import export_store as store
-from crosslogic.billing.stripe_export import LOOKBACK, MeterNames, payload, plan, retry_delay
-from crosslogic.billing.stripe_meter import Answer, MeterEvent, MeterEvents
+from crosslogic.billing.export_store import DueEvent
+from crosslogic.billing.stripe_export import (
+    LOOKBACK,
+    MeterNames,
+    cents,
+    fee_description,
+    payload,
+    plan,
+    plan_fees,
+    retry_delay,
+)
+from crosslogic.billing.stripe_meter import Answer, InvoiceItem, MeterEvent, MeterEvents
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
 from crosslogic.settings import Settings
@@ -42,7 +52,8 @@ class ExportMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.exported = Counter(
             "billing_usage_exported_total",
-            "tokens sent to Stripe as meter events (accepted by Stripe), by meter",
+            "tokens sent to Stripe as meter events (accepted by Stripe), by meter "
+            "(reservation_fee: reservation fees sent as invoice items, counted one each)",
             ["meter"],
             registry=registry,
         )
@@ -134,6 +145,7 @@ class StripeExporter:
         async with conn.transaction():
             totals = await store.hour_totals(conn, since=now - LOOKBACK)
             planned, over = plan(totals, self._names)
+            planned += plan_fees(await store.reservation_fees(conn, now=now))
             await store.record_planned(conn, planned, now=now)
         for o in over:
             log.warning(
@@ -165,18 +177,7 @@ class StripeExporter:
                 return sent, failed, False
             for event in due:
                 tried.add(event.id)
-                answer = await self._events.send(
-                    MeterEvent(
-                        event_name=event.event_name,
-                        identifier=event.identifier,
-                        timestamp=event.hour,
-                        payload=payload(
-                            stripe_customer_id=event.stripe_customer_id,
-                            quantity=event.quantity,
-                            model=event.model,
-                        ),
-                    )
-                )
+                answer = await self._send(event)
                 now = self._now()
                 await store.record_attempt(
                     conn,
@@ -193,6 +194,38 @@ class StripeExporter:
                 self._count_failure(event.identifier, answer)
                 if answer.unreachable:
                     return sent, failed, True
+
+    async def _send(self, event: DueEvent) -> Answer:
+        if event.fee is not None and event.amount_usd is not None:
+            return await self._events.send_invoice_item(
+                InvoiceItem(
+                    identifier=event.identifier,
+                    customer=event.stripe_customer_id,
+                    amount_cents=cents(event.amount_usd),
+                    description=fee_description(
+                        model=event.model,
+                        region=event.fee.region,
+                        tokens_per_minute=event.fee.tokens_per_minute,
+                        starts_at=event.fee.starts_at,
+                        ends_at=event.fee.ends_at,
+                    ),
+                    period_start=event.fee.starts_at,
+                    period_end=event.fee.ends_at,
+                    metadata={"reservation_id": str(event.reservation_id)},
+                )
+            )
+        return await self._events.send(
+            MeterEvent(
+                event_name=event.event_name,
+                identifier=event.identifier,
+                timestamp=event.hour,
+                payload=payload(
+                    stripe_customer_id=event.stripe_customer_id,
+                    quantity=event.quantity,
+                    model=event.model,
+                ),
+            )
+        )
 
     def _count_failure(self, identifier: str, answer: Answer) -> None:
         reason = "unreachable" if answer.unreachable else "refused"

@@ -11,6 +11,8 @@ Rules (months are UTC calendar months):
   used up (<= 0) and this month's allowance is too (or it has none).
 - A postpaid tenant is never refused for its balance; with a monthly spend cap it is refused
   once this month's chargeable cost reaches the cap.
+- Usage covered by reserved capacity is not chargeable (its fee paid for it) and a
+  reservation's fee is not part of a spend cap: the cap bounds metered spend.
 
 Amounts are Decimal, never floats; a pro-rata share is rounded half-even to 10 places, like a
 usage row's cost.

@@ -43,15 +43,22 @@ _GRANTS = """
 SELECT amount_usd, granted_at, expires_at FROM credit_grants
 WHERE tenant_id = $1 AND granted_at <= $2 AND (expires_at IS NULL OR expires_at > $2)
 """
-# one pass over the tenant's rows from the first month that matters
+# one pass over the tenant's rows from the first month that matters, less what reserved
+# capacity covered (known once the hour is aggregated: until then quota errs on refusing)
 _MONTHS = """
-SELECT date_trunc('month', started_at, 'UTC') AS month,
-       coalesce(sum(total_tokens), 0)::bigint AS tokens,
-       coalesce(sum(cost_usd), 0) AS cost,
-       coalesce(sum(total_tokens) FILTER (WHERE started_at < $3), 0)::bigint AS tokens_before,
-       coalesce(sum(cost_usd) FILTER (WHERE started_at < $3), 0) AS cost_before
-FROM usage_records
-WHERE tenant_id = $1 AND started_at >= $2
+WITH usage AS (
+    SELECT started_at AS at, total_tokens AS tokens, cost_usd AS cost
+    FROM usage_records WHERE tenant_id = $1 AND started_at >= $2
+    UNION ALL
+    SELECT hour, -(covered_prompt_tokens + covered_completion_tokens), -covered_cost_usd
+    FROM reserved_usage WHERE tenant_id = $1 AND hour >= $2
+)
+SELECT date_trunc('month', at, 'UTC') AS month,
+       coalesce(sum(tokens), 0)::bigint AS tokens,
+       coalesce(sum(cost), 0) AS cost,
+       coalesce(sum(tokens) FILTER (WHERE at < $3), 0)::bigint AS tokens_before,
+       coalesce(sum(cost) FILTER (WHERE at < $3), 0) AS cost_before
+FROM usage
 GROUP BY 1
 """
 # tenants quota can concern: refused now, capped, or prepaid

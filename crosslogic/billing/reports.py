@@ -4,7 +4,9 @@ the query, and the CSV form.
 A report covers the hours starting in ``[start, end)`` (both widened to whole UTC hours),
 optionally grouped by model, environment, region and one of day or hour; each line carries
 requests, tokens and cost. Costs are the exact sums of the rows' costs (decimal strings in
-JSON, never floats). Reports read the aggregates, so the last hours appear once aggregated.
+JSON, never floats). The JSON form also has ``charges``: reserved capacity's fees and overage
+and the other metered usage as separate lines (:mod:`crosslogic.billing.charges`).
+Reports read the aggregates, so the last hours appear once aggregated.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from crosslogic.accounts import records
+from crosslogic.billing.charges import charges, reserved
 from crosslogic.billing.hours import HOUR, floor_hour, window
 from crosslogic.errors import Invalid
 from crosslogic.times import parse_time
@@ -141,13 +144,22 @@ async def tenant_report(
     lines = [line(r, query.group_by) for r in rows]
     if not query.group_by and lines and lines[0]["requests"] == 0:
         lines = []  # no usage: no line rather than a line of zeros
+    total = totals(lines)
+    reservations = await reserved(conn, tenant_id=tenant["id"], start=query.start, end=query.end)
     return {
         "tenant_id": tenant["id"],
         "start": query.start.isoformat(),
         "end": query.end.isoformat(),
         "group_by": list(query.group_by),
         "data": lines,
-        "total": totals(lines),
+        "total": total,
+        "charges": charges(
+            tokens=total["total_tokens"],
+            cost=Decimal(total["cost_usd"]),
+            reservations=reservations,
+            start=query.start,
+            end=query.end,
+        ),
     }
 
 

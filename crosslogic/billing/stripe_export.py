@@ -7,6 +7,11 @@ sequence number. Everything planned counts as exported, sent or still to be retr
 re-run plans nothing new. An event's identifier is derived from those five values alone:
 sent again (a retry, a crash between Stripe's answer and our commit, a second export
 process), it is the same event to Stripe, which keeps one.
+
+Reserved capacity: the tokens a reservation covered are not metered (the totals come from
+``metered_hourly``, the aggregates less that coverage), and its fee goes to Stripe once,
+when its period starts, as an invoice item of its own (identifier ``cl_res_<id>_fee``): so
+the fee and the overage are separate lines of the tenant's invoice.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 METERS = ("prompt_tokens", "completion_tokens")
+FEE = "reservation_fee"  # billing_events.meter of a reservation's fee
 # Stripe refuses meter events older than 35 days; a day's margin for clock skew and retries
 LOOKBACK = timedelta(days=34)
 _SHORT = {"prompt_tokens": "p", "completion_tokens": "c"}
@@ -61,6 +68,21 @@ class PlannedEvent:
     quantity: int
     event_name: str
     identifier: str
+    amount_usd: Decimal | None = None  # a fee's amount (meter events carry tokens only)
+    reservation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ReservationFee:
+    """A started reservation of a tenant with a Stripe customer, whose fee is not planned."""
+
+    reservation_id: int
+    tenant_id: str
+    stripe_customer_id: str
+    model_id: int
+    model: str
+    starts_at: datetime
+    fee_usd: Decimal
 
 
 @dataclass(frozen=True)
@@ -120,6 +142,51 @@ def plan(
                 )
             )
     return events, over
+
+
+def plan_fees(fees: Iterable[ReservationFee]) -> list[PlannedEvent]:
+    """One invoice item per reservation fee (a free reservation sends nothing)."""
+    return [
+        PlannedEvent(
+            tenant_id=f.tenant_id,
+            stripe_customer_id=f.stripe_customer_id,
+            hour=f.starts_at,
+            model_id=f.model_id,
+            model=f.model,
+            meter=FEE,
+            sequence=0,
+            quantity=1,
+            event_name="",
+            identifier=f"cl_res_{f.reservation_id}_fee",
+            amount_usd=f.fee_usd,
+            reservation_id=f.reservation_id,
+        )
+        for f in fees
+        if f.fee_usd > 0
+    ]
+
+
+def cents(amount: Decimal) -> int:
+    """A fee (whole cents by its column's type) in Stripe's integer cents."""
+    value = amount * 100
+    if value != value.to_integral_value():
+        raise ValueError(f"{amount} is not whole cents")
+    return int(value)
+
+
+def fee_description(
+    *,
+    model: str,
+    region: str | None,
+    tokens_per_minute: int,
+    starts_at: datetime,
+    ends_at: datetime,
+) -> str:
+    where = f"in {region}" if region else "in any region"
+    return (
+        f"Reserved capacity: {tokens_per_minute:,} tokens/min of {model} {where}, "
+        f"{starts_at.isoformat()} to {ends_at.isoformat()}"
+    )
 
 
 def retry_delay(attempts: int, *, base: float = 30.0, cap: float = 3600.0) -> timedelta:

@@ -1,5 +1,5 @@
-"""Sending one meter event to Stripe with the official ``stripe`` library: the only place
-that knows its types and errors.
+"""Sending one meter event (usage) or invoice item (a reservation's fee) to Stripe with the
+official ``stripe`` library: the only place that knows its types and errors.
 
 The library itself retries connection errors, 409 and 5xx answers a few times, with the
 same Idempotency-Key, before it gives up; what is left is an :class:`Answer` that says
@@ -29,6 +29,19 @@ class MeterEvent:
 
 
 @dataclass(frozen=True)
+class InvoiceItem:
+    """A one-off line on the customer's next invoice (USD)."""
+
+    identifier: str  # the request's Idempotency-Key
+    customer: str
+    amount_cents: int
+    description: str
+    period_start: datetime
+    period_end: datetime
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Answer:
     """Stripe's answer to one attempt. ``unreachable``: no answer, or a 5xx / 429 after
     the library's own retries (worth stopping the run); otherwise the event was refused."""
@@ -41,9 +54,11 @@ class Answer:
 
 
 class MeterEvents(Protocol):
-    """Where meter events go (Stripe, or a test's fake)."""
+    """Where meter events and invoice items go (Stripe, or a test's fake)."""
 
     async def send(self, event: MeterEvent) -> Answer: ...
+
+    async def send_invoice_item(self, item: InvoiceItem) -> Answer: ...
 
     async def close(self) -> None: ...
 
@@ -78,6 +93,26 @@ class StripeMeterEvents:
                     "payload": event.payload,
                 },
                 {"idempotency_key": event.identifier},
+            )
+        except stripe.StripeError as exc:
+            return _refusal(exc)
+        return Answer(sent=True, http_status=200, response=created.to_dict())
+
+    async def send_invoice_item(self, item: InvoiceItem) -> Answer:
+        try:
+            created = await self._client.v1.invoice_items.create_async(
+                {
+                    "customer": item.customer,
+                    "amount": item.amount_cents,
+                    "currency": "usd",
+                    "description": item.description,
+                    "period": {
+                        "start": int(item.period_start.timestamp()),
+                        "end": int(item.period_end.timestamp()),
+                    },
+                    "metadata": item.metadata,
+                },
+                {"idempotency_key": item.identifier},
             )
         except stripe.StripeError as exc:
             return _refusal(exc)

@@ -2,7 +2,8 @@
 
 For every tenant with a Stripe customer and every (hour, model, meter), the events Stripe
 accepted (``billing_events.status = 'sent'``) add up to the hour's total in ``usage_hourly``
-(summed over environments and regions, as the export sends it). Short of it is *pending*
+(summed over environments and regions, less what reserved capacity covered: the view
+``metered_hourly``, as the export sends it). Short of it is *pending*
 (not planned yet, or planned and waiting for a retry: the next export sends it), except for
 an hour older than the export's lookback, which Stripe would refuse: that usage is never
 billed, a difference (``past_lookback``). Above it is a difference (``hour_shrank``): meter
@@ -27,12 +28,9 @@ NOT_EXPORTED_YET = "not_exported_yet"
 # $1, $2: the window (NULL: unbounded)
 _EXPORTED_VS_HOURLY = """
 WITH totals AS (
-    SELECT tenant_id, hour, model_id,
-           sum(prompt_tokens)::bigint AS prompt_tokens,
-           sum(completion_tokens)::bigint AS completion_tokens
-    FROM usage_hourly
+    SELECT tenant_id, hour, model_id, prompt_tokens, completion_tokens
+    FROM metered_hourly
     WHERE ($1::timestamptz IS NULL OR hour >= $1) AND ($2::timestamptz IS NULL OR hour < $2)
-    GROUP BY tenant_id, hour, model_id
 ), metered AS (
     SELECT tenant_id, hour, model_id, m.meter,
            CASE m.meter WHEN 'prompt_tokens' THEN prompt_tokens ELSE completion_tokens END
@@ -43,6 +41,7 @@ WITH totals AS (
            coalesce(sum(quantity) FILTER (WHERE status = 'sent'), 0)::bigint AS sent
     FROM billing_events
     WHERE ($1::timestamptz IS NULL OR hour >= $1) AND ($2::timestamptz IS NULL OR hour < $2)
+      AND reservation_id IS NULL
     GROUP BY tenant_id, hour, model_id, meter
 )
 SELECT hour, tenant_id::text AS tenant_id, model_id, meter,

@@ -47,6 +47,21 @@ CREATE TABLE reserved_usage (
 );
 CREATE INDEX reserved_usage_tenant_idx ON reserved_usage (tenant_id, hour);
 
+-- What goes to Stripe as meter events per tenant, hour and model: the aggregates (summed
+-- over environments and regions) less what reservations covered. The export plans from it
+-- and reconciliation checks against it.
+CREATE VIEW metered_hourly AS
+SELECT tenant_id, hour, model_id,
+       sum(prompt_tokens)::bigint AS prompt_tokens,
+       sum(completion_tokens)::bigint AS completion_tokens
+FROM (
+    SELECT tenant_id, hour, model_id, prompt_tokens, completion_tokens FROM usage_hourly
+    UNION ALL
+    SELECT tenant_id, hour, model_id, -covered_prompt_tokens, -covered_completion_tokens
+    FROM reserved_usage
+) AS u
+GROUP BY tenant_id, hour, model_id;
+
 -- A reservation's fee is a billing event of its own (meter 'reservation_fee', quantity 1,
 -- amount_usd the fee), sent and retried like the meter events.
 ALTER TABLE billing_events DROP CONSTRAINT billing_events_meter_check;
