@@ -1,5 +1,6 @@
-"""Reserved capacity through the admin API, against the real stack: sold, listed, shown and
-cancelled (audited); refused with the house's 400/404/409, and nothing written when refused."""
+"""Reserved capacity through the admin API and the operator command line, against the real
+stack: sold, listed, shown and cancelled (audited); refused with the house's 400/404/409, and
+nothing written when refused; both edges refuse a bad reservation with the same message."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from crosslogic.billing.reservations import reservation_spec
 from crosslogic.errors import Invalid
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
+from tests.support.cli import Cli, cli_ok
 from tests.support.db import run_db
 from tests.support.tenants import fresh_tenant
 
@@ -125,7 +127,43 @@ def test_any_region_is_null(stack: Stack, admin: Admin) -> None:
     assert row["region"] is None and row["note"] == ""
 
 
-def test_a_started_reservation_cannot_be_cancelled(stack: Stack, admin: Admin) -> None:
+def test_a_reservation_is_sold_listed_shown_and_cancelled_by_the_cli(
+    stack: Stack, cli: Cli
+) -> None:
+    tenant, _ = fresh_tenant(stack)
+    model = a_model(stack)
+    row = cli_ok(
+        cli(
+            "reservations",
+            "create",
+            tenant,
+            "--model",
+            model,
+            "--tokens-per-minute",
+            "500",
+            "--starts-at",
+            hours(0),
+            "--ends-at",
+            hours(2),
+            "--fee-usd",
+            "20",
+            "--actor",
+            "bob",
+        )
+    )
+    assert (row["model"], row["region"], row["tokens_per_minute"]) == (model, None, 500)
+    assert (row["fee_usd"], row["actor"]) == ("20.00", "cli:bob")
+    assert cli_ok(cli("reservations", "list", tenant)) == [row]
+    assert cli_ok(cli("reservations", "show", str(row["id"]))) == row
+    assert cli_ok(cli("reservations", "cancel", str(row["id"]), "--actor", "bob")) == row
+    assert cli_ok(cli("reservations", "list", tenant)) == []
+    assert [(a["action"], a["actor"]) for a in audit_of(stack, row["id"])] == [
+        ("reservation.create", "cli:bob"),
+        ("reservation.cancel", "cli:bob"),
+    ]
+
+
+def test_a_started_reservation_cannot_be_cancelled(stack: Stack, admin: Admin, cli: Cli) -> None:
     tenant, _ = fresh_tenant(stack)
     model = a_model(stack)
     # the API sells no past hour: a reservation in force is written as time would leave it
@@ -141,6 +179,8 @@ def test_a_started_reservation_cannot_be_cancelled(stack: Stack, admin: Admin) -
     before = written(stack, tenant)
     status, error = admin("DELETE", f"/admin/reservations/{ident}")
     assert status == 409 and "has started" in error["error"]["message"], error
+    code, out, err = cli("reservations", "cancel", str(ident))
+    assert (code, out) == (1, "") and err.startswith("error: ") and "has started" in err
     assert written(stack, tenant) == before == (1, 0)
     assert ok(admin("GET", f"/admin/reservations/{ident}"))["id"] == ident
 
@@ -238,6 +278,56 @@ def test_unknown_tenants_models_regions_and_reservations_are_404(
         for method in ("GET", "DELETE"):
             status, error = admin(method, f"/admin/reservations/{ident}")
             assert status == 404 and error["error"]["code"] == "reservation_not_found", error
+
+
+@pytest.mark.parametrize(
+    ("options", "change"),
+    [
+        (("--tokens-per-minute", "lots"), {"tokens_per_minute": "lots"}),
+        (("--tokens-per-minute", "0"), {"tokens_per_minute": 0}),
+        (("--starts-at", "2030-01-01T00:30:00Z"), {"starts_at": "2030-01-01T00:30:00Z"}),
+        (("--fee-usd", "-1"), {"fee_usd": "-1"}),
+        (("--region", ""), {"region": ""}),
+        (("--model", "no-such-model-anywhere"), {"model": "no-such-model-anywhere"}),
+    ],
+)
+def test_the_cli_refuses_what_the_api_refuses_with_its_message(
+    stack: Stack, admin: Admin, cli: Cli, options: tuple[str, ...], change: dict[str, Any]
+) -> None:
+    tenant, _ = fresh_tenant(stack)
+    model = a_model(stack)
+    argv = {"--model": model, "--tokens-per-minute": "1000", "--starts-at": hours(0)}
+    argv |= {"--ends-at": hours(24), "--fee-usd": "1500.00"}
+    argv |= dict(zip(options[::2], options[1::2], strict=True))
+    code, out, err = cli("reservations", "create", tenant, *[a for kv in argv.items() for a in kv])
+    status, error = admin("POST", f"/admin/tenants/{tenant}/reservations", body(model, **change))
+    assert status in (400, 404), error
+    assert (code, out, err) == (1, "", f"error: {error['error']['message']}\n")
+    assert written(stack, tenant) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("reservations",),
+        ("reservations", "create", "t", "--model", "m"),
+        ("reservations", "show"),
+        ("reservations", "cancel", "1", "2"),
+        ("reservations", "extend", "1"),
+    ],
+)
+def test_the_cli_prints_its_usage_for_bad_arguments(
+    cli: Cli, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(*argv)
+    assert exited.value.code == 2
+    assert "usage: crosslogic" in capsys.readouterr().err  # the innermost parser's usage
+
+
+def test_the_cli_says_which_reservation_it_does_not_know(cli: Cli) -> None:
+    for action in ("show", "cancel"):
+        assert cli("reservations", action, "abc") == (1, "", "error: No reservation 'abc'.\n")
 
 
 NOW = datetime.now(UTC)
