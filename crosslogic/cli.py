@@ -18,6 +18,7 @@ from crosslogic import services
 from crosslogic.accounts import cli as accounts_cli
 from crosslogic.accounts import quota_cli
 from crosslogic.billing import cli as billing_cli
+from crosslogic.billing import reservation_cli
 from crosslogic.catalog import cli as catalog_cli
 from crosslogic.demo import client_lines
 from crosslogic.lifecycle import TaskDied, exit_code
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     billing_cli.add_parsers(sub)
     catalog_cli.add_parsers(sub)
     quota_cli.add_parsers(sub)
+    reservation_cli.add_parsers(sub)
     return parser
 
 
@@ -234,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             return catalog_cli.run(settings, args)
         if args.command in quota_cli.COMMANDS:
             return quota_cli.run(settings, args)
+        if args.command in reservation_cli.COMMANDS:
+            return reservation_cli.run(settings, args)
         return COMMANDS[args.command](settings, args)
     except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)

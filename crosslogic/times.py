@@ -14,12 +14,12 @@ def parse_time(raw: object, *, param: str) -> datetime:
         if not isinstance(raw, str):
             raise ValueError(raw)
         value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)  # OverflowError past year 1 or 9999
+    except (ValueError, OverflowError):
         raise Invalid(
             f"'{param}' must be an ISO 8601 date or date-time (e.g. 2026-11-29T20:00:00Z), "
             f"not {str(raw)[:64]!r}.",
             param=param,
         ) from None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

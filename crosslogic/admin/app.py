@@ -3,9 +3,9 @@
 health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), models
 (``/v1/models`` via Envoy), accounts (tenants, environments, keys), audit, limits, usage
 (reports, also ``/v1/usage`` via Envoy), catalog (models, regions), prices (list prices,
-tenant overrides), plans (and a tenant's billing settings), credits, stripe_customers
-(a tenant's Stripe customer) and openapi each own their routes; ``context`` holds what they
-share, ``errors`` answers every refusal.
+tenant overrides), plans (and a tenant's billing settings), credits, reservations (reserved
+capacity), stripe_customers (a tenant's Stripe customer) and openapi each own their routes;
+``context`` holds what they share, ``errors`` answers every refusal.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from crosslogic.admin import (
     openapi,
     plans,
     prices,
+    reservations,
     stripe_customers,
     usage,
 )
@@ -100,6 +101,7 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
         prices,
         plans,
         credits,
+        reservations,
         stripe_customers,
         openapi,
     ):

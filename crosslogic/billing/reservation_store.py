@@ -149,7 +149,8 @@ async def create(
 async def show(conn: asyncpg.Connection, reservation_id: str) -> dict[str, Any]:
     row = (
         await conn.fetchrow(f"{_SHOW} WHERE r.id = $1 {_GROUP}", int(reservation_id))
-        if reservation_id.isdigit() and len(reservation_id) < 19
+        # isascii: str.isdigit() also holds for digits int() cannot read, like '²'
+        if reservation_id.isascii() and reservation_id.isdigit() and len(reservation_id) < 19
         else None
     )
     if row is None:

@@ -72,10 +72,11 @@ def reservation_spec(body: Any, *, now: datetime) -> ReservationSpec:
         if name not in body:
             raise Invalid(f"'{name}' is required.", param=name)
     model = body["model"]
-    if not isinstance(model, str) or not 1 <= len(model) <= 200:
+    # NUL: PostgreSQL text cannot hold it
+    if not isinstance(model, str) or not 1 <= len(model) <= 200 or "\x00" in model:
         raise Invalid("'model' must be a model's name.", param="model")
     region = body.get("region")
-    if region is not None and (not isinstance(region, str) or not region):
+    if region is not None and (not isinstance(region, str) or not region or "\x00" in region):
         raise Invalid("'region' must be a region's code, or null for any region.", param="region")
     tpm = body["tokens_per_minute"]
     if isinstance(tpm, bool) or not isinstance(tpm, int) or not 0 < tpm <= MAX_TOKENS_PER_MINUTE:
@@ -94,6 +95,8 @@ def reservation_spec(body: Any, *, now: datetime) -> ReservationSpec:
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > 500:
         raise Invalid("'note' must be a string of at most 500 characters.", param="note")
+    if "\x00" in note:
+        raise Invalid("'note' must not contain a NUL character.", param="note")
     return ReservationSpec(model, region, tpm, starts_at, ends_at, fee(body["fee_usd"]), note)
 
 
