@@ -14,7 +14,9 @@ from crosslogic.db.connection import connect
 from crosslogic.db.migrate import migrate
 from crosslogic.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from crosslogic.stack import Stack
+from tests.support.admin import Admin
 from tests.support.db import run_db
+from tests.support.tenants import fresh_tenant
 
 
 def call(
@@ -122,3 +124,15 @@ def test_domain_errors_map_to_one_status_each(error: DomainError, status: int, c
 
 def test_a_domain_error_without_a_status_is_a_bug() -> None:
     assert api_error(DomainError("what is this")) is None
+
+
+def test_text_postgres_cannot_store_is_a_400_not_a_500(stack: Stack, admin: Admin) -> None:
+    tenant, _ = fresh_tenant(stack)
+    status, body = admin(
+        "POST", f"/admin/tenants/{tenant}/credits", {"amount_usd": "1", "note": "a\x00b"}
+    )
+    assert status == 400, body
+    assert "NUL" in body["error"]["message"]
+    assert (
+        run_db(stack, "SELECT count(*) FROM credit_grants WHERE tenant_id = $1", tenant)[0][0] == 0
+    )

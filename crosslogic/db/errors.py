@@ -2,8 +2,10 @@
 
 Connection trouble (refused, reset, timed out, server shutting down or starting) is
 :class:`~crosslogic.errors.Unavailable`; a unique or foreign-key violation that reaches us is a
-:class:`~crosslogic.errors.Conflict`. Any other PostgresError is a bug in our SQL and passes
-through unchanged, so the edge logs it as one instead of hiding it behind a 503.
+:class:`~crosslogic.errors.Conflict`; text PostgreSQL cannot store (a NUL character) is
+:class:`~crosslogic.errors.Invalid`, wherever a client's string reaches a column unchecked.
+Any other PostgresError is a bug in our SQL and passes through unchanged, so the edge logs it
+as one instead of hiding it behind a 503.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
-from crosslogic.errors import Conflict, Unavailable
+from crosslogic.errors import Conflict, Invalid, Unavailable
 
 # What a dead, restarting or unreachable server looks like through asyncpg.
 DRIVER_UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -34,3 +36,5 @@ def postgres_errors() -> Iterator[None]:
         raise Unavailable("PostgreSQL", str(exc) or type(exc).__name__) from exc
     except asyncpg.IntegrityConstraintViolationError as exc:
         raise Conflict(exc.detail or str(exc), code="conflict") from exc
+    except asyncpg.CharacterNotInRepertoireError as exc:
+        raise Invalid("Text must not contain a NUL character (\\u0000).") from exc
