@@ -17,6 +17,7 @@ import pytest
 
 from crosslogic.billing import aggregation, quota_store
 from crosslogic.billing.hours import HOUR
+from crosslogic.billing.reconcile import CHECKS, Window, reconcile
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.db import connect_and, run_db
@@ -240,3 +241,47 @@ def test_requests_through_envoy_draw_on_the_reservation(stack: Stack, admin: Adm
     report = ok(admin("GET", f"/admin/usage/{who.tenant_id}"))
     overage = next(x for x in report["charges"]["lines"] if x["kind"] == "reservation_overage")
     assert overage["covered_tokens"] == covered and overage["tokens"] == total - covered
+
+
+def test_reconcile_recomputes_reserved_hours_and_follows_each_fee(
+    stack: Stack, double: StripeDouble
+) -> None:
+    who = payer(stack)
+    hour = unused_hour()
+    while hour > datetime.now(UTC) - HOUR:  # a started reservation: its fee is due
+        hour = unused_hour()
+    window = Window(hour, hour + HOUR)
+    reservation = reserve(stack, who, hour, fee="3.50")
+    one_hour_of_usage(stack, who, hour)
+    aggregate(stack, hour)
+
+    def found(check: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        result = connect_and(
+            stack, lambda conn: reconcile(conn, window, checks={check: CHECKS[check]})
+        )
+        return [d.as_dict() for d in result.differences], [d.as_dict() for d in result.pending]
+
+    assert found("reserved_usage") == ([], [])
+    run_db(
+        stack,
+        "UPDATE reserved_usage SET covered_cost_usd = 0 WHERE reservation_id = $1",
+        reservation,
+    )
+    [wrong], _ = found("reserved_usage")
+    assert wrong["reservation_id"] == reservation and wrong["field"] == "covered_cost_usd"
+    assert D(wrong["expected"]) == D("0.0003") and D(wrong["found"]) == 0
+    aggregate(stack, hour)  # a re-run writes what the rows say: the difference is gone
+    assert found("reserved_usage") == ([], [])
+
+    # a fee is followed once the tenant is billed through Stripe: pending until sent
+    assert found("reservation_fees") == ([], [])
+    run_db(
+        stack,
+        "UPDATE tenants SET stripe_customer_id = $2 WHERE id = $1",
+        who.tenant_id,
+        f"cus_rec{reservation}",
+    )
+    differences, [pending] = found("reservation_fees")
+    assert differences == [] and pending["reason"] == "not_exported_yet"
+    assert run_export(stack, double) is not None
+    assert found("reservation_fees") == ([], [])

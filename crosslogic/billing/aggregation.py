@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from crosslogic.billing import reservation_store
+from crosslogic.billing import reserved_hours
 from crosslogic.billing.hours import lag_seconds
 from crosslogic.db.errors import postgres_errors
 
@@ -115,7 +115,7 @@ async def aggregate_hour(conn: asyncpg.Connection, hour: datetime) -> HourResult
         )
         counts = await conn.fetchrow(_REPLACE, hour, timeout=HOUR_TIMEOUT_S)
         # reserved capacity's share of the hour, as current as its aggregates
-        await reservation_store.cover(conn, hour)
+        await reserved_hours.cover(conn, hour)
         clean = True
         if mark is not None:
             deleted = await conn.fetchval(

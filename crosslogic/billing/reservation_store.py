@@ -1,5 +1,5 @@
-"""Reserved capacity in PostgreSQL: reservations (create, list, show, cancel; audited) and
-each reserved hour's coverage, recomputed with the hour's aggregates.
+"""Reserved capacity in PostgreSQL: reservations (create, list, show, cancel; audited).
+Each reserved hour's coverage is :mod:`crosslogic.billing.reserved_hours`.
 
 A reservation is sold ahead: its period starts at a whole UTC hour that is not past yet, so
 no usage already aggregated or exported changes its price. Only a postpaid tenant can hold
@@ -9,7 +9,6 @@ has not started can be cancelled (it is deleted, its fee never due); one that ha
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -17,7 +16,7 @@ import asyncpg
 from crosslogic import audit
 from crosslogic.accounts.records import get as get_record
 from crosslogic.billing import quota, quota_store
-from crosslogic.billing.reservations import MinuteUsage, ReservationSpec, cover_hour
+from crosslogic.billing.reservations import ReservationSpec
 from crosslogic.catalog import store as catalog
 from crosslogic.catalog.money import plain_row
 from crosslogic.errors import Conflict, Invalid, NotFound
@@ -39,41 +38,6 @@ FROM reservations r JOIN models m ON m.id = r.model_id
 LEFT JOIN reserved_usage u ON u.reservation_id = r.id
 """
 _GROUP = " GROUP BY r.id, m.name"
-
-# $1: the hour. Each reservation in force in the hour, with its scope's usage per minute.
-_MINUTES = """
-SELECT r.id, r.tenant_id, r.model_id, r.tokens_per_minute,
-       date_trunc('minute', u.started_at) AS minute,
-       sum(u.prompt_tokens)::bigint AS prompt_tokens,
-       sum(u.completion_tokens)::bigint AS completion_tokens,
-       sum(u.cost_usd) AS cost
-FROM reservations r
-JOIN usage_records u
-  ON u.tenant_id = r.tenant_id AND u.model_id = r.model_id
- AND (r.region_code IS NULL OR u.region_code = r.region_code)
- AND u.started_at >= $1::timestamptz AND u.started_at < $1::timestamptz + interval '1 hour'
-WHERE r.starts_at <= $1 AND r.ends_at > $1
-GROUP BY r.id, minute
-"""
-_UPSERT = """
-INSERT INTO reserved_usage AS x (reservation_id, hour, tenant_id, model_id,
-    used_prompt_tokens, used_completion_tokens, used_cost_usd,
-    covered_prompt_tokens, covered_completion_tokens, covered_cost_usd, minutes_over)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (reservation_id, hour) DO UPDATE SET
-    used_prompt_tokens = excluded.used_prompt_tokens,
-    used_completion_tokens = excluded.used_completion_tokens,
-    used_cost_usd = excluded.used_cost_usd,
-    covered_prompt_tokens = excluded.covered_prompt_tokens,
-    covered_completion_tokens = excluded.covered_completion_tokens,
-    covered_cost_usd = excluded.covered_cost_usd,
-    minutes_over = excluded.minutes_over, updated_at = now()
-WHERE (x.used_prompt_tokens, x.used_completion_tokens, x.used_cost_usd,
-       x.covered_prompt_tokens, x.covered_completion_tokens, x.covered_cost_usd, x.minutes_over)
-    IS DISTINCT FROM (excluded.used_prompt_tokens, excluded.used_completion_tokens,
-       excluded.used_cost_usd, excluded.covered_prompt_tokens,
-       excluded.covered_completion_tokens, excluded.covered_cost_usd, excluded.minutes_over)
-"""
 
 
 def _out(row: asyncpg.Record) -> dict[str, Any]:
@@ -187,40 +151,3 @@ async def cancel(conn: asyncpg.Connection, *, actor: str, reservation_id: str) -
         after=None,
     )
     return row
-
-
-async def cover(conn: asyncpg.Connection, hour: datetime) -> None:
-    """Recompute the coverage of every reservation in force in ``hour`` from its usage rows
-    (in the caller's transaction: aggregation's, under the hour's lock)."""
-    scopes: dict[int, tuple[Any, int, int]] = {}  # id -> tenant, model, tokens per minute
-    minutes: dict[int, list[MinuteUsage]] = {}
-    for r in await conn.fetch(_MINUTES, hour):
-        scopes[r["id"]] = (r["tenant_id"], r["model_id"], r["tokens_per_minute"])
-        minutes.setdefault(r["id"], []).append(
-            MinuteUsage(r["prompt_tokens"], r["completion_tokens"], r["cost"])
-        )
-    # a reserved hour whose usage rows are gone is gone too
-    await conn.execute(
-        "DELETE FROM reserved_usage WHERE hour = $1 AND NOT (reservation_id = ANY($2::bigint[]))",
-        hour,
-        list(scopes),
-    )
-    rows = []
-    for ident, (tenant_id, model_id, tokens_per_minute) in scopes.items():
-        c = cover_hour(minutes[ident], tokens_per_minute)
-        rows.append(
-            (
-                ident,
-                hour,
-                tenant_id,
-                model_id,
-                c.used_prompt_tokens,
-                c.used_completion_tokens,
-                c.used_cost,
-                c.covered_prompt_tokens,
-                c.covered_completion_tokens,
-                c.covered_cost,
-                c.minutes_over,
-            )
-        )
-    await conn.executemany(_UPSERT, rows)

@@ -6,7 +6,9 @@ them by name, and ``crosslogic billing reconcile`` runs them all in one read-onl
 - ``usage_hourly`` (``usage.py``): usage rows against the hourly aggregates;
 - ``stripe_export`` (``export.py``): events Stripe accepted against those aggregates;
 - ``quota`` and ``credit_grants`` (``credits.py``): each tenant's stored quota state against
-  a recompute from its grants and usage, and no grant with a NULL or negative amount.
+  a recompute from its grants and usage, and no grant with a NULL or negative amount;
+- ``reserved_usage`` and ``reservation_fees`` (``reserved.py``): each reserved hour's
+  coverage against a recompute from its rows, and each started reservation's fee in Stripe.
 
 What is expected to differ until the next run (hours waiting for aggregation, usage not
 exported yet, a quota recompute due) is reported as pending, never as a difference.
@@ -24,6 +26,7 @@ import asyncpg
 from crosslogic.billing.reconcile.credits import credit_grants, quota_state
 from crosslogic.billing.reconcile.export import exported_vs_hourly
 from crosslogic.billing.reconcile.findings import Check, Difference, Window
+from crosslogic.billing.reconcile.reserved import reservation_fees, reserved_usage
 from crosslogic.billing.reconcile.usage import usage_vs_hourly
 
 __all__ = ["CHECKS", "Check", "Difference", "Reconciliation", "Window", "reconcile"]
@@ -50,6 +53,8 @@ CHECKS: dict[str, Check] = {
     "stripe_export": exported_vs_hourly,
     "quota": quota_state,
     "credit_grants": credit_grants,
+    "reserved_usage": reserved_usage,
+    "reservation_fees": reservation_fees,
 }
 
 
