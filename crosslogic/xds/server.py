@@ -180,7 +180,7 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
                 _short(request.type_url),
                 state.sent_version,
                 request.version_info or "(none)",
-                request.error_detail.message,
+                _reason(request.error_detail.message),
             )
         elif request.response_nonce and state.unacked_since is not None:
             self._metrics.apply_seconds.labels(_short(request.type_url)).observe(
@@ -218,6 +218,13 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
             nonce=state.nonce,
             resources=[available[name] for name in sorted(names)],
         )
+
+
+def _reason(message: str, *, keep: int = 400) -> str:
+    """Envoy's NACK text on one line: it dumps the whole rejected resource first and says
+    why at the end, so the end is kept."""
+    flat = " ".join(message.split())
+    return flat if len(flat) <= keep else "..." + flat[-keep:]
 
 
 def _short(type_url: str) -> str:
