@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
+from pathlib import Path
 
 from crosslogic.settings import Settings, SettingsError
 
@@ -23,23 +25,31 @@ def free_ports(count: int, *, block: int = 1) -> list[int]:
         return rest if first is None else [first, *rest]
 
 
-def _free_block(held: contextlib.ExitStack, size: int, *, attempts: int = 100) -> int:
-    """The first of ``size`` consecutive free ports, all kept bound in ``held``."""
+def _free_block(held: contextlib.ExitStack, size: int, *, attempts: int = 200) -> int:
+    """The first of ``size`` consecutive free ports, all kept bound in ``held``. Taken
+    below the kernel's ephemeral range: there, no outgoing connection takes one of them as
+    its local port between this check and the server's bind (the kernel hands a bind to
+    port 0 odd ports and a connect even ones, so the port after a free one is the likely
+    victim)."""
+    low = _ephemeral_low()
     for _ in range(attempts):
+        base = random.randrange(max(1024, low - 16384), low - size)
         with contextlib.ExitStack() as trial:
-            first = trial.enter_context(socket.socket())
-            first.bind(("127.0.0.1", 0))
-            base = int(first.getsockname()[1])
-            if base + size - 1 > 65535:
-                continue
             try:
-                for port in range(base + 1, base + size):
+                for port in range(base, base + size):
                     trial.enter_context(socket.socket()).bind(("127.0.0.1", port))
             except OSError:
                 continue
             held.enter_context(trial.pop_all())
             return base
-    raise OSError(f"no {size} consecutive free ports found")
+    raise OSError(f"no {size} consecutive free ports found below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port() -> int:

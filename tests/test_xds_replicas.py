@@ -4,6 +4,7 @@ exported (pushes, NACKs, the apply time, the fleet by model, region and state)."
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import time
@@ -57,6 +58,13 @@ def ads_port(stack: Stack) -> int | None:
     return None
 
 
+def envoy_stats(stack: Stack, *names: str) -> dict[str, int]:
+    """Envoy's counters and gauges by full name (0 for one Envoy does not have)."""
+    with urllib.request.urlopen(f"{stack.envoy_admin_url}/stats?format=json", timeout=5) as r:
+        stats = {s["name"]: s.get("value") for s in json.load(r)["stats"] if "name" in s}
+    return {name: int(stats.get(name) or 0) for name in names}
+
+
 def metrics_text(stack: Stack) -> str:
     url = f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as r:
@@ -76,6 +84,12 @@ def test_with_one_of_two_xds_servers_killed_a_new_node_gets_traffic() -> None:
         assert ads_versions(first) == ads_versions(second)
 
         connected = wait_until("Envoy's ADS stream", lambda: ads_port(stack))
+        unchanged = (
+            "cluster_manager.cluster_added",
+            "cluster_manager.cluster_modified",
+            f"cluster.model_{MODEL}.membership_change",
+        )
+        before = envoy_stats(stack, "cluster_manager.cds.update_success", *unchanged)
         holder = next(
             c
             for c in stack.supervisor.children
@@ -88,6 +102,19 @@ def test_with_one_of_two_xds_servers_killed_a_new_node_gets_traffic() -> None:
             timeout=15,
         )
         assert other in (first, second)
+        # the other server sends the same versions: Envoy takes them and changes nothing
+        wait_until(
+            "Envoy to take the other server's snapshot",
+            lambda: (
+                envoy_stats(stack, "cluster_manager.cds.update_success")[
+                    "cluster_manager.cds.update_success"
+                ]
+                > before["cluster_manager.cds.update_success"]
+            ),
+            timeout=10,
+        )
+        after = envoy_stats(stack, *unchanged)
+        assert after == {name: before[name] for name in unchanged}
         pushes_before = sample(metrics_text(stack), 'crosslogic_xds_pushes_total{type="eds"}')
 
         started = time.monotonic()
