@@ -22,6 +22,7 @@ from bench.report import (
     markdown,
 )
 from bench.wrk import Load, WrkResult, measure, run_wrk
+from bench.xds import build_figures
 
 CHAT = "/v1/chat/completions"
 AUTHZ_HISTOGRAM = "crosslogic_authz_check_seconds"
@@ -186,6 +187,8 @@ def run_targets(
             duration_s=max(2, load.duration_s // 2),
         )
         gateway.stop()  # one system at a time: they share two cores
+    announce("\nxDS (the rest, with the apply time: python -m bench.xds)")
+    build_figures(nodes=1000, models=50)
 
 
 def unloaded_latency(urls: dict[str, str], *, authorization: str, duration_s: int) -> None:

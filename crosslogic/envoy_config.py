@@ -49,8 +49,7 @@ def render(
         # the service answers within its Redis timeout; this bounds a stuck service
         "RATELIMIT_TIMEOUT": f"{RATELIMIT_CALL_TIMEOUT_S}s",
         "USAGE_LUA_PATH": lua_path or (folder / "usage.lua").resolve(),
-        "XDS_HOST": settings.xds_host,
-        "XDS_PORT": settings.xds_port,
+        "XDS_ENDPOINTS": _endpoints(settings.xds_host, settings.xds_ports),
         "EXTAUTHZ_HOST": settings.extauthz_host,
         "EXTAUTHZ_PORT": settings.extauthz_port,
         "RATELIMIT_HOST": settings.ratelimit_host,
@@ -73,6 +72,12 @@ def render(
         fragment = "".join(line for line in lines if not line.startswith("#"))
     text = text.replace("${RATELIMIT_FILTER}\n", fragment)
     return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def _endpoints(host: str, ports: tuple[int, ...]) -> str:
+    """A YAML flow list of the ``lb_endpoints`` at ``host`` on each of ``ports``."""
+    each = "{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}"
+    return "[" + ", ".join(each.format(host, port) for port in ports) + "]"
 
 
 @dataclass(frozen=True)

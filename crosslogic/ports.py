@@ -3,20 +3,53 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
+from pathlib import Path
 
 from crosslogic.settings import Settings, SettingsError
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, *, block: int = 1) -> list[int]:
     """``count`` different free ports. The sockets stay bound until all are picked: one at a
     time, the kernel hands out the same port twice now and then (about 1 run in 500 for 8),
-    and two gRPC services then share it silently (SO_REUSEPORT)."""
+    and two gRPC services then share it silently (SO_REUSEPORT). With ``block`` > 1 the
+    first port is followed by ``block - 1`` free ones too (replicas on consecutive ports),
+    which are not among the others."""
     with contextlib.ExitStack() as held:
-        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        first = _free_block(held, block) if block > 1 else None
+        sockets = [held.enter_context(socket.socket()) for _ in range(count - (first is not None))]
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        rest = [int(sock.getsockname()[1]) for sock in sockets]
+        return rest if first is None else [first, *rest]
+
+
+def _free_block(held: contextlib.ExitStack, size: int, *, attempts: int = 200) -> int:
+    """The first of ``size`` consecutive free ports, all kept bound in ``held``. Taken
+    below the kernel's ephemeral range: there, no outgoing connection takes one of them as
+    its local port between this check and the server's bind (the kernel hands a bind to
+    port 0 odd ports and a connect even ones, so the port after a free one is the likely
+    victim)."""
+    low = _ephemeral_low()
+    for _ in range(attempts):
+        base = random.randrange(max(1024, low - 16384), low - size)
+        with contextlib.ExitStack() as trial:
+            try:
+                for port in range(base, base + size):
+                    trial.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            held.enter_context(trial.pop_all())
+            return base
+    raise OSError(f"no {size} consecutive free ports found below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port() -> int:
@@ -25,8 +58,10 @@ def free_port() -> int:
 
 def with_free_ports(settings: Settings) -> Settings:
     """Every listening port moved to a free one: a second system beside a first (tests,
-    the benchmark)."""
-    server, prometheus, extauthz, ratelimit, xds, envoy, envoy_admin, redis = free_ports(8)
+    the benchmark). The xDS replicas get consecutive ports from XDS_PORT on."""
+    xds, server, prometheus, extauthz, ratelimit, envoy, envoy_admin, redis = free_ports(
+        8, block=settings.xds_replicas
+    )
     return settings.with_overrides(
         server_port=server,
         prometheus_port=prometheus,

@@ -36,14 +36,33 @@ class Service:
     port_settings: tuple[str, ...]
     # how many processes run it (copies of one gRPC service share its port)
     processes: Callable[[Settings], int] = lambda settings: 1
+    # each process on a port of its own instead: the n-th (from 0) on the setting's port + n
+    # (replicas a client lists one by one, as Envoy lists the xDS servers)
+    port_each: bool = False
 
     def main(self) -> ServiceMain:
         """The service's ``run``, imported only now: a process imports its own service alone."""
         return cast(ServiceMain, importlib.import_module(self.module).run)
 
     def ports(self, settings: Settings) -> dict[str, int]:
-        """Variable name -> port, for messages that name what the operator set."""
-        return {name.upper(): int(getattr(settings, name)) for name in self.port_settings}
+        """Variable name -> port, for messages that name what the operator set (a replica's
+        port as ``XDS_PORT+1``)."""
+        first = {name.upper(): int(getattr(settings, name)) for name in self.port_settings}
+        if not self.port_each:
+            return first
+        return {
+            f"{name}+{n}" if n else name: port + n
+            for name, port in first.items()
+            for n in range(self.processes(settings))
+        }
+
+    def process_env(self, settings: Settings, index: int) -> dict[str, str]:
+        """What process ``index`` (from 0) is given on top of the stack's environment."""
+        if not self.port_each:
+            return {}
+        return {
+            name.upper(): str(int(getattr(settings, name)) + index) for name in self.port_settings
+        }
 
     def argv(self) -> list[str]:
         """The command that runs one process of it."""
@@ -52,7 +71,13 @@ class Service:
 
 SERVICES = (
     Service("admin", "crosslogic.admin.main", ("server_port", "prometheus_port")),
-    Service("xds", "crosslogic.xds.main", ("xds_port",)),
+    Service(
+        "xds",
+        "crosslogic.xds.main",
+        ("xds_port",),
+        processes=lambda settings: settings.xds_replicas,
+        port_each=True,
+    ),
     Service(
         "extauthz",
         "crosslogic.extauthz.main",

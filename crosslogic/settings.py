@@ -67,6 +67,7 @@ class Settings:
     ratelimit_port: int = 9002
     xds_host: str = "127.0.0.1"
     xds_port: int = 9003
+    xds_replicas: int = 2  # xDS processes, on XDS_PORT + 0, 1, ...: Envoy lists them all
     envoy_port: int = 10000
     envoy_admin_port: int = 9901
     envoy_admin_host: str = "127.0.0.1"  # where billing asks Envoy which process is live
@@ -103,6 +104,10 @@ class Settings:
     @property
     def access_log(self) -> Path:
         return self.access_log_path or self.data_dir / "access.log"
+
+    @property
+    def xds_ports(self) -> tuple[int, ...]:
+        return tuple(self.xds_port + n for n in range(self.xds_replicas))  # XDS_PORT first
 
     def workers(self, configured: int) -> int:
         return configured if configured > 0 else (os.cpu_count() or 1)
@@ -195,6 +200,7 @@ def load(env: Mapping[str, str]) -> Settings:
         ratelimit_port=_int(env, "RATELIMIT_PORT", d.ratelimit_port, **port),
         xds_host=env.get("XDS_HOST", d.xds_host),
         xds_port=_int(env, "XDS_PORT", d.xds_port, **port),
+        xds_replicas=_int(env, "XDS_REPLICAS", d.xds_replicas, low=1, high=16),
         envoy_port=_int(env, "ENVOY_PORT", d.envoy_port, **port),
         envoy_admin_port=_int(env, "ENVOY_ADMIN_PORT", d.envoy_admin_port, **port),
         envoy_admin_host=env.get("ENVOY_ADMIN_HOST", d.envoy_admin_host),
@@ -235,6 +241,8 @@ def load(env: Mapping[str, str]) -> Settings:
             "Envoy's timeout for a rate-limit call "
             f"({settings.ratelimit_redis_timeout}s)"
         )
+    if settings.xds_ports[-1] > 65535:
+        raise SettingsError(f"XDS_PORT + XDS_REPLICAS - 1 = {settings.xds_ports[-1]} > 65535")
     if settings.node_heartbeat_timeout <= settings.node_heartbeat_interval:
         raise SettingsError(
             "NODE_HEARTBEAT_TIMEOUT must be longer than NODE_HEARTBEAT_INTERVAL "
@@ -274,6 +282,7 @@ def to_env(settings: Settings) -> dict[str, str]:
         "RATELIMIT_PORT": settings.ratelimit_port,
         "XDS_HOST": settings.xds_host,
         "XDS_PORT": settings.xds_port,
+        "XDS_REPLICAS": settings.xds_replicas,
         "ENVOY_PORT": settings.envoy_port,
         "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
         "ENVOY_ADMIN_HOST": settings.envoy_admin_host,

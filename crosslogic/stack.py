@@ -145,11 +145,16 @@ class Stack:
         self, name: str, *, processes: int | None = None, env: dict[str, str] | None = None
     ) -> list[Child]:
         """Start ``processes`` copies of one service (None: as many as the settings give it;
-        they share its port: SO_REUSEPORT)."""
+        they share its port, SO_REUSEPORT, or each has its own: xDS replicas)."""
         started = service(name)
         count = started.processes(self.settings) if processes is None else processes
+        base = env or self.child_env()
         return [
-            self.supervisor.spawn(f"{name}-{i + 1}", started.argv(), env=env or self.child_env())
+            self.supervisor.spawn(
+                f"{name}-{i + 1}",
+                started.argv(),
+                env={**base, **started.process_env(self.settings, i)},
+            )
             for i in range(count)
         ]
 

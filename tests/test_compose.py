@@ -424,12 +424,13 @@ def test_envoy_config_targets_the_control_plane(services: dict[str, dict[str, An
     s = settings_of(cfg)
     served = settings_of(services["control-plane"])
     assert s.extauthz_host == s.ratelimit_host == s.xds_host == "control-plane"
-    assert (s.extauthz_port, s.ratelimit_port, s.xds_port, s.server_port) == (
+    assert (s.extauthz_port, s.ratelimit_port, s.xds_ports, s.server_port) == (
         served.extauthz_port,
         served.ratelimit_port,
-        served.xds_port,
+        served.xds_ports,
         served.server_port,
     )
+    assert len(served.xds_ports) >= 2, "Envoy keeps its updates when one xDS process dies"
     args = parse_invocation(only_invocation(cfg))
     assert args.control_plane_host == "control-plane"
     assert args.listen_address == args.admin_address == "0.0.0.0"

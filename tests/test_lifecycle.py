@@ -113,7 +113,9 @@ def test_a_service_whose_main_task_dies_exits_with_an_error(
 ) -> None:
     running = service(name)
     settings = own_database.with_overrides(
-        **{port: free_port() for port in running.port_settings}, xds_poll_interval=0.2
+        **{port: free_port() for port in running.port_settings},
+        xds_poll_interval=0.2,
+        xds_replicas=1,  # one process, as started below
     )
     # not the stack's metrics directory: this process's gauges are not the stack's
     env = {**os.environ, **to_env(settings), MULTIPROC_ENV: str(tmp_path / "metrics")}

@@ -38,6 +38,8 @@ def test_durations() -> None:
         ("ENVOY_REQUEST_HEADERS_TIMEOUT", "0s"),
         ("ENVOY_REQUEST_TIMEOUT", "soon"),
         ("ENVOY_MAX_CONNECTIONS", "0"),
+        ("XDS_REPLICAS", "0"),
+        ("XDS_REPLICAS", "17"),
         ("RATELIMIT_REDIS_TIMEOUT", "200ms"),  # Envoy would give up on the call first
         ("RATELIMIT_REDIS_TIMEOUT", "0s"),
         ("STRIPE_API_BASE", "api.stripe.com"),
@@ -74,6 +76,13 @@ def test_heartbeat_timeout_must_exceed_interval() -> None:
         load({"NODE_HEARTBEAT_INTERVAL": "5s", "NODE_HEARTBEAT_TIMEOUT": "2s"})
 
 
+def test_xds_replicas_take_consecutive_ports() -> None:
+    assert load({}).xds_ports == (9003, 9004)
+    assert load({"XDS_PORT": "7000", "XDS_REPLICAS": "3"}).xds_ports == (7000, 7001, 7002)
+    with pytest.raises(SettingsError, match="XDS_PORT \\+ XDS_REPLICAS"):
+        load({"XDS_PORT": "65535", "XDS_REPLICAS": "2"})
+
+
 def test_to_env_round_trips() -> None:
     settings = load(
         {
@@ -82,6 +91,7 @@ def test_to_env_round_trips() -> None:
             "SERVER_PORT": "8181",
             "KEY_CACHE_TTL": "30s",
             "DATA_DIR": "/tmp/x",
+            "XDS_REPLICAS": "3",
         }
     )
     assert load(to_env(settings)) == settings
@@ -116,6 +126,7 @@ def test_every_service_port_is_named_once() -> None:
         "SERVER_PORT": 8080,
         "PROMETHEUS_PORT": 9090,
         "XDS_PORT": 9003,
+        "XDS_PORT+1": 9004,
         "EXTAUTHZ_PORT": 9001,
         "RATELIMIT_PORT": 9002,
     }
@@ -129,7 +140,7 @@ def test_process_counts_follow_the_settings() -> None:
 
     assert counts(EXTAUTHZ_WORKERS="3", RATELIMIT_WORKERS="2") == {
         "admin": 1,
-        "xds": 1,
+        "xds": 2,
         "extauthz": 3,
         "ratelimit": 2,
         "billing": 1,

@@ -21,11 +21,11 @@ from tests.support.waiting import wait_until
 
 CROSSLOGIC = [sys.executable, "-m", "crosslogic"]
 PORTS = (
+    "XDS_PORT",
     "SERVER_PORT",
     "PROMETHEUS_PORT",
     "EXTAUTHZ_PORT",
     "RATELIMIT_PORT",
-    "XDS_PORT",
     "ENVOY_PORT",
     "ENVOY_ADMIN_PORT",
     "REDIS_PORT",
@@ -34,7 +34,9 @@ PORTS = (
 
 def up_environment(data_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Free ports, a data dir and embedded databases for a `crosslogic up` of its own."""
-    ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
+    # XDS_PORT first: the second xDS process listens on the port after it, free too
+    xds, *others = free_ports(len(PORTS), block=2)
+    ports = {"XDS_PORT": xds, **dict(zip(PORTS[1:], others, strict=True))}
     env = {k: v for k, v in os.environ.items() if k not in ("DB_HOST", "REDIS_HOST")}
     env.update({k: str(v) for k, v in ports.items()})
     env.update(

@@ -14,7 +14,7 @@ from google.rpc import status_pb2
 from prometheus_client import CollectorRegistry
 
 from crosslogic.errors import Unavailable
-from crosslogic.xds.main import follow_registry
+from crosslogic.xds.main import RegistryChanges, follow_registry
 from crosslogic.xds.registry import NodeRegistry
 from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics, _TypeState
 from crosslogic.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, ModelEntry, NodeEntry, build
@@ -131,11 +131,11 @@ class _FlakyRegistry:
 def test_a_failed_registry_read_keeps_the_last_snapshot() -> None:
     async def go() -> None:
         initial = build(MODELS, [])
-        cache, registry, wake = SnapshotCache(initial), _FlakyRegistry(), asyncio.Event()
+        cache, registry, changes = SnapshotCache(initial), _FlakyRegistry(), RegistryChanges()
         metrics = XdsMetrics(CollectorRegistry())
         reader: Any = registry  # a NodeRegistry as far as follow_registry can tell
         follower = asyncio.create_task(
-            follow_registry(reader, cache, metrics, every=60.0, wake=wake)
+            follow_registry(reader, cache, metrics, every=60.0, changes=changes)
         )
         try:
             await asyncio.wait_for(registry.read_done.wait(), timeout=5)
@@ -143,7 +143,7 @@ def test_a_failed_registry_read_keeps_the_last_snapshot() -> None:
             assert not follower.done()  # the failure was logged, not raised
             assert cache.current is initial
             changed = cache.wait_changed()
-            wake.set()  # as a NOTIFY from the admin API would
+            changes.notify()  # as a NOTIFY from the admin API would
             await asyncio.wait_for(changed, timeout=5)
             assert cache.current.nodes_per_cluster["model_1"] == 1
         finally:

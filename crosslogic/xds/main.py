@@ -1,7 +1,9 @@
 """The xDS process: follow the node registry, publish snapshots, serve ADS.
 
 The registry is re-read when the admin API announces a change (LISTEN/NOTIFY) and at least
-every ``XDS_POLL_INTERVAL`` (that is how a node whose heartbeats stopped drops out).
+every ``XDS_POLL_INTERVAL`` (that is how a node whose heartbeats stopped drops out). Several
+of these processes run side by side (``XDS_REPLICAS``), each on its own port and each
+following the registry itself: Envoy lists them all.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
 import asyncpg
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -19,11 +23,39 @@ from crosslogic.db.connection import connect, create_pool
 from crosslogic.errors import Unavailable
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.settings import Settings
+from crosslogic.xds.census import FleetCensus, FleetGauge
 from crosslogic.xds.registry import NodeRegistry
 from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics
 from crosslogic.xds.snapshot import build
 
 log = logging.getLogger(__name__)
+
+
+class RegistryChanges:
+    """NOTIFYs of registry changes: each wakes the follower, and the first one since its
+    last read says when the change was noticed (the start of the apply time)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._event = asyncio.Event()
+        self._since: float | None = None
+
+    def notify(self, *_: object) -> None:
+        """A LISTEN callback: asyncpg passes connection, pid, channel and payload."""
+        if self._since is None:
+            self._since = self._clock()
+        self._event.set()
+
+    async def wait(self, *, at_most: float) -> None:
+        """Until a change is notified, or ``at_most`` seconds (the poll interval)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout=at_most)
+
+    def take(self) -> float | None:
+        """When the first change since the last ``take`` was noticed (None: none was)."""
+        since, self._since = self._since, None
+        self._event.clear()
+        return since
 
 
 async def follow_registry(
@@ -32,39 +64,52 @@ async def follow_registry(
     metrics: XdsMetrics,
     *,
     every: float,
-    wake: asyncio.Event,
+    changes: RegistryChanges,
+    census: FleetCensus | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
+    fleet = FleetGauge(metrics.active_nodes)
     while True:
+        noticed = changes.take()
+        # a change no NOTIFY announced (heartbeats stopped) is noticed by this read
+        started = clock()
         try:
             models, nodes = await registry.read()
             snapshot = build(models, nodes)
-            if cache.publish(snapshot):
+            if cache.publish(snapshot, noticed_at=started if noticed is None else noticed):
                 log.info(
                     "published snapshot %s: %s", snapshot.versions, dict(snapshot.nodes_per_cluster)
                 )
-            metrics.active_nodes.set(len(nodes))
+            if census is not None:
+                fleet.show(await census.count())
         except Unavailable as exc:
             log.warning("registry read failed, Envoy keeps the last snapshot: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=every)
-        wake.clear()
+        await changes.wait(at_most=every)
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
     pool = await create_pool(settings, min_size=1, max_size=2)
     nodes_db = NodeRegistry(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
+    census = FleetCensus(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
     metrics = XdsMetrics(registry)
     models, nodes = await nodes_db.read()
     cache = SnapshotCache(build(models, nodes))
-    wake = asyncio.Event()
+    changes = RegistryChanges()
     listener: asyncpg.Connection | None = None
     try:
         listener = await connect(settings)
-        await listener.add_listener(channels.NODES, lambda *_: wake.set())
+        await listener.add_listener(channels.NODES, changes.notify)
     except Unavailable as exc:
         log.warning("no LISTEN connection, polling only: %s", exc)
     follower = asyncio.create_task(
-        follow_registry(nodes_db, cache, metrics, every=settings.xds_poll_interval, wake=wake),
+        follow_registry(
+            nodes_db,
+            cache,
+            metrics,
+            every=settings.xds_poll_interval,
+            changes=changes,
+            census=census,
+        ),
         name="follow-registry",
     )
     server = new_server()
