@@ -54,22 +54,27 @@ def post_json(url: str, body: dict[str, Any], *, token: str) -> dict[str, Any]:
 
 
 class Heartbeat(threading.Thread):
-    """Registers a node and heartbeats it every second, registering again if forgotten."""
+    """Registers a node with ``token`` (a registration token) and heartbeats it every
+    second with the credential registering returned, registering again if forgotten."""
 
     def __init__(self, admin_url: str, *, token: str, registration: dict[str, Any]) -> None:
         super().__init__(name="bench-heartbeat", daemon=True)
         self.admin_url = admin_url
         self.token = token
         self.registration = registration
+        self.credential = ""  # the node's own, from its registration
         self.stopping = threading.Event()
 
     def register(self) -> None:
-        post_json(f"{self.admin_url}/admin/nodes/register", self.registration, token=self.token)
+        reply = post_json(
+            f"{self.admin_url}/admin/nodes/register", self.registration, token=self.token
+        )
+        self.credential = str(reply["node_credential"])
 
     def beat(self) -> None:
         try:
             node = self.registration["node_id"]
-            post_json(f"{self.admin_url}/admin/nodes/{node}/heartbeat", {}, token=self.token)
+            post_json(f"{self.admin_url}/admin/nodes/{node}/heartbeat", {}, token=self.credential)
         except urllib.error.HTTPError as exc:
             if exc.code != 404:
                 raise
@@ -120,7 +125,7 @@ class Gateway:
         self.stack.start()
         self.heartbeat = Heartbeat(
             self.stack.admin_url,
-            token=self.stack.settings.admin_token,
+            token=self.stack.settings.node_registration_token,
             registration={
                 "node_id": NODE_ID,
                 "model": self.stack.model,

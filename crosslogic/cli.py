@@ -21,6 +21,7 @@ from crosslogic.billing import cli as billing_cli
 from crosslogic.billing import reservation_cli
 from crosslogic.catalog import cli as catalog_cli
 from crosslogic.demo import client_lines
+from crosslogic.fleet import cli as fleet_cli
 from crosslogic.lifecycle import TaskDied, exit_code
 from crosslogic.plan import plan
 from crosslogic.ratelimit import cli as limits_cli
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     catalog_cli.add_parsers(sub)
     quota_cli.add_parsers(sub)
     reservation_cli.add_parsers(sub)
+    fleet_cli.add_parsers(sub)
     return parser
 
 
@@ -238,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             return quota_cli.run(settings, args)
         if args.command in reservation_cli.COMMANDS:
             return reservation_cli.run(settings, args)
+        if args.command in fleet_cli.COMMANDS:
+            return fleet_cli.run(settings, args)
         return COMMANDS[args.command](settings, args)
     except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)

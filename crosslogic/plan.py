@@ -2,7 +2,8 @@
 
 Every process of a stack is given the same final settings: where the embedded PostgreSQL
 and Redis will be is known before they start (a socket below DATA_DIR, REDIS_PORT), and an
-admin token is made up when none is set (the admin API is locked without one).
+admin token is made up when none is set (the admin API is locked without one), as is the
+nodes' registration token (the stack's nodes are given it, never the admin token).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from crosslogic import embedded
+from crosslogic.fleet.credentials import new_registration_token
 from crosslogic.services import service_ports
 from crosslogic.settings import Settings
 
@@ -46,6 +48,8 @@ def plan(settings: Settings) -> Plan:
         final = embedded.redis_settings(final)
     if not final.admin_token:
         final = final.with_overrides(admin_token=secrets.token_urlsafe(24))
+    if not final.node_registration_token:
+        final = final.with_overrides(node_registration_token=new_registration_token())
     return Plan(
         settings=final,
         embedded_postgres=settings.db_host is None,

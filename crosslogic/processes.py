@@ -19,6 +19,19 @@ def child_env(settings: Settings, *, metrics_dir: Path) -> dict[str, str]:
     return env
 
 
+# what a node is never given: it registers with NODE_REGISTRATION_TOKEN and acts with the
+# credential registering returns
+_NOT_FOR_NODES = ("ADMIN_TOKEN", "DB_PASSWORD", "REDIS_PASSWORD", "STRIPE_SECRET_KEY")
+
+
+def node_env(settings: Settings, *, metrics_dir: Path) -> dict[str, str]:
+    """A simulated node's environment: ``child_env`` without the control plane's secrets."""
+    env = child_env(settings, metrics_dir=metrics_dir)
+    for name in _NOT_FOR_NODES:
+        env.pop(name, None)
+    return env
+
+
 def envoy_binary() -> str:
     beside = Path(sys.executable).parent / "envoy"
     return str(beside) if beside.exists() else "envoy"

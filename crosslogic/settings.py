@@ -86,6 +86,8 @@ class Settings:
     default_key_rpm: int = 600
     node_heartbeat_interval: float = 2.0
     node_heartbeat_timeout: float = 10.0
+    node_drain_timeout: float = 60.0  # a drained node is removed by then, in-flight or not
+    node_registration_token: str = ""  # what nodes register with (never the admin token)
     xds_poll_interval: float = 1.0
     # where the request-time rate-limit decision is made: "service" (Envoy's rate-limit filter
     # calls the rate-limit service) or "authz" (ext_authz decides in the call it makes anyway)
@@ -220,6 +222,8 @@ def load(env: Mapping[str, str]) -> Settings:
             env, "NODE_HEARTBEAT_INTERVAL", d.node_heartbeat_interval
         ),
         node_heartbeat_timeout=_duration(env, "NODE_HEARTBEAT_TIMEOUT", d.node_heartbeat_timeout),
+        node_drain_timeout=_duration(env, "NODE_DRAIN_TIMEOUT", d.node_drain_timeout),
+        node_registration_token=env.get("NODE_REGISTRATION_TOKEN", "").strip(),
         xds_poll_interval=_duration(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
         admin_token=env.get("ADMIN_TOKEN", d.admin_token),
         ratelimit_at=_choice(env, "RATELIMIT_AT", d.ratelimit_at, ("service", "authz")),
@@ -298,6 +302,8 @@ def to_env(settings: Settings) -> dict[str, str]:
         "DEFAULT_KEY_RPM": settings.default_key_rpm,
         "NODE_HEARTBEAT_INTERVAL": settings.node_heartbeat_interval,
         "NODE_HEARTBEAT_TIMEOUT": settings.node_heartbeat_timeout,
+        "NODE_DRAIN_TIMEOUT": settings.node_drain_timeout,
+        "NODE_REGISTRATION_TOKEN": settings.node_registration_token,
         "XDS_POLL_INTERVAL": settings.xds_poll_interval,
         "RATELIMIT_AT": settings.ratelimit_at,
         "ADMIN_TOKEN": settings.admin_token,

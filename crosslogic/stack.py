@@ -184,7 +184,8 @@ class Stack:
         argv = processes.node_argv(
             node_id=node_id, model=self.model, control_plane=self.admin_url, extra=extra
         )
-        child = self.supervisor.spawn(f"node-{node_id}", argv, env=self.child_env())
+        env = processes.node_env(self.settings, metrics_dir=self.data_dir / "metrics")
+        child = self.supervisor.spawn(f"node-{node_id}", argv, env=env)
         self.nodes.append(child)
         return child
 

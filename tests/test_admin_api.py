@@ -54,7 +54,9 @@ def test_health_and_ready(stack: Stack) -> None:
 )
 def test_bad_registrations_are_refused_clearly(stack: Stack, body: object, param: str) -> None:
     status, reply = call(
-        f"{stack.admin_url}/admin/nodes/register", body, token=stack.settings.admin_token
+        f"{stack.admin_url}/admin/nodes/register",
+        body,
+        token=stack.settings.node_registration_token,
     )
     assert status in (400, 404)
     assert reply["error"]["param"] == param  # type: ignore[index]
@@ -62,7 +64,7 @@ def test_bad_registrations_are_refused_clearly(stack: Stack, body: object, param
 
 def test_heartbeat_of_unknown_node_asks_it_to_register(stack: Stack) -> None:
     status, reply = call(
-        f"{stack.admin_url}/admin/nodes/ghost/heartbeat", {}, token=stack.settings.admin_token
+        f"{stack.admin_url}/admin/nodes/ghost/heartbeat", {}, token="clnc_forgotten"
     )
     assert status == 404 and reply["error"]["code"] == "node_not_found"  # type: ignore[index]
 

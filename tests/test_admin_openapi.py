@@ -18,10 +18,11 @@ from crosslogic.accounts import credits, plans
 from crosslogic.accounts import requests as parse
 from crosslogic.admin import openapi
 from crosslogic.admin.app import make_app
-from crosslogic.admin.registration import parse_heartbeat, parse_registration
+from crosslogic.admin.auth import NODE_ROUTES, Access
 from crosslogic.billing.customers import customer_change
 from crosslogic.catalog import requests as catalog
 from crosslogic.errors import Invalid
+from crosslogic.fleet.requests import parse_heartbeat, parse_registration, parse_token_spec
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import parse_limit
 from crosslogic.settings import Settings
@@ -70,7 +71,7 @@ def test_openapi_document_is_well_formed(doc: dict[str, Any]) -> None:
         jsonschema.Draft202012Validator.check_schema(schema)
     ids = [op["operationId"] for _, _, op in operations(doc)]
     assert len(ids) == len(set(ids))
-    for path, _, operation in operations(doc):
+    for path, method, operation in operations(doc):
         assert operation["responses"], path
         declared = {
             resolve(doc, p)["name"]
@@ -82,8 +83,21 @@ def test_openapi_document_is_well_formed(doc: dict[str, Any]) -> None:
             schema = resolve(doc, operation["requestBody"]["content"]["application/json"]["schema"])
             assert schema["additionalProperties"] is False, path
         if path.startswith("/admin/") and path != openapi.PATH:
-            assert operation.get("security", doc["security"]) == [{"operatorToken": []}], path
+            security = operation.get("security", doc["security"])
+            assert security == SECURITY.get((method.upper(), path), OPERATOR), path
             assert "401" in operation["responses"], path
+
+
+OPERATOR = [{"operatorToken": []}]
+# the routes nodes call open with the fleet's own secrets (crosslogic.admin.auth)
+SECURITY = {
+    route: {
+        Access.REGISTRATION: [{"registrationToken": []}],
+        Access.NODE: [{"nodeCredential": []}],
+        Access.NODE_OR_OPERATOR: [{"nodeCredential": []}, *OPERATOR],
+    }[access]
+    for route, access in NODE_ROUTES.items()
+}
 
 
 def served_routes(app: web.Application) -> set[tuple[str, str]]:
@@ -114,6 +128,7 @@ PARSERS: dict[str, Callable[[Any], object]] = {
     "KeyRotate": parse.grace_seconds,
     "NodeRegistration": parse_registration,
     "NodeHeartbeat": parse_heartbeat,
+    "NodeTokenCreate": parse_token_spec,
     "LimitSet": parse_limit,
     "ModelCreate": catalog.model_create,
     "ModelUpdate": catalog.model_update,
@@ -192,12 +207,35 @@ TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
         ("NodeRegistration", {**NODE, "gpu_type": None}),
         ("NodeRegistration", {"model": "m", "port": 8000}),
         ("NodeRegistration", {**NODE, "colour": "red"}),
+        ("NodeRegistration", {**NODE, "zone": "eu-west-1a", "gpu_count": 8, "capacity": 512}),
+        ("NodeRegistration", {**NODE, "spot": True, "gpu_count": 0, "capacity": 1}),
+        ("NodeRegistration", {**NODE, "zone": "z" * 100, "gpu_count": 1024}),
+        ("NodeRegistration", {**NODE, "zone": "z" * 101}),
+        ("NodeRegistration", {**NODE, "zone": None}),
+        ("NodeRegistration", {**NODE, "gpu_count": 1025}),
+        ("NodeRegistration", {**NODE, "gpu_count": -1}),
+        ("NodeRegistration", {**NODE, "capacity": 0}),
+        ("NodeRegistration", {**NODE, "capacity": 1_000_001}),
+        ("NodeRegistration", {**NODE, "capacity": "8"}),
+        ("NodeRegistration", {**NODE, "capacity": True}),
+        ("NodeRegistration", {**NODE, "spot": "yes"}),
+        ("NodeRegistration", {**NODE, "spot": 1}),
         ("NodeHeartbeat", {}),
         ("NodeHeartbeat", {"requests_running": 3, "kv_cache_usage_perc": 1, "status": "ok"}),
         ("NodeHeartbeat", {"kv_cache_usage_perc": 1.5}),
         ("NodeHeartbeat", {"requests_waiting": -1}),
         ("NodeHeartbeat", {"requests_running": 1.5}),
         ("NodeHeartbeat", {"load": 1}),
+        ("NodeTokenCreate", {"name": "eu-spot"}),
+        ("NodeTokenCreate", {"name": "eu", "provider": "aws", "region": "eu-west"}),
+        ("NodeTokenCreate", {"name": "any", "provider": None, "region": None}),
+        ("NodeTokenCreate", {"name": "n" * 200}),
+        ("NodeTokenCreate", {"name": "n" * 201}),
+        ("NodeTokenCreate", {"name": ""}),
+        ("NodeTokenCreate", {}),
+        ("NodeTokenCreate", {"name": "x", "provider": ""}),
+        ("NodeTokenCreate", {"name": "x", "region": 5}),
+        ("NodeTokenCreate", {"name": "x", "token": "clrt_x"}),
         ("LimitSet", TENANT_RPM),
         ("LimitSet", {**TENANT_RPM, "layer": "tenant", "fail_mode": "closed"}),
         ("LimitSet", {"scope": "global", "requests_per_second": 100}),

@@ -33,17 +33,21 @@ ENVOY_MINOR = "1.40"
 CROSSLOGIC_SERVICES = ("migrate", "control-plane", "envoy-config", "node-1", "node-2")
 SERVICES = ("postgres", "redis", "envoy", *CROSSLOGIC_SERVICES)
 
-# Read besides Settings: the node's ADMIN_TOKEN fallback, the template folder of an installed
-# copy (envoy_config.py), and Python's own unbuffered output.
-EXTRA_ENV = ("ADMIN_TOKEN", "ENVOY_TEMPLATE_DIR", "PYTHONUNBUFFERED")
+# Read besides Settings: the template folder of an installed copy (envoy_config.py), and
+# Python's own unbuffered output.
+EXTRA_ENV = ("ENVOY_TEMPLATE_DIR", "PYTHONUNBUFFERED")
 KNOWN_ENV = frozenset(to_env(Settings())) | frozenset(EXTRA_ENV)
 # What the node reads from the environment (everything else is a flag)
-NODE_ENV = frozenset({"ADMIN_TOKEN"})
+# (never the operator's ADMIN_TOKEN: a node registers with a registration token)
+NODE_ENV = frozenset({"NODE_REGISTRATION_TOKEN"})
 
 _VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_]\w*))")
 _BRACED = re.compile(r"^(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<default>.*))?$", re.DOTALL)
 # Secrets have no default: Compose refuses to start without them (``${NAME:?message}``).
-REQUIRED = {"ADMIN_TOKEN": "operator-token-for-tests"}
+REQUIRED = {
+    "ADMIN_TOKEN": "operator-token-for-tests",
+    "NODE_REGISTRATION_TOKEN": "registration-token-for-tests",
+}
 
 
 # --- reading the compose file the way Compose does -----------------------------------------
@@ -524,6 +528,22 @@ def documented_runs() -> list[tuple[str, list[str]]]:
             at = words.index("crosslogic")
             found.append((words[at - 1], words[at:]))
     return found
+
+
+def test_nodes_get_the_registration_token_and_never_the_admin_token(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    control_plane = environment(services["control-plane"])
+    nodes = [
+        environment(s)
+        for s in crosslogic_services(services).values()
+        if any(argv[1:2] == ["node"] for argv in invocations(s))
+    ]
+    assert len(nodes) == 2
+    for env in nodes:
+        assert "ADMIN_TOKEN" not in env
+        assert env["NODE_REGISTRATION_TOKEN"] == control_plane["NODE_REGISTRATION_TOKEN"]
+    assert control_plane["NODE_REGISTRATION_TOKEN"] != control_plane["ADMIN_TOKEN"]
 
 
 def test_documented_demo_seeds_the_model_the_nodes_serve(

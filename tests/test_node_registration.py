@@ -25,10 +25,12 @@ from tests.support.waiting import wait_until
 
 @dataclass
 class _FakeControlPlane:
-    """Records admin API calls; can refuse registrations or forget the node."""
+    """Records admin API calls; can refuse registrations, forget the node or remove it."""
 
     refuse_registrations: int = 0
     forget_after_heartbeats: int | None = None
+    remove_after_heartbeats: int | None = None
+    registrations: int = 0
     calls: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
     heartbeats: int = 0
     enough_heartbeats: int = 1
@@ -54,7 +56,14 @@ class _FakeControlPlane:
             self.refuse_registrations -= 1
             return web.json_response({"error": "starting up"}, status=503)
         node_id = body["node_id"] or "assigned-1"
-        return web.json_response({"node_id": node_id, "heartbeat_interval_s": 0.01})
+        self.registrations += 1
+        return web.json_response(
+            {
+                "node_id": node_id,
+                "node_credential": f"clnc_{self.registrations}",
+                "heartbeat_interval_s": 0.01,
+            }
+        )
 
     async def _node_action(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -64,6 +73,9 @@ class _FakeControlPlane:
                 self.enough.set()
             if self.heartbeats == self.forget_after_heartbeats:
                 return web.json_response({"error": "unknown node"}, status=404)
+            if self.heartbeats == self.remove_after_heartbeats:
+                self.enough.set()
+                return web.json_response({"error": "removed"}, status=410)
         return web.json_response({})
 
 
@@ -81,9 +93,10 @@ def _registration_config(url: str, **overrides: Any) -> RegistrationConfig:
 
 
 async def _register_for_a_while(
-    config: RegistrationConfig, *, cp: _FakeControlPlane | None = None
+    config: RegistrationConfig, *, cp: _FakeControlPlane | None = None, linger: float = 0.0
 ) -> list[str]:
-    """Run the loop until ``cp`` saw enough heartbeats (or briefly, without one)."""
+    """Run the loop until ``cp`` saw enough heartbeats (or briefly, without one), and
+    ``linger`` seconds more."""
     registered: list[str] = []
     runner: web.AppRunner | None = None
     if cp is not None:
@@ -99,6 +112,7 @@ async def _register_for_a_while(
         await asyncio.sleep(0.1)  # a while of retrying (every 10-20 ms) with nobody answering
     else:
         await asyncio.wait_for(cp.enough.wait(), timeout=3)
+    await asyncio.sleep(linger)  # time for calls that must not come (10 heartbeat intervals)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -111,7 +125,7 @@ def test_registration_retries_reregisters_and_deregisters() -> None:
     cp = _FakeControlPlane(refuse_registrations=2, forget_after_heartbeats=2, enough_heartbeats=4)
     port = free_port()
     config = _registration_config(
-        f"http://127.0.0.1:{port}", port=port, node_id=None, admin_token="s3cret"
+        f"http://127.0.0.1:{port}", port=port, node_id=None, registration_token="clrt_s3cret"
     )
     registered = asyncio.run(_register_for_a_while(config, cp=cp))
 
@@ -119,7 +133,14 @@ def test_registration_retries_reregisters_and_deregisters() -> None:
     assert paths[:3] == ["/admin/nodes/register"] * 3  # two refusals, then success
     assert registered == ["assigned-1", "assigned-1"]  # again after the control plane forgot
     assert paths[-1] == "/admin/nodes/assigned-1/deregister"
-    assert all(auth == "Bearer s3cret" for _, _, auth in cp.calls)
+    # the registration token registers; each registration's own credential does the rest
+    for path, _, auth in cp.calls:
+        if path == "/admin/nodes/register":
+            assert auth == "Bearer clrt_s3cret"
+        else:
+            assert auth is not None and auth.startswith("Bearer clnc_"), (path, auth)
+    beats = [auth for path, _, auth in cp.calls if path != "/admin/nodes/register"]
+    assert beats[0] == "Bearer clnc_1" and beats[-1] == "Bearer clnc_2"  # after re-registering
     register_body = cp.calls[0][1]
     assert register_body == {
         "node_id": None,
@@ -128,7 +149,11 @@ def test_registration_retries_reregisters_and_deregisters() -> None:
         "port": port,
         "provider": "local",
         "region": "local",
+        "zone": "",
         "gpu_type": "simulated",
+        "gpu_count": 1,
+        "capacity": 256,
+        "spot": False,
     }
     # Once assigned, the id is kept when registering again.
     assert [b["node_id"] for p, b, _ in cp.calls if p == "/admin/nodes/register"][
@@ -136,6 +161,17 @@ def test_registration_retries_reregisters_and_deregisters() -> None:
     ] == "assigned-1"
     heartbeat = next(b for p, b, _ in cp.calls if p.endswith("/heartbeat"))
     assert heartbeat == {"requests_running": 2, "requests_waiting": 1, "kv_cache_usage_perc": 0.5}
+
+
+def test_a_removed_node_stops_heartbeating_and_never_registers_again() -> None:
+    cp = _FakeControlPlane(remove_after_heartbeats=2, enough_heartbeats=10**6)
+    port = free_port()
+    config = _registration_config(f"http://127.0.0.1:{port}", port=port, node_id="spot-1")
+    registered = asyncio.run(_register_for_a_while(config, cp=cp, linger=0.1))
+    assert registered == ["spot-1"]
+    # register, two heartbeats (the second answered 410), then nothing: no re-registration,
+    # and no deregistration of a node the control plane already removed
+    assert cp.paths() == ["/admin/nodes/register"] + ["/admin/nodes/spot-1/heartbeat"] * 2
 
 
 def test_registration_survives_an_unreachable_control_plane() -> None:
@@ -177,7 +213,7 @@ def test_main_serves_registers_and_deregisters_on_sigterm() -> None:
             ],
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "ADMIN_TOKEN": "tok"},
+            env={**os.environ, "NODE_REGISTRATION_TOKEN": "clrt_tok"},
         )
         try:
             assert process.stdout is not None
@@ -199,4 +235,5 @@ def test_main_serves_registers_and_deregisters_on_sigterm() -> None:
     assert cp.paths()[0] == "/admin/nodes/register"
     assert cp.calls[0][1]["port"] == int(url.rsplit(":", 1)[1])
     assert cp.paths()[-1] == "/admin/nodes/node-main/deregister"
-    assert all(auth == "Bearer tok" for _, _, auth in cp.calls)
+    assert cp.calls[0][2] == "Bearer clrt_tok"
+    assert all(auth == "Bearer clnc_1" for _, _, auth in cp.calls[1:])

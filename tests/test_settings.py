@@ -108,12 +108,16 @@ def test_a_plan_names_the_embedded_servers_before_they_start(tmp_path: Path) -> 
         "127.0.0.1",
     )
     assert settings.admin_token  # made up: the admin API is locked without one
+    assert settings.node_registration_token.startswith("clrt_")  # and what its nodes use
+    assert settings.node_registration_token != settings.admin_token
     assert load(to_env(settings)) == settings  # what every child is given
     assert chosen.ports()["REDIS_PORT"] == settings.redis_port
 
 
 def test_a_plan_keeps_external_servers_and_a_given_token() -> None:
-    given = load({"DB_HOST": "db", "REDIS_HOST": "cache", "ADMIN_TOKEN": "t"})
+    given = load(
+        {"DB_HOST": "db", "REDIS_HOST": "cache", "ADMIN_TOKEN": "t", "NODE_REGISTRATION_TOKEN": "r"}
+    )
     chosen = plan(given)
     assert chosen.settings == given
     assert not chosen.embedded_postgres and not chosen.embedded_redis

@@ -1,16 +1,19 @@
 """The admin API, assembled: its middlewares, its resources, and each noun's routes.
 
-health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), models
-(``/v1/models`` via Envoy), accounts (tenants, environments, keys), audit, limits, usage
-(reports, also ``/v1/usage`` via Envoy), catalog (models, regions), prices (list prices,
-tenant overrides), plans (and a tenant's billing settings), credits, reservations (reserved
-capacity), stripe_customers (a tenant's Stripe customer) and openapi each own their routes;
-``context`` holds what they share, ``errors`` answers every refusal.
+health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), node_tokens
+(nodes' registration tokens), models (``/v1/models`` via Envoy), accounts (tenants,
+environments, keys), audit, limits, usage (reports, also ``/v1/usage`` via Envoy), catalog
+(models, regions), prices (list prices, tenant overrides), plans (and a tenant's billing
+settings), credits, reservations (reserved capacity), stripe_customers (a tenant's Stripe
+customer) and openapi each own their routes; ``context`` holds what they share, ``auth``
+decides who may call what (the operator, a registration token, a node), and ``errors``
+answers every refusal.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -21,11 +24,13 @@ from prometheus_client import CollectorRegistry
 from crosslogic.admin import (
     accounts,
     audit,
+    auth,
     catalog,
     credits,
     health,
     limits,
     models,
+    node_tokens,
     nodes,
     openapi,
     plans,
@@ -34,12 +39,12 @@ from crosslogic.admin import (
     stripe_customers,
     usage,
 )
-from crosslogic.admin.context import NODES, POOL, REDIS, SETTINGS
-from crosslogic.admin.errors import Handler, error_middleware, error_response
+from crosslogic.admin.context import POOL, REDIS, SETTINGS
+from crosslogic.admin.errors import error_middleware
 from crosslogic.admin.health import metrics
-from crosslogic.admin.node_store import NodeStore
 from crosslogic.db.connection import create_pool
-from crosslogic.openai_errors import ApiError
+from crosslogic.fleet import tokens
+from crosslogic.fleet.sweeper import sweep_forever
 from crosslogic.settings import Settings
 from crosslogic.unexpected import UnexpectedErrors
 
@@ -48,30 +53,11 @@ __all__ = ["make_app", "metrics"]  # metrics: the admin process serves it on its
 log = logging.getLogger(__name__)
 
 
-@web.middleware
-async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """/admin/* needs the operator token (never a tenant key); without one configured, the
-    admin API stays locked rather than open."""
-    if request.path.startswith("/admin/") and request.path != openapi.PATH:
-        token = request.app[SETTINGS].admin_token
-        sent = request.headers.get("Authorization", "")
-        if not token or not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            message = (
-                "Missing or wrong operator token (ADMIN_TOKEN)."
-                if token
-                else "The admin API is locked: set ADMIN_TOKEN."
-            )
-            return error_response(
-                ApiError(401, message, "invalid_request_error", "invalid_admin_token")
-            )
-    return await handler(request)
-
-
 def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
     unexpected = UnexpectedErrors(
         edge="admin", registry=registry or CollectorRegistry(), logger=log
     )
-    app = web.Application(middlewares=[error_middleware(unexpected), admin_auth])
+    app = web.Application(middlewares=[error_middleware(unexpected), auth.authenticate])
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -83,8 +69,22 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
             socket_timeout=2,
         )
         app[POOL], app[REDIS] = pool, client
-        app[NODES] = NodeStore(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
+        if settings.node_registration_token:
+            async with pool.acquire() as conn, conn.transaction():
+                await tokens.ensure_configured(conn, settings.node_registration_token)
+        sweeper = asyncio.create_task(
+            sweep_forever(
+                pool,
+                every=settings.node_heartbeat_interval,
+                drain_timeout=settings.node_drain_timeout,
+                heartbeat_timeout=settings.node_heartbeat_timeout,
+            ),
+            name="node-sweeper",
+        )
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await client.aclose()
         await pool.close()
 
@@ -92,6 +92,7 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
     for module in (
         health,
         nodes,
+        node_tokens,
         models,
         accounts,
         audit,

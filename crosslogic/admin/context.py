@@ -11,14 +11,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from crosslogic.admin.node_store import NodeStore
 from crosslogic.errors import Invalid
 from crosslogic.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
-NODES = web.AppKey("nodes", NodeStore)
 
 Row = dict[str, Any]
 

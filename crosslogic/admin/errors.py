@@ -2,8 +2,9 @@
 
 Handlers and the operations they call raise :mod:`crosslogic.errors`; this middleware, the
 outermost, maps them to an HTTP status and OpenAI's error body in one place: Invalid 400,
-NotFound 404, Conflict 409, Unavailable 503 with Retry-After (a database that is down or
-restarting is no bug: clients, and nodes' heartbeats, retry). aiohttp's own plain-text errors
+NotFound 404, Conflict 409, the fleet's Forbidden 403 and NodeRemoved 410, Unavailable 503
+with Retry-After (a database that is down or restarting is no bug: clients, and nodes'
+heartbeats, retry). aiohttp's own plain-text errors
 (unknown route, wrong method, body too large) get the same JSON body. Anything else is a
 bug: a 500 with that body and one log line (UnexpectedErrors), never aiohttp's plain
 "500 Internal Server Error" with a traceback.
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
+from crosslogic.fleet.errors import Forbidden, NodeRemoved
 from crosslogic.openai_errors import ApiError
 from crosslogic.unexpected import UnexpectedErrors
 
@@ -36,6 +38,8 @@ STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (Invalid, 400),
     (NotFound, 404),
     (Conflict, 409),
+    (Forbidden, 403),
+    (NodeRemoved, 410),
 )
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 

@@ -1,4 +1,5 @@
-"""Admin API routes of the node registry: nodes register, heartbeat and deregister."""
+"""Admin API routes of the node registry: nodes register, heartbeat, drain and deregister
+themselves (with their own secrets: see ``auth``); operators list, drain and remove them."""
 
 from __future__ import annotations
 
@@ -6,26 +7,26 @@ import logging
 
 from aiohttp import web
 
-from crosslogic.admin.context import NODES, SETTINGS, read_json
-from crosslogic.admin.registration import parse_heartbeat, parse_registration
-from crosslogic.errors import NotFound
+from crosslogic.admin.auth import PRINCIPAL, SCOPE
+from crosslogic.admin.context import POOL, SETTINGS, read_json
+from crosslogic.fleet import nodes
+from crosslogic.fleet.lifecycle import ACTIVE, REMOVED
+from crosslogic.fleet.requests import parse_heartbeat, parse_registration
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-def _unknown(node_id: str) -> NotFound:
-    return NotFound("node", node_id, message=f"Unknown node '{node_id}'; register again.")
-
-
 @routes.post("/admin/nodes/register")
 async def register_node(request: web.Request) -> web.Response:
     reg = parse_registration(await read_json(request))
-    node_id = await request.app[NODES].register(reg)
-    log.info("node %s registered: %s at %s:%d", node_id, reg.model, reg.address, reg.port)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        node = await nodes.register(conn, reg, scope=request[SCOPE])
+    log.info("node %s registered: %s at %s:%d", reg.node_id, reg.model, reg.address, reg.port)
     return web.json_response(
         {
-            "node_id": node_id,
+            "node_id": reg.node_id,
+            "node_credential": node["node_credential"],
             "heartbeat_interval_s": request.app[SETTINGS].node_heartbeat_interval,
         }
     )
@@ -35,19 +36,43 @@ async def register_node(request: web.Request) -> web.Response:
 async def heartbeat(request: web.Request) -> web.Response:
     beat = parse_heartbeat(await read_json(request))
     node_id = request.match_info["node_id"]
-    if not await request.app[NODES].heartbeat(node_id, beat):
-        raise _unknown(node_id)
-    return web.json_response({"status": "ok"})
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        status = await nodes.heartbeat(conn, node_id, beat)
+    if status == REMOVED:  # this heartbeat ended its drain (committed): the node must stop
+        raise nodes.removed_error(node_id)
+    return web.json_response({"status": "ok" if status == ACTIVE else status})
 
 
 @routes.post("/admin/nodes/{node_id}/deregister")
 async def deregister(request: web.Request) -> web.Response:
-    node_id = request.match_info["node_id"]
-    if not await request.app[NODES].deregister(node_id):
-        raise _unknown(node_id)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await nodes.deregister(conn, node_id=request.match_info["node_id"])
     return web.json_response({"status": "deregistered"})
+
+
+@routes.post("/admin/nodes/{node_id}/drain")
+async def drain(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        node = await nodes.drain(
+            conn, actor=request[PRINCIPAL], node_id=request.match_info["node_id"]
+        )
+    log.info("node %s draining (%s)", node["id"], request[PRINCIPAL])
+    return web.json_response(node)
+
+
+@routes.delete("/admin/nodes/{node_id}")
+async def remove(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        node = await nodes.remove(
+            conn, actor=request[PRINCIPAL], node_id=request.match_info["node_id"]
+        )
+    log.info("node %s removed (%s)", node["id"], request[PRINCIPAL])
+    return web.json_response(node)
 
 
 @routes.get("/admin/nodes")
 async def list_nodes(request: web.Request) -> web.Response:
-    return web.json_response({"nodes": await request.app[NODES].list()})
+    timeout = request.app[SETTINGS].node_heartbeat_timeout
+    async with request.app[POOL].acquire() as conn:
+        found = await nodes.list_nodes(conn, heartbeat_timeout=timeout)
+    return web.json_response({"nodes": found})

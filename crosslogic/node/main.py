@@ -66,10 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--advertise-address", help="address the control plane should route to (default: --host)"
     )
     parser.add_argument(
-        "--admin-token",
+        "--registration-token",
         default=None,
-        help="bearer token for the admin API (default: $ADMIN_TOKEN)",
+        help="the control plane's registration token (default: $NODE_REGISTRATION_TOKEN); "
+        "registering returns this node's own credential",
     )
+    parser.add_argument("--provider", default="local", help="cloud provider (default local)")
+    parser.add_argument("--region", default="local", help="region code (default local)")
+    parser.add_argument("--zone", default="", help="availability zone")
+    parser.add_argument("--gpu-type", default="simulated", help="GPU model (default simulated)")
+    parser.add_argument("--gpu-count", type=int, default=1, help="GPUs of the node (default 1)")
+    parser.add_argument("--spot", action="store_true", help="a spot (preemptible) instance")
     parser.add_argument("--ttft-ms", type=_non_negative, default=0.0, help="time to first token")
     parser.add_argument(
         "--tokens-per-second", type=_non_negative, default=0.0, help="0 (default): unpaced"
@@ -101,9 +108,9 @@ def run(argv: list[str]) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    admin_token = args.admin_token or os.environ.get("ADMIN_TOKEN") or None
+    token = args.registration_token or os.environ.get("NODE_REGISTRATION_TOKEN") or None
     try:
-        asyncio.run(_serve(args, config=config, admin_token=admin_token))
+        asyncio.run(_serve(args, config=config, registration_token=token))
     except OSError as exc:  # typically the port is taken
         print(f"crosslogic node: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -112,7 +119,9 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, *, config: NodeConfig, admin_token: str | None) -> None:
+async def _serve(
+    args: argparse.Namespace, *, config: NodeConfig, registration_token: str | None
+) -> None:
     app = make_app(config)
     # The access log costs more than a simulated completion; keep it for debugging only.
     runner = web.AppRunner(
@@ -141,7 +150,14 @@ async def _serve(args: argparse.Namespace, *, config: NodeConfig, admin_token: s
                     address=address,
                     port=port,
                     node_id=config.node_id,
-                    admin_token=admin_token,
+                    registration_token=registration_token,
+                    provider=args.provider,
+                    region=args.region,
+                    zone=args.zone,
+                    gpu_type=args.gpu_type,
+                    gpu_count=args.gpu_count,
+                    capacity=config.max_num_seqs,
+                    spot=args.spot,
                 ),
                 load=app[NODE_STATE].load,
             )

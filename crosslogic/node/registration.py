@@ -2,14 +2,19 @@
 
 Admin API contract (served by the control plane):
 
-* ``POST /admin/nodes/register`` ``{node_id, model, address, port, provider, region,
-  gpu_type}`` -> ``{"node_id": str, "heartbeat_interval_s": float}``
-* ``POST /admin/nodes/{node_id}/heartbeat`` ``{requests_running, requests_waiting,
-  kv_cache_usage_perc}`` -> 200; 404 means the control plane forgot us: register again.
-* ``POST /admin/nodes/{node_id}/deregister`` -> 200, best effort at shutdown.
+* ``POST /admin/nodes/register`` with the registration token ``{node_id, model, address,
+  port, provider, region, zone, gpu_type, gpu_count, capacity, spot}`` -> ``{"node_id": str,
+  "node_credential": str, "heartbeat_interval_s": float}``
+* ``POST /admin/nodes/{node_id}/heartbeat`` with the node credential ``{requests_running,
+  requests_waiting, kv_cache_usage_perc}`` -> 200; 404 (the control plane forgot us) or 401
+  (our credential is no longer valid) mean: register again; 410 means an operator removed
+  us (or our drain ended): never register again on our own.
+* ``POST /admin/nodes/{node_id}/deregister`` with the node credential -> 200, best effort
+  at shutdown.
 
-The loop never gives up: an unreachable control plane is retried with capped backoff, so
-nodes and control plane can start in any order.
+The loop never gives up while the node may serve: an unreachable control plane is retried
+with capped backoff, so nodes and control plane can start in any order. Once removed, it
+only waits to be stopped.
 """
 
 from __future__ import annotations
@@ -38,10 +43,14 @@ class RegistrationConfig:
     address: str
     port: int
     node_id: str | None = None  # None: the control plane assigns one
-    admin_token: str | None = None
+    registration_token: str | None = None
     provider: str = "local"
     region: str = "local"
+    zone: str = ""
     gpu_type: str = "simulated"
+    gpu_count: int = 1
+    capacity: int = 256  # max concurrent sequences (vLLM's max_num_seqs)
+    spot: bool = False
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     request_timeout_s: float = 5.0
@@ -50,6 +59,17 @@ class RegistrationConfig:
 
 class AdminAPIError(Exception):
     """The control plane answered, but not with what the contract promises."""
+
+
+class Removed(Exception):
+    """The control plane removed this node (an operator, or the end of its drain)."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    node_id: str
+    credential: str
+    heartbeat_interval_s: float
 
 
 def backoff_delay(attempt: int, *, initial: float, maximum: float) -> float:
@@ -64,12 +84,9 @@ class _AdminClient:
         self._session = session
         self._config = config
         self._base = config.control_plane_url.rstrip("/") + "/admin/nodes"
-        self._headers = (
-            {"Authorization": f"Bearer {config.admin_token}"} if config.admin_token else {}
-        )
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
 
-    async def register(self, node_id: str | None) -> tuple[str, float]:
+    async def register(self, node_id: str | None) -> Registered:
         c = self._config
         payload = {
             "node_id": node_id,
@@ -78,44 +95,66 @@ class _AdminClient:
             "port": c.port,
             "provider": c.provider,
             "region": c.region,
+            "zone": c.zone,
             "gpu_type": c.gpu_type,
+            "gpu_count": c.gpu_count,
+            "capacity": c.capacity,
+            "spot": c.spot,
         }
-        status, body = await self._post(f"{self._base}/register", payload, limit=self._timeout)
+        status, body = await self._post(
+            f"{self._base}/register", payload, secret=c.registration_token, limit=self._timeout
+        )
         if status != 200 or not isinstance(body, dict):
             raise AdminAPIError(f"register answered HTTP {status}: {body!r}")
-        assigned = body.get("node_id")
+        assigned, credential = body.get("node_id"), body.get("node_credential")
         if not isinstance(assigned, str) or not assigned:
             raise AdminAPIError(f"register answered without a node_id: {body!r}")
+        if not isinstance(credential, str) or not credential:
+            raise AdminAPIError(f"register answered without a node_credential: {body!r}")
         interval = body.get("heartbeat_interval_s")
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
             interval = _DEFAULT_HEARTBEAT_S
-        return assigned, float(interval)
+        return Registered(assigned, credential, float(interval))
 
-    async def heartbeat(self, node_id: str, load: NodeLoad) -> bool:
-        """True if the control plane still knows the node, False if it must register again."""
+    async def heartbeat(self, node: Registered, load: NodeLoad) -> bool:
+        """True if the control plane still knows the node, False if it must register again;
+        Removed if it must not."""
         payload = {
             "requests_running": load.requests_running,
             "requests_waiting": load.requests_waiting,
             "kv_cache_usage_perc": load.kv_cache_usage_perc,
         }
         status, body = await self._post(
-            f"{self._base}/{node_id}/heartbeat", payload, limit=self._timeout
+            f"{self._base}/{node.node_id}/heartbeat",
+            payload,
+            secret=node.credential,
+            limit=self._timeout,
         )
-        if status == 404:
+        if status in (401, 404):
             return False
+        if status == 410:
+            raise Removed(str(body))
         if status != 200:
             raise AdminAPIError(f"heartbeat answered HTTP {status}: {body!r}")
         return True
 
-    async def deregister(self, node_id: str) -> None:
+    async def deregister(self, node: Registered) -> None:
         timeout = aiohttp.ClientTimeout(total=self._config.deregister_timeout_s)
-        await self._post(f"{self._base}/{node_id}/deregister", {}, limit=timeout)
+        await self._post(
+            f"{self._base}/{node.node_id}/deregister", {}, secret=node.credential, limit=timeout
+        )
 
     async def _post(
-        self, url: str, payload: dict[str, Any], *, limit: aiohttp.ClientTimeout
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        secret: str | None,
+        limit: aiohttp.ClientTimeout,
     ) -> tuple[int, object]:
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         async with self._session.post(
-            url, json=payload, headers=self._headers, timeout=limit
+            url, json=payload, headers=headers, timeout=limit
         ) as response:
             try:
                 body: object = await response.json(content_type=None)
@@ -130,14 +169,14 @@ async def run_registration(
     load: Callable[[], NodeLoad],
     on_registered: Callable[[str], None] | None = None,
 ) -> None:
-    """Register and heartbeat until cancelled; then deregister, best effort.
+    """Register and heartbeat until cancelled; then deregister, best effort. Removed by
+    the control plane, the node stops registering and waits to be cancelled.
 
     ``on_registered`` is called with the node id after every successful registration
     (the control plane may assign or change it).
     """
     wanted = config.node_id  # the id we ask for; the control plane's answer wins
-    registered: str | None = None
-    interval = _DEFAULT_HEARTBEAT_S
+    registered: Registered | None = None
     failures = 0
     async with aiohttp.ClientSession() as session:
         client = _AdminClient(session, config)
@@ -145,18 +184,32 @@ async def run_registration(
             while True:
                 try:
                     if registered is None:
-                        registered, interval = await client.register(wanted)
-                        wanted = registered
+                        registered = await client.register(wanted)
+                        wanted = registered.node_id
                         failures = 0
-                        log.info("registered node %s with %s", registered, config.control_plane_url)
+                        log.info(
+                            "registered node %s with %s",
+                            registered.node_id,
+                            config.control_plane_url,
+                        )
                         if on_registered is not None:
-                            on_registered(registered)
-                    await asyncio.sleep(interval)
+                            on_registered(registered.node_id)
+                    await asyncio.sleep(registered.heartbeat_interval_s)
                     if not await client.heartbeat(registered, load()):
-                        log.warning("control plane forgot node %s; registering again", registered)
+                        log.warning(
+                            "control plane forgot node %s; registering again", registered.node_id
+                        )
                         registered = None
                         continue
                     failures = 0
+                except Removed as removed:
+                    log.error(
+                        "node %s was removed by the control plane; not registering again: %s",
+                        registered.node_id if registered else wanted,
+                        removed,
+                    )
+                    registered = None  # nothing to deregister
+                    await asyncio.Event().wait()  # serve nobody until stopped
                 except (aiohttp.ClientError, TimeoutError, AdminAPIError) as exc:
                     delay = backoff_delay(
                         failures, initial=config.retry_initial_s, maximum=config.retry_max_s
@@ -178,9 +231,9 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _deregister(client: _AdminClient, node_id: str) -> None:
+async def _deregister(client: _AdminClient, node: Registered) -> None:
     try:
-        await client.deregister(node_id)
-        log.info("deregistered node %s", node_id)
+        await client.deregister(node)
+        log.info("deregistered node %s", node.node_id)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("could not deregister node %s: %s", node_id, _describe(exc))
+        log.warning("could not deregister node %s: %s", node.node_id, _describe(exc))

@@ -90,6 +90,9 @@ def cluster_for(model: ModelEntry) -> cluster_pb2.Cluster:
         },
         # the node with the fewest requests in flight: generations vary widely in length
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        # a node removed from EDS (an operator's removal, a finished drain) that still passes
+        # health checks would otherwise keep receiving traffic
+        ignore_health_on_host_removal=True,
         health_checks=[
             health_check_pb2.HealthCheck(
                 timeout=_seconds(1),

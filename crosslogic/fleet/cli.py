@@ -1,0 +1,86 @@
+"""The operator command line of the fleet: ``crosslogic nodes list|drain|remove`` and
+``crosslogic nodes tokens create|list|revoke``.
+
+Like ``crosslogic tenants ...`` it runs the admin API's operations directly on PostgreSQL, one
+transaction per command (``crosslogic.operator_cli``), validating with the API's parsers (fed
+the JSON body the API would get), so both refuse the same things with the same messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from crosslogic import operator_cli
+from crosslogic.fleet import nodes, tokens
+from crosslogic.fleet.requests import parse_token_spec
+from crosslogic.operator_cli import Work, audited
+from crosslogic.settings import Settings
+
+COMMANDS = ("nodes",)
+
+
+def _list(args: argparse.Namespace) -> Work:
+    timeout: float = args.heartbeat_timeout
+    return lambda conn, actor: nodes.list_nodes(conn, heartbeat_timeout=timeout)
+
+
+def _token_create(args: argparse.Namespace) -> Work:
+    body: dict[str, Any] = {"name": args.name}
+    for field in ("provider", "region"):
+        if getattr(args, field) is not None:
+            body[field] = getattr(args, field)
+    spec = parse_token_spec(body)
+    return lambda conn, actor: tokens.create(conn, actor=actor, spec=spec)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``nodes`` with its subcommands; each leaf sets ``handler``."""
+    group = sub.add_parser(
+        "nodes", help="the GPU node registry: list, drain, remove; registration tokens"
+    ).add_subparsers(dest="action", required=True)
+    p = group.add_parser("list", help="every node with its metadata, load and state")
+    p.set_defaults(handler=_list)
+    p = group.add_parser(
+        "drain", parents=[audited()], help="no new requests; removed once in-flight ones end"
+    )
+    p.add_argument("node_id")
+    p.set_defaults(
+        handler=lambda args: (
+            lambda conn, actor: nodes.drain(conn, actor=actor, node_id=args.node_id)
+        )
+    )
+    p = group.add_parser(
+        "remove", parents=[audited()], help="out of the routing table now and for good"
+    )
+    p.add_argument("node_id")
+    p.set_defaults(
+        handler=lambda args: (
+            lambda conn, actor: nodes.remove(conn, actor=actor, node_id=args.node_id)
+        )
+    )
+
+    group = group.add_parser(
+        "tokens", help="registration tokens: what nodes register with"
+    ).add_subparsers(dest="token_action", required=True)
+    p = group.add_parser(
+        "create", parents=[audited()], help="a new token (shown once), optionally scoped"
+    )
+    p.add_argument("name")
+    p.add_argument("--provider", default=None, help="registers nodes of this provider only")
+    p.add_argument("--region", default=None, help="registers nodes of this region only")
+    p.set_defaults(handler=_token_create)
+    p = group.add_parser("list", help="every token (never its secret)")
+    p.set_defaults(handler=lambda args: lambda conn, actor: tokens.list_tokens(conn))
+    p = group.add_parser("revoke", parents=[audited()], help="the token registers no more")
+    p.add_argument("token_id")
+    p.set_defaults(
+        handler=lambda args: (
+            lambda conn, actor: tokens.revoke(conn, actor=actor, token_id=args.token_id)
+        )
+    )
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    args.heartbeat_timeout = settings.node_heartbeat_timeout
+    return operator_cli.run(settings, args)
