@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -459,3 +460,15 @@ def test_a_removed_node_that_answers_health_checks_gets_no_traffic(paced: Stack)
         one_token(client)
     assert chat_requests(url) == before
     assert listed(paced, victim)["status"] == "removed"
+
+
+def test_a_spot_node_drains_itself_on_its_interruption_notice(paced: Stack) -> None:
+    spot = paced.start_node("idn-spot", extra=("--spot",))
+    paced.wait_healthy_nodes(2)
+    assert listed(paced, "idn-spot")["spot"] is True
+    port = int(node_url(paced, "idn-spot").rsplit(":", 1)[1])
+    spot.proc.send_signal(signal.SIGUSR1)  # the cloud's notice, as the simulator takes it
+    wait_until("the drain to end", lambda: listed(paced, "idn-spot")["status"] == "removed")
+    wait_until("Envoy to drop the node", lambda: eds_status(paced, port) is None)
+    actions = audited(paced, "idn-spot")
+    assert actions[-2:] == [("node.drain", "node:idn-spot"), ("node.drained", "system")]

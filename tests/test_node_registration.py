@@ -174,6 +174,43 @@ def test_a_removed_node_stops_heartbeating_and_never_registers_again() -> None:
     assert cp.paths() == ["/admin/nodes/register"] + ["/admin/nodes/spot-1/heartbeat"] * 2
 
 
+def test_an_interrupted_node_drains_itself_with_its_own_credential() -> None:
+    async def scenario() -> list[tuple[str, dict[str, Any], str | None]]:
+        cp = _FakeControlPlane(enough_heartbeats=1)
+        port = free_port()
+        runner = web.AppRunner(cp.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        config = _registration_config(f"http://127.0.0.1:{port}", port=port, node_id="spot-2")
+        interrupted = asyncio.Event()
+        load = NodeLoad(requests_running=1, requests_waiting=0, kv_cache_usage_perc=0.1)
+        task = asyncio.create_task(
+            run_registration(config, load=lambda: load, interrupted=interrupted)
+        )
+        try:
+            await asyncio.wait_for(cp.enough.wait(), timeout=3)  # registered and beating
+            cp.enough_heartbeats = 10**6
+            cp.enough.clear()
+            interrupted.set()
+            cp.remove_after_heartbeats = cp.heartbeats + 2  # the drain ends two beats later
+            await asyncio.wait_for(cp.enough.wait(), timeout=3)
+            await asyncio.sleep(0.1)  # time for calls that must not come
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await runner.cleanup()
+        return cp.calls
+
+    calls = asyncio.run(scenario())
+    paths = [path for path, _, _ in calls]
+    assert paths.count("/admin/nodes/spot-2/drain") == 1
+    after = paths[paths.index("/admin/nodes/spot-2/drain") + 1 :]
+    # it keeps reporting its load while in-flight requests finish, until removed (410)
+    assert after == ["/admin/nodes/spot-2/heartbeat"] * 2
+    assert all(auth == "Bearer clnc_1" for path, _, auth in calls if path != paths[0])
+
+
 def test_registration_survives_an_unreachable_control_plane() -> None:
     port = free_port()
     config = _registration_config(f"http://127.0.0.1:{port}", node_id="n1")

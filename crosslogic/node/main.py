@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import sys
 from urllib.parse import urlsplit
 
@@ -76,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--zone", default="", help="availability zone")
     parser.add_argument("--gpu-type", default="simulated", help="GPU model (default simulated)")
     parser.add_argument("--gpu-count", type=int, default=1, help="GPUs of the node (default 1)")
-    parser.add_argument("--spot", action="store_true", help="a spot (preemptible) instance")
+    parser.add_argument(
+        "--spot",
+        action="store_true",
+        help="a spot (preemptible) instance; SIGUSR1 is its interruption notice: it drains",
+    )
     parser.add_argument("--ttft-ms", type=_non_negative, default=0.0, help="time to first token")
     parser.add_argument(
         "--tokens-per-second", type=_non_negative, default=0.0, help="0 (default): unpaced"
@@ -143,6 +148,9 @@ async def _serve(
             address = args.advertise_address or args.host
             if address in _UNROUTABLE:
                 address = "127.0.0.1"
+            # SIGUSR1 stands for the cloud's interruption notice (a spot VM reclaimed soon)
+            interrupted = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, interrupted.set)
             registration = run_registration(
                 RegistrationConfig(
                     control_plane_url=args.control_plane,
@@ -160,6 +168,7 @@ async def _serve(
                     spot=args.spot,
                 ),
                 load=app[NODE_STATE].load,
+                interrupted=interrupted,
             )
             tasks.append(asyncio.create_task(registration, name="registration"))
         # run_registration handles every network failure itself: its end is a bug, and an

@@ -9,6 +9,9 @@ Admin API contract (served by the control plane):
   requests_waiting, kv_cache_usage_perc}`` -> 200; 404 (the control plane forgot us) or 401
   (our credential is no longer valid) mean: register again; 410 means an operator removed
   us (or our drain ended): never register again on our own.
+* ``POST /admin/nodes/{node_id}/drain`` with the node credential -> 200, once, on the
+  cloud's interruption notice (a spot instance about to be reclaimed): no new requests,
+  in-flight ones complete, then the control plane removes the node (410 on a heartbeat).
 * ``POST /admin/nodes/{node_id}/deregister`` with the node credential -> 200, best effort
   at shutdown.
 
@@ -20,6 +23,7 @@ only waits to be stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +142,15 @@ class _AdminClient:
             raise AdminAPIError(f"heartbeat answered HTTP {status}: {body!r}")
         return True
 
+    async def drain(self, node: Registered) -> None:
+        status, body = await self._post(
+            f"{self._base}/{node.node_id}/drain", {}, secret=node.credential, limit=self._timeout
+        )
+        if status == 410:
+            raise Removed(str(body))
+        if status not in (200, 409):  # 409: no longer active, nothing to drain
+            raise AdminAPIError(f"drain answered HTTP {status}: {body!r}")
+
     async def deregister(self, node: Registered) -> None:
         timeout = aiohttp.ClientTimeout(total=self._config.deregister_timeout_s)
         await self._post(
@@ -168,15 +181,19 @@ async def run_registration(
     *,
     load: Callable[[], NodeLoad],
     on_registered: Callable[[str], None] | None = None,
+    interrupted: asyncio.Event | None = None,
 ) -> None:
     """Register and heartbeat until cancelled; then deregister, best effort. Removed by
     the control plane, the node stops registering and waits to be cancelled.
 
     ``on_registered`` is called with the node id after every successful registration
-    (the control plane may assign or change it).
+    (the control plane may assign or change it). Once ``interrupted`` is set (the cloud's
+    interruption notice), the node drains itself and keeps heartbeating its load until the
+    control plane removes it.
     """
     wanted = config.node_id  # the id we ask for; the control plane's answer wins
     registered: Registered | None = None
+    drained = False  # whether this registration asked to be drained
     failures = 0
     async with aiohttp.ClientSession() as session:
         client = _AdminClient(session, config)
@@ -192,9 +209,16 @@ async def run_registration(
                             registered.node_id,
                             config.control_plane_url,
                         )
+                        drained = False
                         if on_registered is not None:
                             on_registered(registered.node_id)
-                    await asyncio.sleep(registered.heartbeat_interval_s)
+                    await _pause(
+                        registered.heartbeat_interval_s, until=None if drained else interrupted
+                    )
+                    if interrupted is not None and interrupted.is_set() and not drained:
+                        await client.drain(registered)
+                        drained = True
+                        log.warning("node %s: interruption notice; draining", registered.node_id)
                     if not await client.heartbeat(registered, load()):
                         log.warning(
                             "control plane forgot node %s; registering again", registered.node_id
@@ -225,6 +249,15 @@ async def run_registration(
         finally:
             if registered is not None:
                 await _deregister(client, registered)
+
+
+async def _pause(seconds: float, *, until: asyncio.Event | None) -> None:
+    """Sleep ``seconds``, or less if ``until`` is set meanwhile."""
+    if until is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(until.wait(), seconds)
 
 
 def _describe(exc: BaseException) -> str:
