@@ -81,6 +81,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
         print("\n".join(client_lines(stack.base_url, stack.demo)))
         print(f"ADMIN_TOKEN={stack.settings.admin_token}")
+        # what more nodes register with: `crosslogic node --control-plane <admin API> ...`
+        print(f"NODE_REGISTRATION_TOKEN={stack.settings.node_registration_token}")
         print("\nPress Ctrl-C to stop everything.", flush=True)
         _wait_for_signal(stack.supervisor.check)
     except ChildFailed as exc:  # a crash loop: the supervisor gave up on one child
