@@ -9,12 +9,13 @@ the JSON body the API would get), so both refuse the same things with the same m
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from crosslogic import operator_cli
 from crosslogic.fleet import nodes, tokens
 from crosslogic.fleet.requests import parse_token_spec
-from crosslogic.operator_cli import Work, audited
+from crosslogic.operator_cli import Command, Work, audited
 from crosslogic.settings import Settings
 
 COMMANDS = ("nodes",)
@@ -23,6 +24,11 @@ COMMANDS = ("nodes",)
 def _list(args: argparse.Namespace) -> Work:
     timeout: float = args.heartbeat_timeout
     return lambda conn, actor: nodes.list_nodes(conn, heartbeat_timeout=timeout)
+
+
+def _on_node(change: Callable[..., Awaitable[dict[str, Any]]]) -> Command:
+    """The command that runs ``change`` (drain, remove) on the node ``node_id``."""
+    return lambda args: lambda conn, actor: change(conn, actor=actor, node_id=args.node_id)
 
 
 def _token_create(args: argparse.Namespace) -> Work:
@@ -41,24 +47,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     ).add_subparsers(dest="action", required=True)
     p = group.add_parser("list", help="every node with its metadata, load and state")
     p.set_defaults(handler=_list)
-    p = group.add_parser(
-        "drain", parents=[audited()], help="no new requests; removed once in-flight ones end"
-    )
-    p.add_argument("node_id")
-    p.set_defaults(
-        handler=lambda args: (
-            lambda conn, actor: nodes.drain(conn, actor=actor, node_id=args.node_id)
-        )
-    )
-    p = group.add_parser(
-        "remove", parents=[audited()], help="out of the routing table now and for good"
-    )
-    p.add_argument("node_id")
-    p.set_defaults(
-        handler=lambda args: (
-            lambda conn, actor: nodes.remove(conn, actor=actor, node_id=args.node_id)
-        )
-    )
+    for name, change, summary in (
+        ("drain", nodes.drain, "no new requests; removed once in-flight ones end"),
+        ("remove", nodes.remove, "out of the routing table now and for good"),
+    ):
+        p = group.add_parser(name, parents=[audited()], help=summary)
+        p.add_argument("node_id")
+        p.set_defaults(handler=_on_node(change))
 
     group = group.add_parser(
         "tokens", help="registration tokens: what nodes register with"
