@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -260,56 +260,10 @@ def from_environ() -> Settings:
 
 
 def to_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process load exactly these settings."""
-    pairs: dict[str, object] = {
-        "SERVER_HOST": settings.server_host,
-        "SERVER_PORT": settings.server_port,
-        "DB_PORT": settings.db_port,
-        "DB_USER": settings.db_user,
-        "DB_PASSWORD": settings.db_password,
-        "DB_NAME": settings.db_name,
-        "DB_HOST": settings.db_host or "",
-        "REDIS_HOST": settings.redis_host or "",
-        "REDIS_PORT": settings.redis_port,
-        "REDIS_PASSWORD": settings.redis_password,
-        "STRIPE_SECRET_KEY": settings.stripe_secret_key,
-        "STRIPE_API_BASE": settings.stripe_api_base,
-        "STRIPE_METER_PROMPT_TOKENS": settings.stripe_meter_prompt_tokens,
-        "STRIPE_METER_COMPLETION_TOKENS": settings.stripe_meter_completion_tokens,
-        "BILLING_EXPORT_INTERVAL": settings.billing_export_interval,
-        "BILLING_AGGREGATION_INTERVAL": settings.billing_aggregation_interval,
-        "LOG_LEVEL": settings.log_level,
-        "PROMETHEUS_PORT": settings.prometheus_port,
-        "EXTAUTHZ_HOST": settings.extauthz_host,
-        "EXTAUTHZ_PORT": settings.extauthz_port,
-        "RATELIMIT_HOST": settings.ratelimit_host,
-        "RATELIMIT_PORT": settings.ratelimit_port,
-        "XDS_HOST": settings.xds_host,
-        "XDS_PORT": settings.xds_port,
-        "XDS_REPLICAS": settings.xds_replicas,
-        "ENVOY_PORT": settings.envoy_port,
-        "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
-        "ENVOY_ADMIN_HOST": settings.envoy_admin_host,
-        "ENVOY_LOG_FLUSH_INTERVAL": settings.envoy_log_flush_interval,
-        "EXTAUTHZ_WORKERS": settings.extauthz_workers,
-        "RATELIMIT_WORKERS": settings.ratelimit_workers,
-        "ENVOY_CONCURRENCY": settings.envoy_concurrency,
-        "DATA_DIR": settings.data_dir,
-        "ACCESS_LOG_PATH": settings.access_log_path or "",
-        "KEY_CACHE_TTL": settings.key_cache_ttl,
-        "KEY_STALE_FOR": settings.key_stale_for,
-        "KEY_LAST_USED_FLUSH": settings.key_last_used_flush,
-        "DEFAULT_KEY_RPM": settings.default_key_rpm,
-        "NODE_HEARTBEAT_INTERVAL": settings.node_heartbeat_interval,
-        "NODE_HEARTBEAT_TIMEOUT": settings.node_heartbeat_timeout,
-        "NODE_DRAIN_TIMEOUT": settings.node_drain_timeout,
-        "NODE_REGISTRATION_TOKEN": settings.node_registration_token,
-        "XDS_POLL_INTERVAL": settings.xds_poll_interval,
-        "RATELIMIT_AT": settings.ratelimit_at,
-        "ADMIN_TOKEN": settings.admin_token,
-        "RATELIMIT_REDIS_TIMEOUT": settings.ratelimit_redis_timeout,
-        "ENVOY_REQUEST_HEADERS_TIMEOUT": settings.envoy_request_headers_timeout,
-        "ENVOY_REQUEST_TIMEOUT": settings.envoy_request_timeout,
-        "ENVOY_MAX_CONNECTIONS": settings.envoy_max_connections,
-    }
-    return {name: str(value) for name, value in pairs.items()}
+    """The environment that makes a child process load exactly these settings: every
+    field's variable is its name in capitals (unset optionals are empty)."""
+    env = {}
+    for field in fields(Settings):
+        value = getattr(settings, field.name)
+        env[field.name.upper()] = "" if value is None else str(value)
+    return env
