@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="bearer token for the admin API (default: $ADMIN_TOKEN)",
     )
+    parser.add_argument(
+        "--region", default="local", help="region to register in (default %(default)s)"
+    )
     parser.add_argument("--ttft-ms", type=_non_negative, default=0.0, help="time to first token")
     parser.add_argument(
         "--tokens-per-second", type=_non_negative, default=0.0, help="0 (default): unpaced"
@@ -142,6 +145,7 @@ async def _serve(args: argparse.Namespace, *, config: NodeConfig, admin_token: s
                     port=port,
                     node_id=config.node_id,
                     admin_token=admin_token,
+                    region=args.region,
                 ),
                 load=app[NODE_STATE].load,
             )
