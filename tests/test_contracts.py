@@ -182,7 +182,6 @@ def test_routes_pick_the_cluster_ext_authz_names_and_xds_publishes() -> None:
     assert set(model_route["request_headers_to_remove"]) == {
         routing.CLUSTER_HEADER,
         routing.USAGE_HEADER,
-        routing.PREFIX_HASH_HEADER,
     }
     # prefix affinity: the route hashes the header ext_authz sets
     assert model_route["route"]["hash_policy"] == [

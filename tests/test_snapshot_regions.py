@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from crosslogic.contracts import routing
 from crosslogic.xds.clusters import HASH_BALANCE_FACTOR
@@ -105,3 +107,23 @@ def test_versions_follow_weights_and_strategies_only_where_they_live() -> None:
     hashed = build([ModelEntry(id=1, name="m", strategy="prefix_affinity", regions=REGIONS)], NODES)
     assert hashed.versions[CLUSTER_TYPE] != base.versions[CLUSTER_TYPE]
     assert hashed.versions[ENDPOINT_TYPE] == base.versions[ENDPOINT_TYPE]
+
+
+def test_only_hashing_clusters_drop_the_prefix_hash_upstream() -> None:
+    """The route must keep the header for the hash; the cluster drops it before the node."""
+    for strategy in routing.STRATEGIES:
+        snap = build([ModelEntry(id=1, name="m", strategy=strategy)], [])
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        cluster(snap, "model_1").typed_extension_protocol_options[
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ].Unpack(options)
+        names = [f.name for f in options.http_filters]
+        if strategy != "prefix_affinity":
+            assert names == []  # nothing added to the common request path
+            continue
+        assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"]
+        mutation = header_mutation_pb2.HeaderMutation()
+        options.http_filters[0].typed_config.Unpack(mutation)
+        assert [m.remove for m in mutation.mutations.request_mutations] == [
+            routing.PREFIX_HASH_HEADER
+        ]

@@ -25,7 +25,12 @@ from __future__ import annotations
 import re
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.common.mutation_rules.v3 import (
+    mutation_rules_pb2,
+)
 from envoy.config.core.v3 import config_source_pb2, health_check_pb2, protocol_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -34,6 +39,7 @@ from crosslogic.contracts.routing import (
     HEALTH_WEIGHTED,
     LEAST_LOADED,
     PREFIX_AFFINITY,
+    PREFIX_HASH_HEADER,
     RANDOM,
     ROUND_ROBIN,
 )
@@ -68,6 +74,26 @@ NODE_HTTP = http_protocol_options_pb2.HttpProtocolOptions(
 )
 
 
+def _hashing_node_http() -> http_protocol_options_pb2.HttpProtocolOptions:
+    """NODE_HTTP plus an upstream filter that drops the prefix-hash header. The route cannot
+    drop it (its request_headers_to_remove runs before the load balancer hashes, and the hash
+    would then be empty); upstream filters run once the node is chosen."""
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    options.CopyFrom(NODE_HTTP)
+    strip = header_mutation_pb2.HeaderMutation(
+        mutations=header_mutation_pb2.Mutations(
+            request_mutations=[mutation_rules_pb2.HeaderMutation(remove=PREFIX_HASH_HEADER)]
+        )
+    )
+    options.http_filters.add(name="envoy.filters.http.header_mutation").typed_config.Pack(strip)
+    codec = options.http_filters.add(name="envoy.filters.http.upstream_codec")
+    codec.typed_config.Pack(upstream_codec_pb2.UpstreamCodec())
+    return options
+
+
+HASHING_NODE_HTTP = _hashing_node_http()
+
+
 def _seconds(value: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(value * 1e9))
@@ -92,7 +118,9 @@ def cluster_for(name: str, *, stat: str, strategy: str) -> cluster_pb2.Cluster:
         ),
         connect_timeout=_seconds(1),
         typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(NODE_HTTP)
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(
+                HASHING_NODE_HTTP if strategy == PREFIX_AFFINITY else NODE_HTTP
+            )
         },
         lb_policy=lb_policy(strategy),
         # a node withdrawn from EDS gets no new request even if it still answers /health
