@@ -41,6 +41,7 @@ ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignm
 # Priority 0 keeps every request while this share of its nodes is healthy: 1/1000 (Envoy's
 # default, 1.4, spills part of the traffic as soon as one node of the region is down).
 OVERPROVISIONING = 100_000
+METADATA_NAMESPACE = "crosslogic"  # each endpoint's strategy and region (informative)
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ class Snapshot:
         return set(self.resources[CLUSTER_TYPE]) == set(self.resources[ENDPOINT_TYPE])
 
 
-def _endpoint(node: NodeEntry) -> endpoint_components_pb2.LbEndpoint:
-    return endpoint_components_pb2.LbEndpoint(
+def _endpoint(node: NodeEntry, *, strategy: str) -> endpoint_components_pb2.LbEndpoint:
+    endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=address_pb2.Address(
                 socket_address=address_pb2.SocketAddress(address=node.ip, port_value=node.port)
@@ -93,16 +94,25 @@ def _endpoint(node: NodeEntry) -> endpoint_components_pb2.LbEndpoint:
         health_status=health_check_pb2.DRAINING if node.draining else health_check_pb2.UNKNOWN,
         load_balancing_weight=wrappers_pb2.UInt32Value(value=max(1, node.weight)),
     )
+    # Envoy re-warms a cluster whose lb_policy changed and waits (15 s) for its endpoints;
+    # a State-of-the-World server sends an EDS resource only when it changed. Naming the
+    # strategy here changes the endpoints with the cluster, so both are pushed together.
+    endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update(
+        {"strategy": strategy, "region": node.region}
+    )
+    return endpoint
 
 
 def load_assignment(
-    cluster: str, *priorities: Iterable[NodeEntry]
+    cluster: str, *priorities: Iterable[NodeEntry], strategy: str = LEAST_LOADED
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The endpoints of ``cluster``: the first group of nodes at priority 0, the next at 1..."""
     levels = [
         endpoint_components_pb2.LocalityLbEndpoints(
             priority=level,
-            lb_endpoints=[_endpoint(n) for n in sorted(nodes, key=lambda n: n.id)],
+            lb_endpoints=[
+                _endpoint(n, strategy=strategy) for n in sorted(nodes, key=lambda n: n.id)
+            ],
         )
         for level, nodes in enumerate(priorities)
     ]
@@ -119,15 +129,16 @@ def _model_resources(
     model: ModelEntry, nodes: Sequence[NodeEntry]
 ) -> tuple[dict[str, any_pb2.Any], dict[str, any_pb2.Any]]:
     """The clusters and load assignments of one model, by cluster name."""
-    assignments = {model.cluster: load_assignment(model.cluster, nodes)}
+    strategy = model.strategy
+    assignments = {model.cluster: load_assignment(model.cluster, nodes, strategy=strategy)}
     stats = {model.cluster: stat_name(model.name)}
     for region in sorted(set(model.regions)):
         local = [n for n in nodes if n.region == region]
         elsewhere = [n for n in nodes if n.region != region]
         preferred = preferred_cluster(model.id, region)
         strict = strict_cluster(model.id, region)
-        assignments[preferred] = load_assignment(preferred, local, elsewhere)
-        assignments[strict] = load_assignment(strict, local)
+        assignments[preferred] = load_assignment(preferred, local, elsewhere, strategy=strategy)
+        assignments[strict] = load_assignment(strict, local, strategy=strategy)
         stats[preferred] = stat_name(model.name, f"_in_{region}")
         stats[strict] = stat_name(model.name, f"_only_{region}")
     clusters = {
