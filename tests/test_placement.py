@@ -84,6 +84,15 @@ def test_a_key_with_allowed_regions_is_served_only_there() -> None:
     assert isinstance(nowhere, ApiError) and nowhere.code == "region_not_allowed"
 
 
+def test_a_keys_default_region_is_preferred_unless_the_request_names_one() -> None:
+    prefers_us = key_record(default_region="us")
+    assert cluster_of(run(prefers_us, chat())) == "model_1_in_us"
+    assert cluster_of(run(prefers_us, chat(), region="eu")) == "model_1_in_eu"
+    both = key_record(allowed_regions=frozenset({"eu", "us"}), default_region="us")
+    assert cluster_of(run(both, chat())) == "model_1_only_us"
+    assert cluster_of(run(both, chat(), region="eu")) == "model_1_only_eu"
+
+
 def test_the_client_errors_come_first() -> None:
     refused = run(key_record(allowed_models=frozenset({"hashed"})), chat(), region="mars")
     assert isinstance(refused, ApiError) and refused.code == "model_not_allowed"

@@ -281,6 +281,16 @@ def test_regions_preferred_strict_and_failover(fleet: Fleet) -> None:
         one_token(sdk(fleet, **{"crosslogic-region": "mars"}))
     assert unknown.value.code == "region_not_found"
     assert [m.id for m in sdk(fleet, eu_only).models.list()] == [MODEL]
+    # a key's default region: preferred when the request names none; checked when set
+    assert stack.demo is not None
+    keys = f"/admin/environments/{stack.demo.environment_id}/keys"
+    for spec in ({"default_region": "mars"}, {"allowed_regions": [EU], "default_region": US}):
+        status, body = fleet.admin("POST", keys, spec)
+        assert (status, body["error"]["param"]) == (400, "default_region"), body
+    default_us = demo_key(stack, default_region=US, rate_limit_rpm=RPM).plaintext
+    assert set(fleet.split(lambda: one_token(sdk(fleet, default_us)), 10)) <= {"us-1", "us-2"}
+    both = demo_key(stack, allowed_regions=[EU, US], default_region=US, rate_limit_rpm=RPM)
+    assert set(fleet.split(lambda: one_token(sdk(fleet, both.plaintext)), 10)) <= {"us-1", "us-2"}
 
     # the EU region loses every node: preference fails over, a strict key gets a 503
     for node_id in ("eu-1", "eu-2"):

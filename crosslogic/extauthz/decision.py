@@ -54,6 +54,7 @@ class KeyRecord:
     plan: str = "default"  # the tenant's plan: its default rate limits
     quota: str | None = None  # why the tenant's quota is used up (billing sets it), or None
     allowed_regions: frozenset[str] | None = None  # served only there (None: anywhere)
+    default_region: str | None = None  # preferred when the request names no region
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,11 @@ def decide(
             "model",
         )
     cluster = placement.cluster_for(
-        model, requested=requested_region, allowed=key.allowed_regions, regions=regions
+        model,
+        requested=requested_region,
+        allowed=key.allowed_regions,
+        default=key.default_region,
+        regions=regions,
     )
     if isinstance(cluster, ApiError):
         return cluster

@@ -3,14 +3,15 @@ the prompt-prefix hash that prefix-affinity models are balanced on.
 
 The xDS service publishes three kinds of cluster per model (``crosslogic.contracts.routing``):
 
-* no region asked for and none imposed by the key: ``model_<id>``, every node;
-* the request names a region (header ``crosslogic-region``): ``model_<id>_in_<region>``,
-  whose nodes in that region are preferred and the others used only when it has no
-  healthy node;
+* no region asked for, none imposed by the key and no default: ``model_<id>``, every node;
+* the request names a region (header ``crosslogic-region``), or else the key has a
+  ``default_region``: ``model_<id>_in_<region>``, whose nodes in that region are preferred
+  and the others used only when it has no healthy node;
 * the key has ``allowed_regions``: ``model_<id>_only_<region>``, that region's nodes only
   (never served elsewhere: no healthy node there is a 503). The region is the one the
-  request names (it must be allowed, else 403), else the key's first allowed region in
-  alphabetical order: a key allowed several regions does not fail over between them.
+  request names (it must be allowed, else 403), else the key's default region (one of the
+  allowed), else its first allowed region in alphabetical order: a key allowed several
+  regions does not fail over between them.
 
 A region the catalog does not know is the client's error (400), checked against the
 catalog ext_authz keeps in memory: nothing here costs a query.
@@ -34,6 +35,7 @@ def cluster_for(
     requested: str | None,
     allowed: frozenset[str] | None,
     regions: frozenset[str],
+    default: str | None = None,
 ) -> str | ApiError:
     """The cluster to route to, or the error the client gets."""
     if requested is not None:
@@ -51,9 +53,13 @@ def cluster_for(
             return strict_cluster(model.id, region)
         return preferred_cluster(model.id, region)
     if allowed is not None:
+        if default is not None and default in allowed:
+            return strict_cluster(model.id, default)
         if not allowed:
             return region_not_allowed(None)
         return strict_cluster(model.id, min(allowed))
+    if default is not None:
+        return preferred_cluster(model.id, default)
     return model.cluster
 
 

@@ -27,7 +27,8 @@ SELECT k.id::text AS api_key_id, k.key_id, k.tenant_id::text AS tenant_id,
        k.environment_id::text AS environment_id, k.status AS key_status,
        t.status AS tenant_status, e.status AS environment_status,
        LEAST(k.expires_at, k.grace_ends_at) AS expires_at,  -- LEAST skips NULLs
-       k.allowed_models, k.allowed_regions, k.rate_limit_rpm, t.plan, t.quota_reason
+       k.allowed_models, k.allowed_regions, k.default_region, k.rate_limit_rpm, t.plan,
+       t.quota_reason
 FROM api_keys k
 JOIN tenants t ON t.id = k.tenant_id
 JOIN environments e ON e.id = k.environment_id
@@ -179,6 +180,7 @@ class PostgresKeys:
             plan=row["plan"],
             quota=row["quota_reason"],
             allowed_regions=frozenset(regions) if regions is not None else None,
+            default_region=row["default_region"],
         )
 
     async def record_last_used(self, used: dict[str, float]) -> None:
