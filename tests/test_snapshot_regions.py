@@ -60,6 +60,9 @@ def test_each_strategy_maps_onto_its_envoy_policy() -> None:
             c = cluster(snap, name)
             assert c.lb_policy == policy, (strategy, name)
             assert c.ignore_health_on_host_removal
+            # a cluster without traffic yet (re-created, or kept for failover) still checks
+            # its nodes every second, not Envoy's default minute
+            assert c.health_checks[0].no_traffic_interval.seconds == 1
             factor = c.common_lb_config.consistent_hashing_lb_config.hash_balance_factor.value
             assert factor == (HASH_BALANCE_FACTOR if strategy == "prefix_affinity" else 0)
 
@@ -85,6 +88,11 @@ def test_regions_get_a_preferred_and_a_strict_cluster_per_model() -> None:
     snap.resources[ENDPOINT_TYPE]["model_1_in_eu"].Unpack(cla)
     assert cla.policy.overprovisioning_factor.value == OVERPROVISIONING
     assert cluster(snap, "model_1_in_eu").alt_stat_name == "model_m_in_eu"
+    # strict clusters never route to unhealthy nodes (no panic mode): a 503 instead
+    assert cluster(snap, "model_1_only_eu").common_lb_config.HasField("healthy_panic_threshold")
+    assert cluster(snap, "model_1_only_eu").common_lb_config.healthy_panic_threshold.value == 0
+    for name in ("model_1", "model_1_in_eu"):
+        assert not cluster(snap, name).common_lb_config.HasField("healthy_panic_threshold")
     assert cluster(snap, "model_1").alt_stat_name == "model_m"
 
 

@@ -105,7 +105,10 @@ def stat_name(model: str, suffix: str = "") -> str:
     return "model_" + re.sub(r"[^A-Za-z0-9_-]", "_", model) + suffix
 
 
-def cluster_for(name: str, *, stat: str, strategy: str) -> cluster_pb2.Cluster:
+def cluster_for(
+    name: str, *, stat: str, strategy: str, strict: bool = False
+) -> cluster_pb2.Cluster:
+    """A model's cluster; ``strict``: one region's nodes only (no panic routing: below)."""
     cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=stat,
@@ -129,6 +132,11 @@ def cluster_for(name: str, *, stat: str, strategy: str) -> cluster_pb2.Cluster:
             health_check_pb2.HealthCheck(
                 timeout=_seconds(1),
                 interval=_seconds(1),
+                # Envoy's default for a cluster that has had no traffic yet is 60 s, and the
+                # next check is scheduled when the last one ends: a cluster (re)created by a
+                # strategy change, or a region's cluster kept for failover, would otherwise
+                # notice a dead node a minute late
+                no_traffic_interval=_seconds(1),
                 unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
                 healthy_threshold=wrappers_pb2.UInt32Value(value=1),
                 http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/health"),
@@ -161,6 +169,11 @@ def cluster_for(name: str, *, stat: str, strategy: str) -> cluster_pb2.Cluster:
             ]
         ),
     )
+    if strict:
+        # Envoy's panic mode (under 50 % healthy) sends requests to unhealthy nodes too: in
+        # a region's strict cluster, a region with no healthy node must answer 503 at once
+        # rather than wait on a frozen node (still in the region, but never an answer)
+        cluster.common_lb_config.healthy_panic_threshold.value = 0.0
     if strategy == PREFIX_AFFINITY:
         cluster.common_lb_config.consistent_hashing_lb_config.hash_balance_factor.value = (
             HASH_BALANCE_FACTOR

@@ -132,6 +132,7 @@ def _model_resources(
     strategy = model.strategy
     assignments = {model.cluster: load_assignment(model.cluster, nodes, strategy=strategy)}
     stats = {model.cluster: stat_name(model.name)}
+    strict_names = set()
     for region in sorted(set(model.regions)):
         local = [n for n in nodes if n.region == region]
         elsewhere = [n for n in nodes if n.region != region]
@@ -141,8 +142,11 @@ def _model_resources(
         assignments[strict] = load_assignment(strict, local, strategy=strategy)
         stats[preferred] = stat_name(model.name, f"_in_{region}")
         stats[strict] = stat_name(model.name, f"_only_{region}")
+        strict_names.add(strict)
     clusters = {
-        name: _pack(cluster_for(name, stat=stats[name], strategy=model.strategy))
+        name: _pack(
+            cluster_for(name, stat=stats[name], strategy=strategy, strict=name in strict_names)
+        )
         for name in assignments
     }
     return clusters, {name: _pack(cla) for name, cla in assignments.items()}
