@@ -165,6 +165,7 @@ def test_ext_authz_writes_the_metadata_and_headers_envoy_reads() -> None:
     assert [h.header.key for h in models.ok_response.headers] == [
         routing.ALLOWED_MODELS_HEADER,
         routing.TENANT_HEADER,
+        routing.ALLOWED_REGIONS_HEADER,
     ]
 
 
@@ -182,6 +183,14 @@ def test_routes_pick_the_cluster_ext_authz_names_and_xds_publishes() -> None:
         routing.CLUSTER_HEADER,
         routing.USAGE_HEADER,
     }
+    # prefix affinity: the route hashes the header ext_authz sets
+    assert model_route["route"]["hash_policy"] == [
+        {"header": {"header_name": routing.PREFIX_HASH_HEADER}}
+    ]
+    # the region a client names reaches ext_authz, which validates it
+    authz = filters(cfg)["envoy.filters.http.ext_authz"]
+    assert {"exact": routing.REGION_HEADER} in authz["allowed_headers"]["patterns"]
+    assert not routing.REGION_HEADER.startswith(routing.INTERNAL_HEADER_PREFIX)
     # a client can never set them: Envoy strips the prefix before routing and ext_authz
     (mutation,) = hcm["early_header_mutation_extensions"]
     prefixes = [
@@ -194,6 +203,8 @@ def test_routes_pick_the_cluster_ext_authz_names_and_xds_publishes() -> None:
         routing.CLUSTER_HEADER,
         routing.USAGE_HEADER,
         routing.ALLOWED_MODELS_HEADER,
+        routing.ALLOWED_REGIONS_HEADER,
+        routing.PREFIX_HASH_HEADER,
         routing.TENANT_HEADER,
     ):
         assert header.startswith(routing.INTERNAL_HEADER_PREFIX)

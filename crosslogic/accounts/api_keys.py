@@ -16,7 +16,7 @@ from crosslogic.accounts import environments, records, rotation
 from crosslogic.accounts.records import KEY
 from crosslogic.accounts.requests import KeySpec
 from crosslogic.db.rows import as_dict
-from crosslogic.errors import NotFound
+from crosslogic.errors import Invalid, NotFound
 from crosslogic.extauthz import keys as secrets
 
 
@@ -29,13 +29,18 @@ async def _insert(
     spec: KeySpec,
     rotated_from: str | None = None,
 ) -> dict[str, Any]:
+    if spec.default_region is not None and not await conn.fetchval(
+        "SELECT true FROM regions WHERE code = $1", spec.default_region
+    ):
+        raise Invalid(f"Unknown region '{spec.default_region}'.", param="default_region")
     new = secrets.generate()
     row = as_dict(
         await conn.fetchrow(
             f"""
         INSERT INTO api_keys (key_id, key_hash, tenant_id, environment_id, name, allowed_models,
-                              allowed_regions, rate_limit_rpm, expires_at, rotated_from)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {KEY}
+                              allowed_regions, rate_limit_rpm, expires_at, rotated_from,
+                              default_region)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {KEY}
         """,
             new.key_id,
             new.key_hash,
@@ -47,6 +52,7 @@ async def _insert(
             spec.rate_limit_rpm,
             spec.expires_at,
             rotated_from,
+            spec.default_region,
         )
     )
     await records.created(conn, actor=actor, entity="api_key", entity_id=row["key_id"], row=row)
@@ -152,6 +158,7 @@ async def rotate(
         allowed_models=locked["allowed_models"],
         allowed_regions=locked["allowed_regions"],
         rate_limit_rpm=locked["rate_limit_rpm"],
+        default_region=locked["default_region"],
     )
     new = await _insert(
         conn,

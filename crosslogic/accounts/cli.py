@@ -88,6 +88,8 @@ def _keys_create(args: argparse.Namespace) -> Work:
         body["allowed_regions"] = _names(args.regions)
     if args.rpm is not None:
         body["rate_limit_rpm"] = integer(args.rpm)
+    if args.default_region is not None:
+        body["default_region"] = args.default_region
     spec = parse.key_spec(body, now=datetime.now(UTC))
     return lambda conn, actor: api_keys.create(
         conn, actor=actor, environment_id=args.environment_id, spec=spec
@@ -203,6 +205,12 @@ def _keys(group: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--rpm", default=None, metavar="N", help="requests per minute (default: service)"
+    )
+    p.add_argument(
+        "--default-region",
+        default=None,
+        metavar="R",
+        help="the region its requests prefer when they name none (default: none)",
     )
     listing = _leaf(group, "list", _keys_list, help="keys, optionally of one tenant or environment")
     listing.add_argument("--tenant", default=None, metavar="ID")

@@ -25,7 +25,8 @@ TENANT = "id::text, name, status, plan, created_at, updated_at"
 ENVIRONMENT = "id::text, tenant_id::text, name, status, created_at, updated_at"
 KEY = (
     "id::text AS api_key_id, key_id, tenant_id::text, environment_id::text, name, status, "
-    "allowed_models, allowed_regions, rate_limit_rpm, expires_at, revoked_at, last_used_at, "
+    "allowed_models, allowed_regions, default_region, rate_limit_rpm, expires_at, revoked_at, "
+    "last_used_at, "
     "rotated_from::text, rotated_at, grace_ends_at, created_at, updated_at"
 )
 _TABLES = {"tenant": ("tenants", TENANT), "environment": ("environments", ENVIRONMENT)}

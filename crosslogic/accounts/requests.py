@@ -24,6 +24,7 @@ class KeySpec:
     allowed_models: list[str] | None = None
     allowed_regions: list[str] | None = None
     rate_limit_rpm: int | None = None
+    default_region: str | None = None  # requests naming no region prefer it
 
 
 def json_object(
@@ -103,7 +104,15 @@ def _expiry(fields: dict[str, Any], *, now: datetime) -> datetime | None:
 
 def key_spec(body: Any, *, now: datetime) -> KeySpec:
     fields = json_object(
-        body, {"name", "expires_at", "allowed_models", "allowed_regions", "rate_limit_rpm"}
+        body,
+        {
+            "name",
+            "expires_at",
+            "allowed_models",
+            "allowed_regions",
+            "rate_limit_rpm",
+            "default_region",
+        },
     )
     name = _text(fields, "name", required=False)
     expires_at = _expiry(fields, now=now)
@@ -122,7 +131,23 @@ def key_spec(body: Any, *, now: datetime) -> KeySpec:
         allowed_models=models,
         allowed_regions=regions,
         rate_limit_rpm=rpm,
+        default_region=_default_region(fields, allowed=regions),
     )
+
+
+def _default_region(fields: dict[str, Any], *, allowed: list[str] | None) -> str | None:
+    value = fields.get("default_region")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise Invalid(
+            "'default_region' must be a region code, or null for none.", param="default_region"
+        )
+    if allowed is not None and value not in allowed:
+        raise Invalid(
+            "'default_region' must be one of the key's 'allowed_regions'.", param="default_region"
+        )
+    return value
 
 
 def grace_seconds(body: Any) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from crosslogic import operator_cli
 from crosslogic.catalog import models, prices, regions
 from crosslogic.catalog import requests as parse
+from crosslogic.contracts.routing import STRATEGIES
 from crosslogic.operator_cli import Work, audited, integer
 from crosslogic.settings import Settings
 
@@ -34,7 +35,9 @@ def _body(args: argparse.Namespace, options: dict[str, str]) -> dict[str, Any]:
 
 
 def _models_create(args: argparse.Namespace) -> Work:
-    body = {"name": args.name} | _body(args, {"family": "family", **_RATES_ALL})
+    body = {"name": args.name} | _body(
+        args, {"family": "family", "lb_strategy": "lb_strategy", **_RATES_ALL}
+    )
     if args.context_length is not None:
         body["context_length"] = integer(args.context_length)
     spec = parse.model_create(body)
@@ -42,7 +45,7 @@ def _models_create(args: argparse.Namespace) -> Work:
 
 
 def _models_update(args: argparse.Namespace) -> Work:
-    body = _body(args, {"status": "status"})
+    body = _body(args, {"status": "status", "lb_strategy": "lb_strategy"})
     if args.context_length is not None:
         body["context_length"] = integer(args.context_length)
     change = parse.model_update(body)
@@ -102,6 +105,16 @@ def _rate_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     )
 
 
+def _strategy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lb-strategy",
+        dest="lb_strategy",
+        default=None,
+        metavar="|".join(STRATEGIES),
+        help="how requests are spread over the model's nodes (default least_loaded)",
+    )
+
+
 def _effective(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--effective-at", default=None, metavar="ISO", help="from when (default now; not past)"
@@ -117,6 +130,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("name")
     p.add_argument("--family", default=None)
     p.add_argument("--context-length", default=None, metavar="N")
+    _strategy_option(p)
     _rate_options(p, required=False)
     p.set_defaults(handler=_models_create)
     p = group.add_parser("list", help="every model, with its price in force now")
@@ -124,10 +138,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = group.add_parser("show", help="one model (by name or id)")
     p.add_argument("model")
     p.set_defaults(handler=lambda args: lambda c, a: models.get(c, args.model))
-    p = group.add_parser("update", parents=[audited()], help="status and/or context length")
+    p = group.add_parser("update", parents=[audited()], help="status, context length, strategy")
     p.add_argument("model")
     p.add_argument("--status", default=None, metavar="active|deprecated")
     p.add_argument("--context-length", default=None, metavar="N")
+    _strategy_option(p)
     p.set_defaults(handler=_models_update)
     p = group.add_parser("deprecate", parents=[audited()], help="hide a model from /v1/models")
     p.add_argument("model")

@@ -2,7 +2,8 @@
 
 Only active models are served: a deprecated one leaves ``/v1/models``, ext_authz's catalog
 (its requests are refused as ``model_not_found`` within ext_authz's refresh) and, announced
-on ``channels.NODES``, the xDS snapshot.
+on ``channels.NODES``, the xDS snapshot. A model's ``lb_strategy`` (how its requests are
+spread over its nodes: ``crosslogic.xds.clusters``) is changed live the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from crosslogic.errors import Conflict
 
 # a model with the list price in force now (null before its first version applies)
 _MODEL = """
-SELECT m.id, m.name, m.family, m.context_length, m.status, m.created_at, m.updated_at,
+SELECT m.id, m.name, m.family, m.context_length, m.status, m.lb_strategy, m.created_at,
+       m.updated_at,
        p.id AS price_id, p.prompt_per_mtok, p.completion_per_mtok, p.embedding_per_mtok,
        p.effective_at AS price_effective_at
 FROM models m
@@ -45,13 +47,14 @@ async def create(conn: asyncpg.Connection, *, actor: str, spec: ModelCreate) -> 
     rates = spec.rates
     ident = await conn.fetchval(
         "INSERT INTO models (name, family, context_length, input_price_per_mtok, "
-        "output_price_per_mtok) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING "
-        "RETURNING id",
+        "output_price_per_mtok, lb_strategy) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (name) DO NOTHING RETURNING id",
         spec.name,
         spec.family,
         spec.context_length,
         0 if rates is None else rates.prompt,
         0 if rates is None else rates.completion,
+        spec.lb_strategy,
     )
     if ident is None:
         raise Conflict(f"A model named '{spec.name}' exists.", code="model_exists", param="name")
@@ -77,20 +80,24 @@ async def create(conn: asyncpg.Connection, *, actor: str, spec: ModelCreate) -> 
 async def update(
     conn: asyncpg.Connection, *, actor: str, model: str, change: ModelUpdate
 ) -> dict[str, Any]:
-    """Set the status (``deprecated`` leaves /v1/models) and/or the context length."""
+    """Set the status (``deprecated`` leaves /v1/models), the context length and/or the
+    scheduling strategy."""
     ident = await store.model_id(conn, model)
     await conn.execute("SELECT 1 FROM models WHERE id = $1 FOR UPDATE", ident)
     before = await get(conn, str(ident))
     await conn.execute(
         "UPDATE models SET status = coalesce($2, status), "
-        "context_length = coalesce($3, context_length), updated_at = now() WHERE id = $1",
+        "context_length = coalesce($3, context_length), "
+        "lb_strategy = coalesce($4, lb_strategy), updated_at = now() WHERE id = $1",
         ident,
         change.status,
         change.context_length,
+        change.lb_strategy,
     )
     after = await get(conn, str(ident))
-    if after["status"] != before["status"]:
-        # xDS serves only active models' clusters (ext_authz re-reads its catalog on its own)
+    if (after["status"], after["lb_strategy"]) != (before["status"], before["lb_strategy"]):
+        # xDS serves only active models' clusters, each shaped by its strategy (ext_authz
+        # re-reads its catalog on its own)
         await conn.execute("SELECT pg_notify($1, '')", channels.NODES)
     action = "model.deprecate" if change.status == "deprecated" else "model.update"
     await store.changed(

@@ -15,6 +15,7 @@ from typing import Any
 
 from crosslogic.accounts.requests import json_object
 from crosslogic.catalog.money import as_decimal
+from crosslogic.contracts.routing import LEAST_LOADED, STRATEGIES
 from crosslogic.errors import Invalid
 from crosslogic.times import parse_time
 
@@ -40,12 +41,14 @@ class ModelCreate:
     family: str = ""
     context_length: int = 8192
     rates: RatesIn | None = None
+    lb_strategy: str = LEAST_LOADED
 
 
 @dataclass(frozen=True)
 class ModelUpdate:
     status: str | None = None
     context_length: int | None = None
+    lb_strategy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,15 @@ def effective_at(raw: Any, *, now: datetime) -> datetime:
 _RATE_FIELDS = {"prompt_per_mtok", "completion_per_mtok", "embedding_per_mtok"}
 
 
+def _strategy(fields: dict[str, Any]) -> str:
+    value = fields.get("lb_strategy")
+    if value not in STRATEGIES:
+        raise Invalid(f"'lb_strategy' must be one of {', '.join(STRATEGIES)}.", param="lb_strategy")
+    return str(value)
+
+
 def model_create(body: Any) -> ModelCreate:
-    fields = json_object(body, {"name", "family", "context_length"} | _RATE_FIELDS)
+    fields = json_object(body, {"name", "family", "context_length", "lb_strategy"} | _RATE_FIELDS)
     rates = None
     if _RATE_FIELDS & set(fields):
         rates = _rates(fields)
@@ -150,18 +160,20 @@ def model_create(body: Any) -> ModelCreate:
         family=_text(fields, "family", required=False),
         context_length=_context_length(fields) if "context_length" in fields else 8192,
         rates=rates,
+        lb_strategy=_strategy(fields) if "lb_strategy" in fields else LEAST_LOADED,
     )
 
 
 def model_update(body: Any) -> ModelUpdate:
-    fields = json_object(body, {"status", "context_length"})
+    fields = json_object(body, {"status", "context_length", "lb_strategy"})
     if not fields:
-        raise Invalid("Give 'status' or 'context_length'.", param="status")
+        raise Invalid("Give 'status', 'context_length' or 'lb_strategy'.", param="status")
     status = fields.get("status")
     if "status" in fields and status not in MODEL_STATUSES:
         raise Invalid(f"'status' must be one of {', '.join(MODEL_STATUSES)}.", param="status")
     length = _context_length(fields) if "context_length" in fields else None
-    return ModelUpdate(status=status, context_length=length)
+    strategy = _strategy(fields) if "lb_strategy" in fields else None
+    return ModelUpdate(status=status, context_length=length, lb_strategy=strategy)
 
 
 def region_create(body: Any) -> RegionCreate:

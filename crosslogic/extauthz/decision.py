@@ -12,7 +12,9 @@ from datetime import datetime
 
 from crosslogic.contracts.quota import CREDITS_EXHAUSTED
 from crosslogic.contracts.quota import MESSAGES as QUOTA_MESSAGES
+from crosslogic.contracts.routing import PREFIX_AFFINITY
 from crosslogic.contracts.routing import Model as Model  # re-exported: the catalog's entries
+from crosslogic.extauthz import placement
 from crosslogic.extauthz.request_body import (
     MAX_CHOICES,
     MAX_COMPLETION_TOKENS,
@@ -51,6 +53,8 @@ class KeyRecord:
     rate_limit_rpm: int | None
     plan: str = "default"  # the tenant's plan: its default rate limits
     quota: str | None = None  # why the tenant's quota is used up (billing sets it), or None
+    allowed_regions: frozenset[str] | None = None  # served only there (None: anywhere)
+    default_region: str | None = None  # preferred when the request names no region
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class Allow:
     scan_usage: bool = False  # read usage chunk by chunk: streams, and bodies that can be big
     tokens: int = 0  # estimated prompt + completion tokens: reserved against token limits
     prompt_tokens: int = 0  # the prompt part of that estimate
+    cluster: str = ""  # the model's cluster chosen for the request's region (placement)
+    prefix_hash: str | None = None  # prefix-affinity models: what Envoy's hash policy hashes
 
 
 def unauthorized(message: str) -> ApiError:
@@ -118,6 +124,8 @@ def decide(
     body: bytes,
     catalog: dict[str, Model],
     now: datetime,
+    regions: frozenset[str] = frozenset(),
+    requested_region: str | None = None,
 ) -> Allow | ApiError:
     refused = check_key(key, now=now)
     if refused is not None:
@@ -170,9 +178,22 @@ def decide(
             "model_not_allowed",
             "model",
         )
+    cluster = placement.cluster_for(
+        model,
+        requested=requested_region,
+        allowed=key.allowed_regions,
+        default=key.default_region,
+        regions=regions,
+    )
+    if isinstance(cluster, ApiError):
+        return cluster
     return Allow(
         key=key,
         model=model,
+        cluster=cluster,
+        prefix_hash=(
+            placement.prefix_hash(endpoint, payload) if model.strategy == PREFIX_AFFINITY else None
+        ),
         force_include_usage=_needs_usage(endpoint, payload),
         stream=stream,
         scan_usage=stream or endpoint == "/v1/embeddings",

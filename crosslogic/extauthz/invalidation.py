@@ -1,9 +1,10 @@
 """Keeping each ext_authz process's caches honest without a database read per request.
 
-The model catalog is re-read every few seconds; a failed read keeps the last good one. Key
-changes arrive by LISTEN on the channel the account operations NOTIFY (milliseconds after
-the change commits). A dropped listener connection may have missed notifications, so every
-(re)connect clears the cache. Key usage goes back to Postgres in one batched UPDATE.
+The model catalog (with each model's strategy) and the regions are re-read every few
+seconds; a failed read keeps the last good one. Key changes arrive by LISTEN on the channel
+the account operations NOTIFY (milliseconds after the change commits). A dropped listener
+connection may have missed notifications, so every (re)connect clears the cache. Key usage
+goes back to Postgres in one batched UPDATE.
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ async def flush_last_used(cache: KeyCache, store: PostgresKeys, *, every: float)
 async def refresh_catalog(
     service: AuthorizationService, store: PostgresKeys, *, every: float
 ) -> None:
-    """Keep the model catalog current; a failed refresh keeps the last good one."""
+    """Keep the model catalog and the regions current; a failed refresh keeps the last good
+    ones."""
     while True:
         try:
             service.catalog = await store.fetch_catalog()
+            service.regions = await store.fetch_regions()
         except Unavailable as exc:
             log.warning("model catalog refresh failed, keeping the last one: %s", exc)
         await asyncio.sleep(every)

@@ -43,6 +43,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         journal=AdmissionWriter(redis, JournalMetrics(registry)),
     )
     service.catalog = await store.fetch_catalog()
+    service.regions = await store.fetch_regions()
     tasks = (
         *((limits.task,) if limits else ()),
         asyncio.create_task(refresh_catalog(service, store, every=2.0), name="catalog"),

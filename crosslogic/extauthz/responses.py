@@ -89,6 +89,16 @@ def with_limits(
     return response
 
 
+def with_prefix_hash(
+    base: external_auth_pb2.CheckResponse, prefix_hash: str
+) -> external_auth_pb2.CheckResponse:
+    """The cached allow response plus the header Envoy's hash policy reads (prefix affinity)."""
+    response = external_auth_pb2.CheckResponse()
+    response.CopyFrom(base)
+    response.ok_response.headers.append(_header(routing.PREFIX_HASH_HEADER, prefix_hash))
+    return response
+
+
 def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
     key = decision.key
     metadata = struct_pb2.Struct()
@@ -111,7 +121,7 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
         metadata.update({"model": decision.model.name, "model_id": decision.model.id})
         if decision.force_include_usage:
             metadata.update({"force_include_usage": True})
-        headers.append(_header(CLUSTER_HEADER, decision.model.cluster))
+        headers.append(_header(CLUSTER_HEADER, decision.cluster or decision.model.cluster))
         headers.append(_header(USAGE_HEADER, "scan" if decision.scan_usage else "json"))
     else:
         allowed_models = key.allowed_models
@@ -122,6 +132,13 @@ def allowed(decision: Allow) -> external_auth_pb2.CheckResponse:
             )
         )
         headers.append(_header(routing.TENANT_HEADER, key.tenant_id))
+        regions = key.allowed_regions
+        headers.append(
+            _header(
+                routing.ALLOWED_REGIONS_HEADER,
+                "*" if regions is None else ",".join(sorted(regions)),
+            )
+        )
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=external_auth_pb2.OkHttpResponse(

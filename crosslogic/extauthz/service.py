@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import grpc
@@ -17,6 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crosslogic.contracts.journal import BOOT_HEADER, Admission, encode
+from crosslogic.contracts.routing import REGION_HEADER
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import (
     MISSING_KEY,
@@ -27,7 +29,13 @@ from crosslogic.extauthz.decision import (
     decide,
     endpoint_of,
 )
-from crosslogic.extauthz.responses import allowed, denied, refusal, with_limits
+from crosslogic.extauthz.responses import (
+    allowed,
+    denied,
+    refusal,
+    with_limits,
+    with_prefix_hash,
+)
 from crosslogic.extauthz.store import KeyCache
 from crosslogic.journal.writer import AdmissionWriter
 from crosslogic.openai_errors import ApiError
@@ -85,6 +93,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._limiter = limiter  # set when RATELIMIT_AT=authz: limits decided here too
         self._journal = journal  # every admitted model request, before Envoy hears "allow"
         self.catalog: dict[str, Model] = {}
+        self.regions: frozenset[str] = frozenset()  # region codes: a request may name one
         self._responses: dict[Allow, external_auth_pb2.CheckResponse] = {}
 
     async def Check(  # noqa: N802 (gRPC method name)
@@ -119,18 +128,25 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             body=http.raw_body,  # type: ignore[attr-defined]
             catalog=self.catalog,
             now=datetime.now(UTC),
+            regions=self.regions,
+            requested_region=headers.get(REGION_HEADER),
         )
         if isinstance(decision, ApiError):
             log.debug("denied key %s: %s", record.key_id, decision.code)
             return decision.code or decision.type, denied(decision)
         self._cache.touch(record.api_key_id, at=time.time())
         # Allow is a frozen value holding the key record: equal decisions share a response
-        response = self._responses.get(decision)
+        # (the prefix hash, different for most prompts, is added to a copy)
+        prefix = decision.prefix_hash
+        shared = decision if prefix is None else replace(decision, prefix_hash=None)
+        response = self._responses.get(shared)
         if response is None:
             if len(self._responses) > 50_000:
                 self._responses.clear()
-            response = allowed(decision)
-            self._responses[decision] = response
+            response = allowed(shared)
+            self._responses[shared] = response
+        if prefix is not None:
+            response = with_prefix_hash(response, prefix)
         journal = self._journal if decision.model is not None else None
         # Envoy's x-request-id, the access log's request_id (http.id is an internal stream id)
         request_id = headers.get("x-request-id", "")

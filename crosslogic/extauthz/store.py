@@ -27,7 +27,8 @@ SELECT k.id::text AS api_key_id, k.key_id, k.tenant_id::text AS tenant_id,
        k.environment_id::text AS environment_id, k.status AS key_status,
        t.status AS tenant_status, e.status AS environment_status,
        LEAST(k.expires_at, k.grace_ends_at) AS expires_at,  -- LEAST skips NULLs
-       k.allowed_models, k.rate_limit_rpm, t.plan, t.quota_reason
+       k.allowed_models, k.allowed_regions, k.default_region, k.rate_limit_rpm, t.plan,
+       t.quota_reason
 FROM api_keys k
 JOIN tenants t ON t.id = k.tenant_id
 JOIN environments e ON e.id = k.environment_id
@@ -164,6 +165,7 @@ class PostgresKeys:
         if row is None:
             return None
         allowed = row["allowed_models"]
+        regions = row["allowed_regions"]
         return KeyRecord(
             api_key_id=row["api_key_id"],
             key_id=row["key_id"],
@@ -177,6 +179,8 @@ class PostgresKeys:
             rate_limit_rpm=row["rate_limit_rpm"],
             plan=row["plan"],
             quota=row["quota_reason"],
+            allowed_regions=frozenset(regions) if regions is not None else None,
+            default_region=row["default_region"],
         )
 
     async def record_last_used(self, used: dict[str, float]) -> None:
@@ -195,5 +199,14 @@ class PostgresKeys:
 
     async def fetch_catalog(self) -> dict[str, Model]:
         with postgres_errors():
-            rows = await self._pool.fetch("SELECT id, name FROM models WHERE status = 'active'")
-        return {r["name"]: Model(id=r["id"], name=r["name"]) for r in rows}
+            rows = await self._pool.fetch(
+                "SELECT id, name, lb_strategy FROM models WHERE status = 'active'"
+            )
+        return {
+            r["name"]: Model(id=r["id"], name=r["name"], strategy=r["lb_strategy"]) for r in rows
+        }
+
+    async def fetch_regions(self) -> frozenset[str]:
+        with postgres_errors():
+            rows = await self._pool.fetch("SELECT code FROM regions")
+        return frozenset(r["code"] for r in rows)

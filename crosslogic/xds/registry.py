@@ -1,7 +1,10 @@
 """Reads the node registry from PostgreSQL and resolves node addresses to IPs.
 
 EDS endpoints must be IP addresses (Envoy does not resolve them), while nodes may register
-with a hostname (containers), so names are resolved here, outside the pure snapshot.
+with a hostname (containers), so names are resolved here, outside the pure snapshot. Each
+read also turns the load the nodes last reported into endpoint weights (``weights``), kept
+in a :class:`~crosslogic.xds.weights.WeightBook`: with hysteresis and at most one weight
+change per ``WEIGHT_INTERVAL``, so heartbeats alone do not push a snapshot every poll.
 """
 
 from __future__ import annotations
@@ -10,19 +13,24 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import time
+from collections.abc import Callable
 
 import asyncpg
 
 from crosslogic.db.errors import postgres_errors
+from crosslogic.xds import weights
 from crosslogic.xds.snapshot import ModelEntry, NodeEntry
 
 log = logging.getLogger(__name__)
 
 _NODES = """
-SELECT id, model_id, address, port, status
-FROM nodes
-WHERE status IN ('active', 'draining')
-  AND last_heartbeat_at > now() - make_interval(secs => $1)
+SELECT n.id, n.model_id, n.address, n.port, n.status, n.region_code, n.requests_running,
+       n.requests_waiting, n.kv_cache_usage_perc,
+       extract(epoch FROM now() - n.last_heartbeat_at)::float8 AS heartbeat_age
+FROM nodes n
+WHERE n.status IN ('active', 'draining')
+  AND n.last_heartbeat_at > now() - make_interval(secs => $1)
 """
 
 
@@ -41,19 +49,50 @@ async def _resolve(address: str) -> str | None:
 
 
 class NodeRegistry:
-    """Models and the nodes that heartbeated within ``heartbeat_timeout`` seconds."""
+    """Models (with their strategy and the catalog's regions) and the nodes that heartbeated
+    within ``heartbeat_timeout`` seconds, weighted."""
 
-    def __init__(self, pool: asyncpg.Pool, *, heartbeat_timeout: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        heartbeat_timeout: float,
+        book: weights.WeightBook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._pool = pool
         self._timeout = heartbeat_timeout
+        self._book = book or weights.WeightBook()
+        self._clock = clock
 
     async def read(self) -> tuple[list[ModelEntry], list[NodeEntry]]:
         with postgres_errors():
             async with self._pool.acquire() as conn:
                 models = await conn.fetch(
-                    "SELECT id, name FROM models WHERE status = 'active' ORDER BY id"
+                    "SELECT id, name, lb_strategy FROM models WHERE status = 'active' ORDER BY id"
                 )
+                regions = await conn.fetch("SELECT code FROM regions ORDER BY code")
                 rows = await conn.fetch(_NODES, self._timeout)
+        codes = tuple(r["code"] for r in regions)
+        entries = [
+            ModelEntry(id=r["id"], name=r["name"], strategy=r["lb_strategy"], regions=codes)
+            for r in models
+        ]
+        strategy = {m.id: m.strategy for m in entries}
+        computed = {
+            (row["id"], strategy.get(row["model_id"], "")): weights.weight(
+                strategy.get(row["model_id"], ""),
+                weights.Load(
+                    requests_running=row["requests_running"],
+                    requests_waiting=row["requests_waiting"],
+                    kv_cache_usage_perc=row["kv_cache_usage_perc"],
+                    heartbeat_age=row["heartbeat_age"],
+                ),
+                heartbeat_timeout=self._timeout,
+            )
+            for row in rows
+        }
+        published = self._book.update(computed, now=self._clock())
         nodes = []
         for row in rows:
             ip = await _resolve(row["address"])
@@ -65,6 +104,8 @@ class NodeRegistry:
                         ip=ip,
                         port=row["port"],
                         draining=row["status"] == "draining",
+                        region=row["region_code"],
+                        weight=published[(row["id"], strategy.get(row["model_id"], ""))],
                     )
                 )
-        return [ModelEntry(id=r["id"], name=r["name"]) for r in models], nodes
+        return entries, nodes

@@ -2,30 +2,61 @@
 
 A snapshot is an immutable value, checked for consistency before it is published; its
 versions are content hashes, so an unchanged registry publishes nothing new.
+
+Each model gets, besides its cluster of every node (``model_<id>``, used when a request
+names no region), two clusters per region (``crosslogic.contracts.routing``):
+
+* ``model_<id>_in_<region>``: the region's nodes at priority 0, every other node at
+  priority 1. With an overprovisioning factor far above Envoy's 1.4, priority 0 keeps all
+  traffic while it has one healthy node; only when it has none does priority 1 take over.
+* ``model_<id>_only_<region>``: the region's nodes only, for keys with ``allowed_regions``:
+  no healthy node there is a 503, never a node elsewhere.
+
+Every region of the catalog gets both (a region without nodes yet still fails over), so
+the number of clusters is models x (1 + 2 x regions), each health-checking its nodes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
-from google.protobuf.message import Message
+from google.protobuf import any_pb2, wrappers_pb2
 
-from crosslogic.contracts.routing import Model
+from crosslogic.contracts.routing import (
+    LEAST_LOADED,
+    model_cluster,
+    preferred_cluster,
+    strict_cluster,
+)
+from crosslogic.xds.clusters import _pack, cluster_for, stat_name
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
-# a model gets the cluster named by the routing contract: the header ext_authz sets picks it
-ModelEntry = Model
+# Priority 0 keeps every request while this share of its nodes is healthy: 1/1000 (Envoy's
+# default, 1.4, spills part of the traffic as soon as one node of the region is down).
+OVERPROVISIONING = 100_000
+METADATA_NAMESPACE = "crosslogic"  # each endpoint's strategy and region (informative)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model as xDS publishes it: its clusters are named by the routing contract (the header
+    ext_authz sets picks one); ``regions``: the regions it gets clusters for."""
+
+    id: int
+    name: str
+    strategy: str = LEAST_LOADED
+    regions: tuple[str, ...] = ()
+
+    @property
+    def cluster(self) -> str:
+        return model_cluster(self.id)
 
 
 @dataclass(frozen=True)
@@ -35,6 +66,8 @@ class NodeEntry:
     ip: str
     port: int
     draining: bool = False
+    region: str = "local"
+    weight: int = 1  # EDS load_balancing_weight (crosslogic.xds.weights)
 
 
 @dataclass(frozen=True)
@@ -50,110 +83,73 @@ class Snapshot:
         return set(self.resources[CLUSTER_TYPE]) == set(self.resources[ENDPOINT_TYPE])
 
 
-# vLLM (uvicorn) closes a connection idle for 5 s. Envoy closes its own after 4 s, so that
-# it never sends a request on a connection the node is closing at that moment (a reset
-# after the request was sent, which is not safe to retry: a 503 for the client).
-NODE_HTTP = http_protocol_options_pb2.HttpProtocolOptions(
-    common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
-        idle_timeout=duration_pb2.Duration(seconds=4)
-    ),
-    explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-        http_protocol_options=protocol_pb2.Http1ProtocolOptions()
-    ),
-)
-
-
-def _seconds(value: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(value * 1e9))
-    return d
-
-
-def _stat_name(model: str) -> str:
-    return "model_" + re.sub(r"[^A-Za-z0-9_-]", "_", model)
-
-
-def cluster_for(model: ModelEntry) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
-        name=model.cluster,
-        alt_stat_name=_stat_name(model.name),
-        type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=config_source_pb2.ConfigSource(
-                ads=config_source_pb2.AggregatedConfigSource(),
-                resource_api_version=config_source_pb2.V3,
+def _endpoint(node: NodeEntry, *, strategy: str) -> endpoint_components_pb2.LbEndpoint:
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(address=node.ip, port_value=node.port)
             ),
+            hostname=node.id,
         ),
-        connect_timeout=_seconds(1),
-        typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(NODE_HTTP)
-        },
-        # the node with the fewest requests in flight: generations vary widely in length
-        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
-        # a node removed from EDS (an operator's removal, a finished drain) that still passes
-        # health checks would otherwise keep receiving traffic
-        ignore_health_on_host_removal=True,
-        health_checks=[
-            health_check_pb2.HealthCheck(
-                timeout=_seconds(1),
-                interval=_seconds(1),
-                unhealthy_threshold=wrappers_pb2.UInt32Value(value=2),
-                healthy_threshold=wrappers_pb2.UInt32Value(value=1),
-                http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(path="/health"),
-            )
-        ],
-        # A node that died stays in the pool until its health checks fail (2 s) or it
-        # re-registers; meanwhile least-request keeps choosing it (no requests in flight),
-        # so retries of connect failures land on it again. Two local-origin failures in a
-        # row (connect refused, reset) eject it at once.
-        outlier_detection=outlier_detection_pb2.OutlierDetection(
-            split_external_local_origin_errors=True,
-            consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=2),
-            enforcing_consecutive_local_origin_failure=wrappers_pb2.UInt32Value(value=100),
-            # the gateway-error (5xx) detector stays off: a node's own 503 is an answer
-            enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
-            enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=0),
-            enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
-            interval=_seconds(1),
-            base_ejection_time=_seconds(5),
-            max_ejection_percent=wrappers_pb2.UInt32Value(value=50),
-        ),
-        # generations are long-lived: Envoy's default of 1024 concurrent requests is too low
-        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
-            thresholds=[
-                circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                    max_connections=wrappers_pb2.UInt32Value(value=100_000),
-                    max_pending_requests=wrappers_pb2.UInt32Value(value=100_000),
-                    max_requests=wrappers_pb2.UInt32Value(value=100_000),
-                )
-            ]
-        ),
+        health_status=health_check_pb2.DRAINING if node.draining else health_check_pb2.UNKNOWN,
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=max(1, node.weight)),
     )
+    # Envoy re-warms a cluster whose lb_policy changed and waits (15 s) for its endpoints;
+    # a State-of-the-World server sends an EDS resource only when it changed. Naming the
+    # strategy here changes the endpoints with the cluster, so both are pushed together.
+    endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update(
+        {"strategy": strategy, "region": node.region}
+    )
+    return endpoint
 
 
-def load_assignment(cluster: str, nodes: Iterable[NodeEntry]) -> endpoint_pb2.ClusterLoadAssignment:
-    lb_endpoints = [
-        endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(
-                address=address_pb2.Address(
-                    socket_address=address_pb2.SocketAddress(address=node.ip, port_value=node.port)
-                ),
-                hostname=node.id,
-            ),
-            health_status=health_check_pb2.DRAINING if node.draining else health_check_pb2.UNKNOWN,
+def load_assignment(
+    cluster: str, *priorities: Iterable[NodeEntry], strategy: str = LEAST_LOADED
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """The endpoints of ``cluster``: the first group of nodes at priority 0, the next at 1..."""
+    levels = [
+        endpoint_components_pb2.LocalityLbEndpoints(
+            priority=level,
+            lb_endpoints=[
+                _endpoint(n, strategy=strategy) for n in sorted(nodes, key=lambda n: n.id)
+            ],
         )
-        for node in sorted(nodes, key=lambda n: n.id)
+        for level, nodes in enumerate(priorities)
     ]
-    return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster,
-        endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)],
-    )
+    # an empty lower priority is dropped; priority 0 stays, even empty (priorities must
+    # start at 0)
+    levels = levels[:1] + [level for level in levels[1:] if level.lb_endpoints]
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster, endpoints=levels)
+    if len(levels) > 1:
+        assignment.policy.overprovisioning_factor.value = OVERPROVISIONING
+    return assignment
 
 
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+def _model_resources(
+    model: ModelEntry, nodes: Sequence[NodeEntry]
+) -> tuple[dict[str, any_pb2.Any], dict[str, any_pb2.Any]]:
+    """The clusters and load assignments of one model, by cluster name."""
+    strategy = model.strategy
+    assignments = {model.cluster: load_assignment(model.cluster, nodes, strategy=strategy)}
+    stats = {model.cluster: stat_name(model.name)}
+    strict_names = set()
+    for region in sorted(set(model.regions)):
+        local = [n for n in nodes if n.region == region]
+        elsewhere = [n for n in nodes if n.region != region]
+        preferred = preferred_cluster(model.id, region)
+        strict = strict_cluster(model.id, region)
+        assignments[preferred] = load_assignment(preferred, local, elsewhere, strategy=strategy)
+        assignments[strict] = load_assignment(strict, local, strategy=strategy)
+        stats[preferred] = stat_name(model.name, f"_in_{region}")
+        stats[strict] = stat_name(model.name, f"_only_{region}")
+        strict_names.add(strict)
+    clusters = {
+        name: _pack(
+            cluster_for(name, stat=stats[name], strategy=strategy, strict=name in strict_names)
+        )
+        for name in assignments
+    }
+    return clusters, {name: _pack(cla) for name, cla in assignments.items()}
 
 
 def _version(resources: Mapping[str, any_pb2.Any]) -> str:
@@ -170,8 +166,12 @@ def build(models: Iterable[ModelEntry], nodes: Iterable[NodeEntry]) -> Snapshot:
     for node in nodes:
         if node.model_id in by_model:
             by_model[node.model_id].append(node)
-    clusters = {m.cluster: _pack(cluster_for(m)) for m in models}
-    endpoints = {m.cluster: _pack(load_assignment(m.cluster, by_model[m.id])) for m in models}
+    clusters: dict[str, any_pb2.Any] = {}
+    endpoints: dict[str, any_pb2.Any] = {}
+    for m in models:
+        model_clusters, model_endpoints = _model_resources(m, by_model[m.id])
+        clusters.update(model_clusters)
+        endpoints.update(model_endpoints)
     return Snapshot(
         resources={CLUSTER_TYPE: clusters, ENDPOINT_TYPE: endpoints},
         versions={CLUSTER_TYPE: _version(clusters), ENDPOINT_TYPE: _version(endpoints)},
