@@ -41,6 +41,13 @@ def cluster_seeds(text: str) -> list[Address]:
     return seeds
 
 
+def redis_address(settings: Settings) -> Address:
+    """The single Redis, or the first seed node of a cluster."""
+    if settings.redis_cluster:
+        return cluster_seeds(settings.redis_cluster)[0]
+    return settings.redis_host or "127.0.0.1", settings.redis_port
+
+
 def open_redis(settings: Settings, *, timeout: float) -> RedisClient:
     """The client for this deployment's Redis; it connects on first use."""
     if settings.redis_cluster:

@@ -119,6 +119,7 @@ class ClusterRedis:
         self._epoch = 0  # topology version: concurrent failures refresh it once
         self._refreshing: asyncio.Lock | None = None
         self._stale = True
+        self._failing: set[Address | None] = set()
 
     def _node(self, address: Address) -> PipelinedRedis:
         node = self._nodes.get(address)
@@ -143,8 +144,10 @@ class ClusterRedis:
                 return
             masters = self.masters()
             others = [a for a in (*self._seeds, *sorted(self._known)) if a not in masters]
+            # a node that just failed is asked last: it may not even time out quickly
+            candidates = sorted(dict.fromkeys([*masters, *others]), key=self._failing.__contains__)
             failures = []
-            for address in dict.fromkeys([*masters, *others]):
+            for address in candidates:
                 try:
                     reply = await self._node(address).call("CLUSTER", "SLOTS")
                 except Unavailable as exc:
@@ -154,6 +157,7 @@ class ClusterRedis:
                 if all(a is None for a in table):
                     continue  # a node that has not joined yet knows no slots
                 self._table, self._known = table, self._known | nodes
+                self._failing.clear()
                 self._epoch += 1
                 self._stale = False
                 return
@@ -184,10 +188,14 @@ class ClusterRedis:
                     asking = None
                 else:
                     reply = await (await self._master(slot)).reply(*args)
-            except Unavailable:
-                if failed_over:
+            except Unavailable as exc:
+                # A slow reply is not retried: the command may have run (a script applied
+                # twice). A lost connection is: a master gone, its replica may have taken
+                # over (a command lost in flight may then run twice: rarer than a failover).
+                if failed_over or exc.detail.startswith("no reply"):
                     raise
-                failed_over = True  # a master gone: its replica may have taken over
+                failed_over = True
+                self._failing.add(asking or self._table[slot] if slot is not None else None)
                 await self.refresh(seen=epoch)
                 continue
             if isinstance(reply, hiredis.ReplyError):
