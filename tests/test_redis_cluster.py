@@ -274,6 +274,21 @@ def test_settlement_groups_counters_by_slot(cluster: Cluster) -> None:
     run(scenario())
 
 
+def tenant_on(cluster: Cluster, port: int) -> str:
+    """A tenant id whose hash tag falls in a slot of the master on ``port``."""
+    with contextlib.closing(cluster.client(port)) as node:
+        ranges = [
+            (int(start), int(end))
+            for start, end, primary, *_ in node.execute_command("CLUSTER", "SLOTS")
+            if int(primary[1]) == port
+        ]
+    return next(
+        f"t{i}"
+        for i in range(100_000)
+        if any(start <= key_slot(f"{{t:t{i}}}") <= end for start, end in ranges)
+    )
+
+
 def test_a_killed_master_is_unavailable_then_its_replica_serves() -> None:
     # its own cluster, with replicas: this one loses a master
     with running_cluster(replicas=1) as failing:
@@ -284,11 +299,17 @@ def test_a_killed_master_is_unavailable_then_its_replica_serves() -> None:
                 key = f"failover:{uuid.uuid4()}"
                 await client.call("SET", key, "kept")
                 master = failing.master_of(key_slot(key))
+                # a tenant whose counters live on that master
+                tenant = tenant_on(failing, master)
                 with contextlib.closing(failing.client(master)) as node:
                     node.execute_command("WAIT", 1, 2000)  # on the replica before the kill
                 failing.kill(master)
                 with pytest.raises(Unavailable):
                     await client.call("GET", key)
+                # the limiter meanwhile decides alone (fail open), without waiting on Redis
+                who = Identity(tenant, "e", "k", plan="x")
+                during = await limiter(client, LIMITS).decide(who, tokens=0)
+                assert during is not None and during.allowed and during.degraded
 
                 async def served() -> bool:
                     try:
@@ -301,6 +322,8 @@ def test_a_killed_master_is_unavailable_then_its_replica_serves() -> None:
                     assert time.monotonic() < deadline, "the replica never took over"
                     await asyncio.sleep(0.2)
                 assert ("127.0.0.1", master) not in client.masters()
+                after = await limiter(client, LIMITS).decide(who, tokens=0)
+                assert after is not None and after.allowed and not after.degraded
             finally:
                 client.close()
 
