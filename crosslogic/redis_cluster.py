@@ -257,8 +257,12 @@ class ClusterRedis:
         command: tuple[str | int, ...] = ("EVALSHA", sha, len(keys), *keys, *args)
         reply = await self._on_slot(slot, *command)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            # a master that is new (a promoted replica, a node added) has not loaded it yet
-            await self.call("SCRIPT", "LOAD", script)
+            # a master that is new (a promoted replica, a node added) has not loaded it yet;
+            # loaded there only: another master may be the one that is down
+            if slot is None:
+                await self.load_script(script)
+            else:
+                await (await self._master(slot)).call("SCRIPT", "LOAD", script)
             reply = await self._on_slot(slot, *command)
         if isinstance(reply, hiredis.ReplyError):
             raise unavailable(f"script failed: {reply}")

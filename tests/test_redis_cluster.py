@@ -204,7 +204,11 @@ def test_the_global_layer_is_one_budget_for_two_limiters(backend: Connect) -> No
     async def scenario() -> tuple[int, int]:
         client = backend()
         await client.call("DEL", "crosslogic:rl:global:all:requests:60")  # an earlier run's
-        first, second = limiter(client, table), limiter(client, table)
+        registry = CollectorRegistry()
+        first = RateLimiter(
+            counters=RedisCounters(client), metrics=RateLimitMetrics(registry), table=table
+        )
+        second = limiter(client, table)
         refused = await first.decide(Identity("t", "e", "k-small", plan="x"), tokens=0)
         for _ in range(3):  # 2 admitted, then refused by the key layer: units given back
             refused = await first.decide(Identity("t", "e", "k-small", plan="x"), tokens=0)
@@ -222,6 +226,11 @@ def test_the_global_layer_is_one_budget_for_two_limiters(backend: Connect) -> No
             if d is not None and d.refused_by is not None and d.refused_by.layer == "global"
         )
         client.close()
+        # a limit of 12 per minute leases one unit at a time: one script call per unit
+        granted = registry.get_sample_value(
+            "crosslogic_ratelimit_global_leases_total", {"result": "granted"}
+        )
+        assert granted is not None and 3 <= granted <= 12
         return admitted, global_refusals
 
     admitted, global_refusals = run(scenario())

@@ -20,8 +20,15 @@ class GlobalBudget:
     microseconds; ``give_back`` returns them. Raises Unavailable when Redis cannot answer
     (units already taken by this request are then given back by the caller)."""
 
-    def __init__(self, counters: RedisCounters, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        counters: RedisCounters,
+        *,
+        clock: Callable[[], float],
+        refilled: Callable[[str], None] = lambda result: None,
+    ) -> None:
         self._counters = counters
+        self._refilled = refilled  # "granted" or "refused", once per script call
         self.book = LeaseBook(clock=clock)
         self._refills: dict[str, asyncio.Future[int]] = {}
 
@@ -69,6 +76,7 @@ class GlobalBudget:
         granted, retry_after_us, remaining, reset_us = await self._counters.lease(
             limit, self.book.ask(limit)
         )
+        self._refilled("granted" if granted else "refused")
         if not granted:
             return max(retry_after_us, 1)
         self.book.granted(limit, granted, remaining=remaining, reset_after_s=reset_us / 1e6)

@@ -61,6 +61,12 @@ class RateLimitMetrics:
             "Redis failures seen by the rate limiter",
             registry=registry,
         )
+        self.global_leases = Counter(
+            "crosslogic_ratelimit_global_leases_total",
+            "slices of a global limit asked of Redis (lease.lua): its load per process",
+            ["result"],  # granted, refused
+            registry=registry,
+        )
         self.latency = Histogram(
             "crosslogic_ratelimit_decision_seconds",
             "rate-limit decision latency",
@@ -82,7 +88,11 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._counters = counters
-        self._global = GlobalBudget(counters, clock=clock)
+        self._global = GlobalBudget(
+            counters,
+            clock=clock,
+            refilled=lambda result: metrics.global_leases.labels(result).inc(),
+        )
         self._metrics = metrics
         self.table = table
         self._local = LocalGcra()
