@@ -272,6 +272,7 @@ def test_settlement_groups_counters_by_slot(cluster: Cluster) -> None:
             counters = [
                 (f"crosslogic:rl:{{t:{i}}}:tenant:{i}:tokens:60", 600_000.0) for i in range(20)
             ]
+            counters.append(("crosslogic:rl:key:k-old:tokens:60", 600_000.0))  # older layout
             settler = TokenSettler(client, CollectorRegistry())
             await settler.settle([Settlement("r1", tuple(counters), 50)])
             assert settler.pending == 0
