@@ -108,10 +108,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Every control-plane service (no embedded servers, no Envoy, no nodes): containers."""
     from crosslogic.stack import Stack
 
-    if settings.db_host is None or settings.redis_host is None:
+    if settings.db_host is None or (settings.redis_host is None and not settings.redis_cluster):
         print(
-            "crosslogic serve needs DB_HOST and REDIS_HOST (use `crosslogic up` for the "
-            "embedded ones)",
+            "crosslogic serve needs DB_HOST and REDIS_HOST or REDIS_CLUSTER (use `crosslogic "
+            "up` for the embedded ones)",
             file=sys.stderr,
         )
         return 2

@@ -53,5 +53,5 @@ def plan(settings: Settings) -> Plan:
     return Plan(
         settings=final,
         embedded_postgres=settings.db_host is None,
-        embedded_redis=settings.redis_host is None,
+        embedded_redis=settings.redis_host is None and not settings.redis_cluster,
     )

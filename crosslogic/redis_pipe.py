@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -156,15 +156,22 @@ class PipelinedRedis:
     async def call(self, *args: str | bytes | int) -> Any:
         """The reply to one command; Unavailable when there is none in time or it is an
         error reply (WRONGTYPE, NOSCRIPT...: never an answer the caller can use)."""
-        reply = await self._reply(*args)
+        reply = await self.reply(*args)
         if isinstance(reply, hiredis.ReplyError):
             raise unavailable(f"error reply: {reply}")
         return reply
 
-    async def _reply(self, *args: str | bytes | int) -> Any:
-        """The reply to one command, an error reply included (returned, not raised)."""
+    async def reply(self, *args: str | bytes | int, asking: bool = False) -> Any:
+        """The reply to one command, an error reply included (returned, not raised): what a
+        cluster client reads redirections from. ``asking``: the command follows an ASKING
+        in the same write (a slot being migrated to this node)."""
         conn = await self._connection()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if asking:
+            ok: asyncio.Future[Any] = loop.create_future()  # +OK, read and dropped
+            ok.add_done_callback(lambda done: done.cancelled() or done.exception())
+            conn.send(encode("ASKING"), ok)
+        future: asyncio.Future[Any] = loop.create_future()
         conn.send(encode(*args), future)
         try:
             reply = await asyncio.wait_for(future, self._timeout)
@@ -187,16 +194,24 @@ class PipelinedRedis:
         conn.send(encode(*args), future, written=written)
         await written
 
+    async def load_script(self, script: str) -> None:
+        """SCRIPT LOAD: later EVALSHAs find it."""
+        await self.call("SCRIPT", "LOAD", script)
+
     async def eval_script(self, script: str, keys: list[str], args: list[int]) -> Any:
         """EVALSHA, loading the script once when Redis does not know it (NOSCRIPT)."""
         sha = hashlib.sha1(script.encode()).hexdigest()
-        reply = await self._reply("EVALSHA", sha, len(keys), *keys, *args)
+        reply = await self.reply("EVALSHA", sha, len(keys), *keys, *args)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             await self.call("SCRIPT", "LOAD", script)
-            reply = await self._reply("EVALSHA", sha, len(keys), *keys, *args)
+            reply = await self.reply("EVALSHA", sha, len(keys), *keys, *args)
         if isinstance(reply, hiredis.ReplyError):
             raise unavailable(f"script failed: {reply}")
         return reply
+
+    def slot_groups(self, keys: Sequence[str]) -> list[list[str]]:
+        """One Redis holds every key: one group."""
+        return [list(keys)] if keys else []
 
     def close(self) -> None:
         if self._conn is not None and self._conn.transport is not None:

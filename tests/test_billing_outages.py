@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from crosslogic.billing.main import APPLICATION_NAME
+from crosslogic.contracts.counters import counter_key
 from crosslogic.metrics import MULTIPROC_ENV
 from crosslogic.ports import free_port
 from crosslogic.stack import Stack
@@ -129,7 +130,9 @@ def test_settlements_that_fail_while_redis_is_down_land_when_it_returns(
     key = key_in(stack, tenant, env)
     # 864 ms per token: a charge of ~100 tokens keeps the counter for over a minute
     set_limit(stack, "key", key.api_key_id, tokens_per_day=100_000)
-    counter = f"crosslogic:rl:key:{key.api_key_id}:tokens:86400"
+    counter = counter_key(
+        layer="key", ident=key.api_key_id, kind="tokens", period_s=86400, tenant=tenant
+    )
     own = openai.OpenAI(base_url=stack.base_url, api_key=key.plaintext, max_retries=0)
     count = stop_service(stack, "billing")  # the line waits in the file
     try:

@@ -73,7 +73,12 @@ def test_limits_and_their_costs() -> None:
         ("tokens", 86400, 1000, 40),
     ]
     keys, argv = script_args(limits)
-    assert keys[0] == "crosslogic:rl:key:k1:requests:60" and argv[:4] == [60_000_000, 5, 1, 0]
+    assert keys[0] == "crosslogic:rl:{t:t1}:key:k1:requests:60" and argv[:4] == [
+        60_000_000,
+        5,
+        1,
+        0,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,8 @@ def test_durations() -> None:
         ("SERVER_PORT", "http"),
         ("DB_PORT", "70000"),
         ("REDIS_PORT", "-1"),
+        ("REDIS_CLUSTER", "127.0.0.1"),
+        ("REDIS_CLUSTER", "a:7000, b:7001"),
         ("BILLING_EXPORT_INTERVAL", "soon"),
         ("BILLING_EXPORT_INTERVAL", "0s"),
         ("LOG_LEVEL", "verbose"),

@@ -45,6 +45,7 @@ from crosslogic.admin.health import metrics
 from crosslogic.db.connection import create_pool
 from crosslogic.fleet import tokens
 from crosslogic.fleet.sweeper import sweep_forever
+from crosslogic.redis_client import redis_address
 from crosslogic.settings import Settings
 from crosslogic.unexpected import UnexpectedErrors
 
@@ -62,9 +63,11 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings, min_size=1, max_size=5)
+        # readiness pings Redis: of a cluster, the first seed node
+        host, port = redis_address(settings)
         client = aioredis.Redis(
-            host=settings.redis_host or "127.0.0.1",
-            port=settings.redis_port,
+            host=host,
+            port=port,
             password=settings.redis_password or None,
             socket_timeout=2,
         )

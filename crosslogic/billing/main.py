@@ -26,7 +26,7 @@ from crosslogic.billing.stripe_meter import StripeMeterEvents
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.journal.store import JournalStore
 from crosslogic.lifecycle import run_until_signalled
-from crosslogic.redis_pipe import PipelinedRedis
+from crosslogic.redis_client import open_redis
 from crosslogic.settings import Settings
 
 APPLICATION_NAME = "crosslogic-billing"  # in pg_stat_activity
@@ -36,12 +36,7 @@ log = logging.getLogger(__name__)
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
     pool = await create_pool(settings, min_size=1, max_size=3, application_name=APPLICATION_NAME)
-    redis = PipelinedRedis(
-        settings.redis_host or "127.0.0.1",
-        settings.redis_port,
-        password=settings.redis_password,
-        timeout=1.0,
-    )
+    redis = open_redis(settings, timeout=1.0)
     settler = TokenSettler(redis, registry)
     keeper = QuotaKeeper(pool, registry)
     journal = JournalStore(redis)

@@ -20,11 +20,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crosslogic.billing.accesslog import Settlement
 from crosslogic.errors import Unavailable
-from crosslogic.redis_pipe import PipelinedRedis, read_script
+from crosslogic.redis_client import RedisClient
+from crosslogic.redis_pipe import read_script
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1000  # counters per script call
+CHUNK = 1000  # counters per script call (all of one slot in a Redis Cluster)
 # Pending corrections are one float per counter (a counter is a key, tenant or environment
 # window): this bounds memory through a long outage; beyond it new counters are dropped.
 MAX_PENDING_COUNTERS = 100_000
@@ -38,7 +39,7 @@ class TokenSettler:
 
     def __init__(
         self,
-        redis: PipelinedRedis,
+        redis: RedisClient,
         registry: CollectorRegistry,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -99,18 +100,31 @@ class TokenSettler:
             return
         todo, items = self._pending, self._pending_items
         self._pending, self._pending_items = {}, 0
-        keys = list(todo)
-        done = 0
-        try:
-            for start in range(0, len(keys), CHUNK):
-                chunk = keys[start : start + CHUNK]
-                await self._redis.eval_script(self._script, chunk, [round(todo[k]) for k in chunk])
-                done = start + len(chunk)
-        except Unavailable as exc:
+        # one script call per slot of a Redis Cluster (one group for a single Redis), the
+        # calls of one flush pipelined together
+        chunks = [
+            group[start : start + CHUNK]
+            for group in self._redis.slot_groups(list(todo))
+            for start in range(0, len(group), CHUNK)
+        ]
+        results = await asyncio.gather(
+            *(
+                self._redis.eval_script(self._script, c, [round(todo[k]) for k in c])
+                for c in chunks
+            ),
+            return_exceptions=True,
+        )
+        errors = [result for result in results if isinstance(result, BaseException)]
+        failed = [c for c, r in zip(chunks, results, strict=True) if isinstance(r, BaseException)]
+        for error in errors:
+            if not isinstance(error, Unavailable):
+                raise error  # a bug: seen at once, like any other
+        if errors:
+            exc = errors[0]
             # What was applied stays applied; the rest is kept, summed with later corrections.
             # (A chunk whose reply was lost after Redis ran it is applied twice: it takes a
             # reply slower than the 1 s timeout, and costs a limit accuracy, never usage.)
-            self._merge({k: todo[k] for k in keys[done:]}, items)
+            self._merge({k: todo[k] for chunk in failed for k in chunk}, items)
             self._failures += 1
             wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self._failures - 1))
             self._retry_at = self._clock() + wait

@@ -15,7 +15,7 @@ from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.journal.writer import AdmissionWriter, JournalMetrics
 from crosslogic.ratelimit.runtime import open_limiter
-from crosslogic.redis_pipe import PipelinedRedis
+from crosslogic.redis_client import open_redis
 from crosslogic.settings import Settings
 
 
@@ -27,14 +27,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     # the journal shares the limiter's connection when there is one: both commands of a
     # request then leave in one write
     redis = (
-        limits.redis
-        if limits
-        else PipelinedRedis(
-            settings.redis_host or "127.0.0.1",
-            settings.redis_port,
-            password=settings.redis_password,
-            timeout=settings.ratelimit_redis_timeout,
-        )
+        limits.redis if limits else open_redis(settings, timeout=settings.ratelimit_redis_timeout)
     )
     service = AuthorizationService(
         cache=cache,

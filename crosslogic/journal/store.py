@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from crosslogic.contracts.journal import BOOTS_KEY, journal_key, valid_boot_id
-from crosslogic.redis_pipe import PipelinedRedis
+from crosslogic.redis_client import RedisClient
 
 CHUNK = 1000  # request ids per HDEL
 
@@ -16,7 +16,7 @@ class JournalStore:
     """Forgets entries whose usage rows are committed, and reads and drops a dead boot's.
     Every method raises :class:`crosslogic.errors.Unavailable` when Redis cannot answer."""
 
-    def __init__(self, redis: PipelinedRedis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def _all(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:

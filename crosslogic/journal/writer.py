@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from crosslogic.contracts.journal import BOOTS_KEY, journal_key
 from crosslogic.errors import Unavailable
-from crosslogic.redis_pipe import PipelinedRedis
+from crosslogic.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class AdmissionWriter:
 
     def __init__(
         self,
-        redis: PipelinedRedis,
+        redis: RedisClient,
         metrics: JournalMetrics,
         *,
         clock: Callable[[], float] = time.monotonic,

@@ -56,6 +56,7 @@ class LayerLimits:
     layer: str
     ident: str  # "all" for the global layer
     row: LimitRow
+    tenant: str = ""  # whose hash tag the counters carry (crosslogic/contracts/counters.py)
 
 
 class LimitTable:
@@ -84,7 +85,7 @@ class LimitTable:
                 if who.key_rpm is not None and (layer, ident, layer) not in self._by:
                     row = replace(row, requests_per_minute=who.key_rpm)
             if row is not None:
-                out.append(LayerLimits(layer, ident, row))
+                out.append(LayerLimits(layer, ident, row, tenant=who.tenant_id))
         return out
 
 

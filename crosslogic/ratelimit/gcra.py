@@ -123,7 +123,11 @@ def limits_for(layers: Sequence[LayerLimits], *, tokens: int) -> list[Limit]:
                     layer=layer.layer,
                     kind=kind,
                     redis_key=counter_key(
-                        layer=layer.layer, ident=layer.ident, kind=kind, period_s=period
+                        layer=layer.layer,
+                        ident=layer.ident,
+                        kind=kind,
+                        period_s=period,
+                        tenant=layer.tenant,
                     ),
                     limit=value,
                     period_s=period,

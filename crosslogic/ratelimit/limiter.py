@@ -4,6 +4,10 @@ Shared by both places a decision can be made (``RATELIMIT_AT``): the rate-limit 
 answering Envoy's rate-limit filter, or ext_authz in the same call that authorises. The
 decision, its metrics and its failure behaviour are the same either way.
 
+The global layer is decided from this process's lease of the global budget
+(crosslogic/ratelimit/global_budget.py, lease.py); the tenant, environment and key layers in
+one script call on the tenant's slot. A request refused there gives its global units back.
+
 Redis gets a short timeout; after a failure the limiter stops asking it for a second, so an
 outage costs one timeout now and then, never one per request. Layers that fail open are then
 decided by this process's own GCRA; a layer that fails closed refuses.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -21,6 +26,7 @@ from crosslogic.errors import Unavailable
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity, LimitTable
 from crosslogic.ratelimit.gcra import Decision, Limit, LocalGcra, interpret, limits_for
+from crosslogic.ratelimit.global_budget import GlobalBudget
 from crosslogic.ratelimit.store import RedisCounters
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,12 @@ class RateLimitMetrics:
             "Redis failures seen by the rate limiter",
             registry=registry,
         )
+        self.global_leases = Counter(
+            "crosslogic_ratelimit_global_leases_total",
+            "slices of a global limit asked of Redis (lease.lua): its load per process",
+            ["result"],  # granted, refused
+            registry=registry,
+        )
         self.latency = Histogram(
             "crosslogic_ratelimit_decision_seconds",
             "rate-limit decision latency",
@@ -76,6 +88,11 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._counters = counters
+        self._global = GlobalBudget(
+            counters,
+            clock=clock,
+            refilled=lambda result: metrics.global_leases.labels(result).inc(),
+        )
         self._metrics = metrics
         self.table = table
         self._local = LocalGcra()
@@ -101,7 +118,7 @@ class RateLimiter:
     async def _evaluate(self, limits: list[Limit]) -> Decision | None:
         if self._clock() >= self._redis_down_until:
             try:
-                return interpret(limits, await self._counters.evaluate(limits))
+                return await self._in_redis(limits)
             except Unavailable as exc:
                 self._metrics.redis_errors.inc()
                 self._redis_down_until = self._clock() + BREAKER_OPEN_S
@@ -111,3 +128,25 @@ class RateLimiter:
         if any(limit.fail_mode == "closed" for limit in limits):
             return None
         return interpret(limits, self._local.evaluate(limits), degraded=True)
+
+    async def _in_redis(self, limits: list[Limit]) -> Decision:
+        """The global layer from the lease, then the others in the tenant's slot."""
+        glob = [limit for limit in limits if limit.layer == "global"]
+        rest = [limit for limit in limits if limit.layer != "global"]
+        refusal = await self._global.take(glob)
+        if refusal is not None:
+            refused_by, retry_after_us = refusal
+            return Decision(
+                allowed=False,
+                states=tuple(self._global.states(glob)),
+                refused_by=refused_by,
+                retry_after_s=retry_after_us / 1e6,
+            )
+        try:
+            decision = interpret(rest, await self._counters.evaluate(rest) if rest else [1, 0, 0])
+        except BaseException:
+            self._global.give_back(glob)
+            raise
+        if not decision.allowed:
+            self._global.give_back(glob)
+        return replace(decision, states=(*self._global.states(glob), *decision.states))

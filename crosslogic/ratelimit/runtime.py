@@ -22,7 +22,7 @@ from crosslogic.ratelimit.config import LimitTable
 from crosslogic.ratelimit.limiter import RateLimiter, RateLimitMetrics
 from crosslogic.ratelimit.store import RedisCounters
 from crosslogic.ratelimit.table_store import load_rows
-from crosslogic.redis_pipe import PipelinedRedis
+from crosslogic.redis_client import RedisClient, open_redis
 from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ async def follow_limits(
 class OpenLimiter:
     limiter: RateLimiter
     task: asyncio.Task[None]  # the table follower: the process dies with it
-    redis: PipelinedRedis  # also carries ext_authz's journal writes: one write per turn
+    redis: RedisClient  # also carries ext_authz's journal writes: one write per turn
     _pool: asyncpg.Pool
     _listener: asyncpg.Connection
 
@@ -70,13 +70,8 @@ class OpenLimiter:
 
 
 async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenLimiter:
-    redis = PipelinedRedis(
-        settings.redis_host or "127.0.0.1",
-        settings.redis_port,
-        password=settings.redis_password,
-        # well below Envoy's call timeouts: a Redis outage costs at most this, and is counted
-        timeout=settings.ratelimit_redis_timeout,
-    )
+    # well below Envoy's call timeouts: a Redis outage costs at most this, and is counted
+    redis = open_redis(settings, timeout=settings.ratelimit_redis_timeout)
     counters = RedisCounters(redis)
     try:
         await counters.prepare()
