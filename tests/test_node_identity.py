@@ -246,6 +246,9 @@ def test_metadata_and_load_are_listed(stack: Stack, fleet_model: str, new_token:
     assert (shown["gpu_count"], shown["capacity"], shown["spot"]) == (8, 64, True)
     assert (shown["requests_running"], shown["kv_cache_usage_perc"]) == (5, pytest.approx(0.1))
     assert (shown["state"], shown["live"], shown["model"]) == ("active", True, fleet_model)
+    # the model's default strategy, least loaded: 1000 * (1 - 0.1 / 2) / (1 + 5 running)
+    assert shown["weight"] == 158
+    assert 0 < shown["health_score"] <= 1
     assert "credential_hash" not in shown and "node_credential" not in shown
 
 

@@ -22,6 +22,7 @@ from crosslogic.fleet.errors import NodeRemoved
 from crosslogic.fleet.lifecycle import ACTIVE, DEAD, DRAINING, REMOVED, ROUTED
 from crosslogic.fleet.requests import Heartbeat, Registration
 from crosslogic.fleet.tokens import Scope
+from crosslogic.xds import weights
 
 ENTITY = "node"
 # a node as the audit log and the operators see it (never its credential's hash)
@@ -219,11 +220,12 @@ async def deregister(conn: asyncpg.Connection, *, node_id: str) -> dict[str, Any
 
 
 async def list_nodes(conn: asyncpg.Connection, *, heartbeat_timeout: float) -> list[dict[str, Any]]:
-    """Every node, newest registration first, with its ``state`` and ``live`` (routed and
-    heard from within ``heartbeat_timeout`` seconds)."""
+    """Every node, newest registration first, with its ``state``, ``live`` (routed and
+    heard from within ``heartbeat_timeout`` seconds), ``health_score`` and ``weight``."""
     rows = await conn.fetch(
         f"""
-        SELECT {NODE}, extract(epoch FROM now() - n.last_heartbeat_at)::float8 AS age
+        SELECT {NODE}, m.lb_strategy,
+               extract(epoch FROM now() - n.last_heartbeat_at)::float8 AS age
         FROM nodes n JOIN models m ON m.id = n.model_id ORDER BY n.registered_at DESC
         """
     )
@@ -236,6 +238,17 @@ async def list_nodes(conn: asyncpg.Connection, *, heartbeat_timeout: float) -> l
         )
         node["live"] = node["state"] in ROUTED
         node["region"] = node["region_code"]
+        # what xDS computes from this load (the weight it publishes moves only past the
+        # hysteresis band, so it can lag this one by up to 20 %)
+        load = weights.Load(
+            node["requests_running"], node["requests_waiting"], node["kv_cache_usage_perc"], age
+        )
+        node["health_score"] = round(
+            weights.health_score(load, heartbeat_timeout=heartbeat_timeout), 3
+        )
+        node["weight"] = weights.weight(
+            node.pop("lb_strategy"), load, heartbeat_timeout=heartbeat_timeout
+        )
         out.append(node)
     return out
 
