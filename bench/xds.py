@@ -5,9 +5,10 @@
    State-of-the-World push sends an Envoy (every cluster; every load assignment), next to
    what one node joining changes (one load assignment: what a Delta push would send).
 2. With ``--apply K`` (default 20; 0 skips it): a stack of its own (embedded databases, two
-   xDS replicas, one Envoy), K nodes registered one at a time through the admin API, and
-   the time from sending each registration to the node being in Envoy's ``/clusters``; then
-   the server side's own ``control_plane_config_apply_seconds`` (noticed change -> ACK).
+   xDS replicas, one Envoy), K nodes registered one at a time through the admin API (with
+   the registration token), and the time from each call to Envoy's ``/clusters`` showing
+   it: the registration, a heartbeat whose load changes the node's weight, and an
+   operator's drain; then the server side's ``control_plane_config_apply_seconds``.
 
 Figures, not assertions; not run by the tests. ``make bench`` prints part 1 (under a second).
 """
@@ -21,6 +22,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -95,9 +97,30 @@ def build_figures(nodes: int, models: int, *, rounds: int = 20) -> None:
     )
 
 
-def in_clusters(stack: Stack, port: int) -> bool:
+def host_lines(stack: Stack, port: int) -> list[str]:
+    """Envoy's /clusters lines about the endpoint on ``port`` (every cluster holding it)."""
     with urllib.request.urlopen(f"{stack.envoy_admin_url}/clusters", timeout=5) as r:
-        return f"::127.0.0.1:{port}::" in r.read().decode()
+        text = r.read().decode()
+    return [line for line in text.splitlines() if f"::127.0.0.1:{port}::" in line]
+
+
+def timed(what: str, act: Callable[[], object], applied: Callable[[], bool]) -> float:
+    started = time.perf_counter()
+    act()
+    while not applied():
+        if time.perf_counter() - started > 10:
+            raise TimeoutError(f"{what}: not applied by Envoy within 10 s")
+        time.sleep(0.002)
+    return time.perf_counter() - started
+
+
+def show(label: str, waits: list[float]) -> None:
+    waits = sorted(waits)
+    p90 = waits[min(len(waits) - 1, int(len(waits) * 0.9))]
+    print(
+        f"  {label}: p50 {statistics.median(waits) * 1e3:.0f} ms, p90 {p90 * 1e3:.0f} ms, "
+        f"max {waits[-1] * 1e3:.0f} ms ({len(waits)})"
+    )
 
 
 def apply_figures(registrations: int) -> None:
@@ -106,26 +129,48 @@ def apply_figures(registrations: int) -> None:
     try:
         print(f"\nstarting a stack of its own ({stack.settings.xds_replicas} xDS replicas)...")
         stack.start()
-        token = stack.settings.admin_token
-        waits = []
+        admin, api = stack.settings.admin_token, f"{stack.admin_url}/admin/nodes"
+        joined, weighed, drained = [], [], []
         # never listened on: Envoy has each in EDS at once, health checks fail it later
         for n, port in enumerate(free_ports(registrations)):
             body = {"node_id": f"bench-xds-{n}", "model": stack.model}
             body |= {"address": "127.0.0.1", "port": port}
-            started = time.perf_counter()
-            post_json(f"{stack.admin_url}/admin/nodes/register", body, token=token)
-            while not in_clusters(stack, port):
-                if time.perf_counter() - started > 10:
-                    raise TimeoutError(f"node on port {port} not in Envoy after 10 s")
-                time.sleep(0.002)
-            waits.append(time.perf_counter() - started)
-        waits.sort()
-        print(f"registration sent -> node in Envoy's /clusters, {registrations} nodes:")
-        p90 = waits[min(len(waits) - 1, int(len(waits) * 0.9))]
-        print(
-            f"  p50 {statistics.median(waits) * 1e3:.0f} ms, p90 {p90 * 1e3:.0f} ms, "
-            f"max {waits[-1] * 1e3:.0f} ms"
-        )
+            node: dict[str, object] = {}
+
+            def register(body: dict[str, object] = body, node: dict[str, object] = node) -> None:
+                node |= post_json(
+                    f"{api}/register", body, token=stack.settings.node_registration_token
+                )
+
+            joined.append(
+                timed("registration", register, lambda p=port: bool(host_lines(stack, p)))
+            )
+            node_id, credential = str(node["node_id"]), str(node["node_credential"])
+            # a busy node: least-loaded weight 1000 -> 48 (xDS reads load at its next poll,
+            # at most XDS_POLL_INTERVAL later, and changes weights at most once a second)
+            weighed.append(
+                timed(
+                    "weight change",
+                    lambda i=node_id, c=credential: post_json(
+                        f"{api}/{i}/heartbeat", {"requests_running": 20}, token=c
+                    ),
+                    lambda p=port: any("::weight::48" in line for line in host_lines(stack, p)),
+                )
+            )
+            drained.append(
+                timed(
+                    "drain",
+                    lambda i=node_id: post_json(f"{api}/{i}/drain", {}, token=admin),
+                    lambda p=port: any(
+                        "health_flags" in line and "drain" in line.lower()
+                        for line in host_lines(stack, p)
+                    ),
+                )
+            )
+        print("call sent -> applied in Envoy's /clusters:")
+        show("registration (node in EDS)", joined)
+        show("weight change (heartbeat with load -> new weight)", weighed)
+        show("drain (operator's call -> DRAINING)", drained)
         url = f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as r:
             text = r.read().decode()

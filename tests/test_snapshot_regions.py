@@ -3,6 +3,10 @@ strict clusters, and a consistent, content-versioned whole."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -137,3 +141,25 @@ def test_only_hashing_clusters_drop_the_prefix_hash_upstream() -> None:
         assert [m.remove for m in mutation.mutations.request_mutations] == [
             routing.PREFIX_HASH_HEADER
         ]
+
+
+def test_the_same_registry_has_the_same_versions_in_every_process() -> None:
+    # two xDS replicas are two processes, each with its own hash seed: map fields (an
+    # endpoint's metadata) must not be serialized in hash order
+    code = (
+        "from tests.test_snapshot_regions import NODES, REGIONS;"
+        "from crosslogic.xds.snapshot import ModelEntry, build;"
+        "snap = build([ModelEntry(id=1, name='m', regions=REGIONS)], NODES);"
+        "print(sorted(snap.versions.items()))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(seen) == 1, seen

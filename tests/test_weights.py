@@ -3,14 +3,12 @@ bounded rate at which weights change."""
 
 from __future__ import annotations
 
-import itertools
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from crosslogic.contracts.routing import STRATEGIES
 from crosslogic.xds import weights
-from crosslogic.xds.weights import MAX_WEIGHT, MIN_WEIGHT, Load, WeightBook, settle
+from crosslogic.xds.weights import MAX_WEIGHT, MIN_WEIGHT, Load, settle
 
 TIMEOUT = 10.0
 loads = st.builds(
@@ -113,48 +111,31 @@ def test_settle_keeps_the_published_weight_inside_the_band(published: int, compu
 
 
 @given(
-    start=st.integers(10, MAX_WEIGHT),
-    jitter=st.lists(st.floats(min_value=-0.15, max_value=0.15), min_size=1, max_size=50),
+    running=st.integers(0, 100),
+    jitter=st.lists(st.integers(-1, 1), min_size=1, max_size=50),
 )
-def test_a_weight_hovering_within_the_band_never_changes(start: int, jitter: list[float]) -> None:
-    book = WeightBook(interval=0.0, hysteresis=0.2)
-    book.update({("n", "least_loaded"): start}, now=0.0)
-    for i, delta in enumerate(jitter, start=1):
-        hovering = max(1, round(start * (1 + delta)))
-        assert book.update({("n", "least_loaded"): hovering}, now=float(i)) == {
-            ("n", "least_loaded"): start
-        }
+def test_a_stored_weight_moves_only_past_the_band(running: int, jitter: list[int]) -> None:
+    stored = weights.Published()
+    for delta in [0, *jitter]:
+        load = Load(requests_running=max(0, running + delta), heartbeat_age=99.0)
+        before = stored
+        stored = weights.on_heartbeat(stored, load, heartbeat_timeout=TIMEOUT)
+        computed = weights.load_weight(load)
+        if abs(computed - before.load_weight) > max(1, 0.2 * before.load_weight):
+            assert stored.load_weight == computed
+        else:
+            assert stored.load_weight == before.load_weight
 
 
-def test_weights_change_at_most_once_per_interval_but_new_nodes_at_once() -> None:
-    book = WeightBook(interval=1.0, hysteresis=0.2)
-    a, b = ("a", "least_loaded"), ("b", "least_loaded")
-    assert book.update({a: 1000}, now=0.0) == {a: 1000}
-    assert book.update({a: 100}, now=0.1) == {a: 100}  # the first change goes at once
-    assert book.update({a: 500}, now=0.5) == {a: 100}  # held: changed 0.4 s ago
-    assert book.update({a: 500, b: 700}, now=0.6) == {a: 100, b: 700}  # a new node: at once
-    assert book.update({a: 500, b: 700}, now=1.1) == {a: 500, b: 700}  # the interval passed
-    assert book.update({b: 700}, now=1.2) == {b: 700}  # a left: forgotten
-    assert book.update({a: 10, b: 700}, now=1.3) == {a: 10, b: 700}  # back: new again
-
-
-@given(
-    steps=st.lists(
-        st.tuples(st.floats(min_value=0.0, max_value=0.5), st.integers(1, MAX_WEIGHT)),
-        min_size=1,
-        max_size=60,
-    )
-)
-def test_published_weights_change_no_more_often_than_the_interval(
-    steps: list[tuple[float, int]],
-) -> None:
-    book = WeightBook(interval=1.0, hysteresis=0.2)
-    key = ("n", "health_weighted")
-    now, last, changes = 0.0, book.update({key: 500}, now=0.0)[key], []
-    for gap, value in steps:
-        now += gap
-        published = book.update({key: value}, now=now)[key]
-        if published != last:
-            changes.append(now)
-        last = published
-    assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(changes))
+def test_heartbeats_store_the_weights_each_strategy_publishes() -> None:
+    busy = Load(requests_running=8, kv_cache_usage_perc=0.8, heartbeat_age=TIMEOUT)
+    stored = weights.on_heartbeat(weights.Published(), busy, heartbeat_timeout=TIMEOUT)
+    # least loaded: 1000 * (1 - 0.4) / 9; health: 1000 * (1 - 0.8 * 0.8), the heartbeat fresh
+    assert stored == weights.Published(load_weight=67, health_weight=360)
+    assert weights.endpoint_weight("least_loaded", stored) == 67
+    assert weights.endpoint_weight("health_weighted", stored) == 360
+    for strategy in ("round_robin", "random", "prefix_affinity"):
+        assert weights.endpoint_weight(strategy, stored) == MIN_WEIGHT
+    # a little less busy: inside the band, nothing moves (no push)
+    calmer = Load(requests_running=7, kv_cache_usage_perc=0.75)
+    assert weights.on_heartbeat(stored, calmer, heartbeat_timeout=TIMEOUT) == stored

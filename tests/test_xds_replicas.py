@@ -79,9 +79,14 @@ def sample(text: str, name: str) -> float | None:
 def test_with_one_of_two_xds_servers_killed_a_new_node_gets_traffic() -> None:
     with own_system(nodes=1) as stack:
         first, second = stack.settings.xds_ports
-        # one registry, one view: the same content-hash versions from either server, so a
-        # stream that moves to the other one is sent nothing new
-        assert ads_versions(first) == ads_versions(second)
+        # one registry, one view: the same content-hash versions from either server (once
+        # both have read the registry's last change: each follows it on its own, within its
+        # poll), so a stream that moves to the other one is sent nothing new
+        wait_until(
+            "both xDS servers to serve the same versions",
+            lambda: ads_versions(first) == ads_versions(second),
+            timeout=10,
+        )
 
         connected = wait_until("Envoy's ADS stream", lambda: ads_port(stack))
         unchanged = (

@@ -37,7 +37,9 @@ async def heartbeat(request: web.Request) -> web.Response:
     beat = parse_heartbeat(await read_json(request))
     node_id = request.match_info["node_id"]
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        status = await nodes.heartbeat(conn, node_id, beat)
+        status = await nodes.heartbeat(
+            conn, node_id, beat, heartbeat_timeout=request.app[SETTINGS].node_heartbeat_timeout
+        )
     if status == REMOVED:  # this heartbeat ended its drain (committed): the node must stop
         raise nodes.removed_error(node_id)
     return web.json_response({"status": "ok" if status == ACTIVE else status})

@@ -143,23 +143,35 @@ async def credential_hash(conn: asyncpg.Connection, node_id: str) -> tuple[bool,
     return (False, None) if row is None else (True, row["credential_hash"])
 
 
-async def heartbeat(conn: asyncpg.Connection, node_id: str, beat: Heartbeat) -> str:
+async def heartbeat(
+    conn: asyncpg.Connection, node_id: str, beat: Heartbeat, *, heartbeat_timeout: float
+) -> str:
     """Record the load; returns the node's status after it. NotFound (register again) for a
     dead or unknown node, NodeRemoved for a removed one; a draining node that reports
     nothing running is removed here (its drain is over: the caller commits that, then tells
     the node with :func:`removed_error`)."""
-    status = await conn.fetchval("SELECT status FROM nodes WHERE id = $1 FOR UPDATE", node_id)
+    row = await conn.fetchrow(
+        "SELECT status, load_weight, health_weight FROM nodes WHERE id = $1 FOR UPDATE", node_id
+    )
+    status = None if row is None else row["status"]
     outcome = lifecycle.after_heartbeat(status, requests_running=beat.requests_running)
     if outcome.removed:
         raise removed_error(node_id)
     if outcome.forgotten:
         raise _unknown(node_id)
     before = await _row(conn, node_id) if outcome.drained else {}
+    assert row is not None  # a node without a row is forgotten above
+    settled = weights.on_heartbeat(
+        weights.Published(row["load_weight"], row["health_weight"]),
+        weights.Load(beat.requests_running, beat.requests_waiting, beat.kv_cache_usage_perc),
+        heartbeat_timeout=heartbeat_timeout,
+    )
     await conn.execute(
         """
         UPDATE nodes SET last_heartbeat_at = now(), requests_running = $2,
             requests_waiting = $3, kv_cache_usage_perc = $4, status = $5,
-            removed_at = CASE WHEN $5 = 'removed' THEN now() ELSE removed_at END
+            removed_at = CASE WHEN $5 = 'removed' THEN now() ELSE removed_at END,
+            load_weight = $6, health_weight = $7
         WHERE id = $1
         """,
         node_id,
@@ -167,6 +179,8 @@ async def heartbeat(conn: asyncpg.Connection, node_id: str, beat: Heartbeat) -> 
         beat.requests_waiting,
         beat.kv_cache_usage_perc,
         outcome.status,
+        settled.load_weight,
+        settled.health_weight,
     )
     if outcome.drained:
         await _changed(conn, actor=audit.SYSTEM, action="drained", node_id=node_id, before=before)
@@ -224,7 +238,7 @@ async def list_nodes(conn: asyncpg.Connection, *, heartbeat_timeout: float) -> l
     heard from within ``heartbeat_timeout`` seconds), ``health_score`` and ``weight``."""
     rows = await conn.fetch(
         f"""
-        SELECT {NODE}, m.lb_strategy,
+        SELECT {NODE}, m.lb_strategy, n.load_weight, n.health_weight,
                extract(epoch FROM now() - n.last_heartbeat_at)::float8 AS age
         FROM nodes n JOIN models m ON m.id = n.model_id ORDER BY n.registered_at DESC
         """
@@ -238,17 +252,15 @@ async def list_nodes(conn: asyncpg.Connection, *, heartbeat_timeout: float) -> l
         )
         node["live"] = node["state"] in ROUTED
         node["region"] = node["region_code"]
-        # what xDS computes from this load (the weight it publishes moves only past the
-        # hysteresis band, so it can lag this one by up to 20 %)
         load = weights.Load(
             node["requests_running"], node["requests_waiting"], node["kv_cache_usage_perc"], age
         )
         node["health_score"] = round(
             weights.health_score(load, heartbeat_timeout=heartbeat_timeout), 3
         )
-        node["weight"] = weights.weight(
-            node.pop("lb_strategy"), load, heartbeat_timeout=heartbeat_timeout
-        )
+        # the weight xDS publishes for it (settled with hysteresis at its heartbeats)
+        stored = weights.Published(node.pop("load_weight"), node.pop("health_weight"))
+        node["weight"] = weights.endpoint_weight(node.pop("lb_strategy"), stored)
         out.append(node)
     return out
 

@@ -85,9 +85,11 @@ def _hashing_node_http() -> http_protocol_options_pb2.HttpProtocolOptions:
             request_mutations=[mutation_rules_pb2.HeaderMutation(remove=PREFIX_HASH_HEADER)]
         )
     )
-    options.http_filters.add(name="envoy.filters.http.header_mutation").typed_config.Pack(strip)
+    options.http_filters.add(name="envoy.filters.http.header_mutation").typed_config.Pack(
+        strip, deterministic=True
+    )
     codec = options.http_filters.add(name="envoy.filters.http.upstream_codec")
-    codec.typed_config.Pack(upstream_codec_pb2.UpstreamCodec())
+    codec.typed_config.Pack(upstream_codec_pb2.UpstreamCodec(), deterministic=True)
     return options
 
 
@@ -121,7 +123,7 @@ def cluster_for(
         ),
         connect_timeout=_seconds(1),
         typed_extension_protocol_options={
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": pack(
                 HASHING_NODE_HTTP if strategy == PREFIX_AFFINITY else NODE_HTTP
             )
         },
@@ -181,7 +183,10 @@ def cluster_for(
     return cluster
 
 
-def _pack(message: Message) -> any_pb2.Any:
+def pack(message: Message) -> any_pb2.Any:
+    """``message`` in an Any, serialized deterministically: map fields (an endpoint's
+    metadata) are otherwise written in the process's hash order, and two xDS replicas would
+    derive different versions from the same content."""
     packed = any_pb2.Any()
-    packed.Pack(message)
+    packed.Pack(message, deterministic=True)
     return packed

@@ -1,10 +1,9 @@
 """Reads the node registry from PostgreSQL and resolves node addresses to IPs.
 
 EDS endpoints must be IP addresses (Envoy does not resolve them), while nodes may register
-with a hostname (containers), so names are resolved here, outside the pure snapshot. Each
-read also turns the load the nodes last reported into endpoint weights (``weights``), kept
-in a :class:`~crosslogic.xds.weights.WeightBook`: with hysteresis and at most one weight
-change per ``WEIGHT_INTERVAL``, so heartbeats alone do not push a snapshot every poll.
+with a hostname (containers), so names are resolved here, outside the pure snapshot. A
+node's weight under its model's strategy comes from the weights its heartbeats stored
+(:mod:`crosslogic.xds.weights`: settled with hysteresis), the same for every xDS replica.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
-from collections.abc import Callable
 
 import asyncpg
 
@@ -25,9 +22,8 @@ from crosslogic.xds.snapshot import ModelEntry, NodeEntry
 log = logging.getLogger(__name__)
 
 _NODES = """
-SELECT n.id, n.model_id, n.address, n.port, n.status, n.region_code, n.requests_running,
-       n.requests_waiting, n.kv_cache_usage_perc,
-       extract(epoch FROM now() - n.last_heartbeat_at)::float8 AS heartbeat_age
+SELECT n.id, n.model_id, n.address, n.port, n.status, n.region_code, n.load_weight,
+       n.health_weight
 FROM nodes n
 WHERE n.status IN ('active', 'draining')
   AND n.last_heartbeat_at > now() - make_interval(secs => $1)
@@ -52,18 +48,9 @@ class NodeRegistry:
     """Models (with their strategy and the catalog's regions) and the nodes that heartbeated
     within ``heartbeat_timeout`` seconds, weighted."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        *,
-        heartbeat_timeout: float,
-        book: weights.WeightBook | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, heartbeat_timeout: float) -> None:
         self._pool = pool
         self._timeout = heartbeat_timeout
-        self._book = book or weights.WeightBook()
-        self._clock = clock
 
     async def read(self) -> tuple[list[ModelEntry], list[NodeEntry]]:
         with postgres_errors():
@@ -79,20 +66,6 @@ class NodeRegistry:
             for r in models
         ]
         strategy = {m.id: m.strategy for m in entries}
-        computed = {
-            (row["id"], strategy.get(row["model_id"], "")): weights.weight(
-                strategy.get(row["model_id"], ""),
-                weights.Load(
-                    requests_running=row["requests_running"],
-                    requests_waiting=row["requests_waiting"],
-                    kv_cache_usage_perc=row["kv_cache_usage_perc"],
-                    heartbeat_age=row["heartbeat_age"],
-                ),
-                heartbeat_timeout=self._timeout,
-            )
-            for row in rows
-        }
-        published = self._book.update(computed, now=self._clock())
         nodes = []
         for row in rows:
             ip = await _resolve(row["address"])
@@ -105,7 +78,10 @@ class NodeRegistry:
                         port=row["port"],
                         draining=row["status"] == "draining",
                         region=row["region_code"],
-                        weight=published[(row["id"], strategy.get(row["model_id"], ""))],
+                        weight=weights.endpoint_weight(
+                            strategy.get(row["model_id"], ""),
+                            weights.Published(row["load_weight"], row["health_weight"]),
+                        ),
                     )
                 )
         return entries, nodes

@@ -32,7 +32,7 @@ from crosslogic.contracts.routing import (
     preferred_cluster,
     strict_cluster,
 )
-from crosslogic.xds.clusters import _pack, cluster_for, stat_name
+from crosslogic.xds.clusters import cluster_for, pack, stat_name
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -144,12 +144,12 @@ def _model_resources(
         stats[strict] = stat_name(model.name, f"_only_{region}")
         strict_names.add(strict)
     clusters = {
-        name: _pack(
+        name: pack(
             cluster_for(name, stat=stats[name], strategy=strategy, strict=name in strict_names)
         )
         for name in assignments
     }
-    return clusters, {name: _pack(cla) for name, cla in assignments.items()}
+    return clusters, {name: pack(cla) for name, cla in assignments.items()}
 
 
 def _version(resources: Mapping[str, any_pb2.Any]) -> str:

@@ -9,27 +9,30 @@ made of depends on the model's strategy (``crosslogic.xds.clusters`` maps each o
   requests gets fewer new ones. Waiting (queued) requests count twice: a queue means the
   node is already saturated.
 * ``health_weighted``: ``MAX_WEIGHT * health_score``, the score (0 to 1) falling with KV-cache
-  use, with a queue and with a heartbeat that is late: how well the node is, not how busy.
+  use and with a queue: how well the node is, not how busy. (The score also falls with a
+  late heartbeat; ``GET /admin/nodes`` shows that.)
 * ``round_robin``, ``random``, ``prefix_affinity``: every node weighs the same.
 
-Weights do not follow every heartbeat: :class:`WeightBook` changes a published weight only
-when the new one moved more than ``HYSTERESIS`` of it (a node hovering around a value keeps
-one weight, and Envoy gets no push), and at most once per ``interval`` seconds (a bounded
-push rate). A node that is new to the book gets its weight at once: registry changes are
-never held back.
+Weights do not follow every heartbeat: each heartbeat settles the node's stored weights
+(:func:`on_heartbeat`, stored in ``nodes.load_weight`` and ``nodes.health_weight``): a
+stored weight changes only when the new one moved more than ``HYSTERESIS`` of it (a node
+hovering around a value keeps one weight, and Envoy gets no push). So a weight changes at
+most once per heartbeat of its node, xDS picks changes up at its poll (heartbeats send no
+NOTIFY: at most one push per ``XDS_POLL_INTERVAL`` for load), and every xDS replica reads
+the same weights from PostgreSQL. A new node starts at ``MAX_WEIGHT`` (idle). The health
+weight is the score at the heartbeat (the heartbeat's age is 0 then); a node whose
+heartbeats stop is withdrawn after ``NODE_HEARTBEAT_TIMEOUT`` instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from crosslogic.contracts.routing import HEALTH_WEIGHTED, LEAST_LOADED
 
 MAX_WEIGHT = 1000
 MIN_WEIGHT = 1
 HYSTERESIS = 0.2  # a weight changes only when the new one differs by more than 20 %
-WEIGHT_INTERVAL = 1.0  # seconds: weights are republished at most this often
 
 
 @dataclass(frozen=True)
@@ -88,36 +91,35 @@ def settle(published: int, computed: int, *, hysteresis: float = HYSTERESIS) -> 
     return published
 
 
-class WeightBook:
-    """The weights last published, per key (a node under one strategy).
+@dataclass(frozen=True)
+class Published:
+    """A node's stored weights, one per load-based strategy."""
 
-    ``update`` takes the weights computed now and answers the ones to publish: a new key's
-    weight at once; a known key's weight only if it moved past the hysteresis band, and only
-    when ``interval`` seconds have passed since weights last changed. Keys not given are
-    forgotten (the node left). The clock is the caller's (``now``)."""
+    load_weight: int = MAX_WEIGHT
+    health_weight: int = MAX_WEIGHT
 
-    def __init__(self, *, interval: float = WEIGHT_INTERVAL, hysteresis: float = HYSTERESIS):
-        self._interval = interval
-        self._hysteresis = hysteresis
-        self._published: dict[tuple[str, str], int] = {}
-        self._changed_at: float | None = None
 
-    def update(
-        self, computed: Mapping[tuple[str, str], int], *, now: float
-    ) -> dict[tuple[str, str], int]:
-        due = self._changed_at is None or now - self._changed_at >= self._interval
-        result: dict[tuple[str, str], int] = {}
-        moved = False
-        for key, value in computed.items():
-            old = self._published.get(key)
-            if old is None:
-                result[key] = value
-            elif due:
-                result[key] = settle(old, value, hysteresis=self._hysteresis)
-                moved = moved or result[key] != old
-            else:
-                result[key] = old
-        if moved:
-            self._changed_at = now
-        self._published = result
-        return dict(result)
+def on_heartbeat(
+    published: Published,
+    load: Load,
+    *,
+    heartbeat_timeout: float,
+    hysteresis: float = HYSTERESIS,
+) -> Published:
+    """The weights to store after a heartbeat reporting ``load``: each one moves only past
+    the hysteresis band around what is stored."""
+    fresh = replace(load, heartbeat_age=0.0)
+    health = _bounded(MAX_WEIGHT * health_score(fresh, heartbeat_timeout=heartbeat_timeout))
+    return Published(
+        settle(published.load_weight, load_weight(fresh), hysteresis=hysteresis),
+        settle(published.health_weight, health, hysteresis=hysteresis),
+    )
+
+
+def endpoint_weight(strategy: str, published: Published) -> int:
+    """The EDS weight of a node of a model with ``strategy``."""
+    if strategy == LEAST_LOADED:
+        return published.load_weight
+    if strategy == HEALTH_WEIGHTED:
+        return published.health_weight
+    return MIN_WEIGHT  # equal weights: round robin, random, prefix affinity
