@@ -337,9 +337,13 @@ def test_regions_preferred_strict_and_failover(fleet: Fleet) -> None:
     finally:
         for node_id in ("eu-1", "eu-2"):
             fleet.freeze(node_id, frozen=False)
+    # each cluster health-checks its hosts on its own: the preferred one too
     wait_until(
         "the EU nodes to be healthy again",
-        lambda: len(fleet.healthy(f"model_{fleet.model_id}_only_{EU}")) == 2,
+        lambda: (
+            len(fleet.healthy(f"model_{fleet.model_id}_only_{EU}")) == 2
+            and {"eu-1", "eu-2"} <= fleet.healthy(f"model_{fleet.model_id}_in_{EU}")
+        ),
         timeout=15,
     )
     assert set(fleet.split(lambda: one_token(prefer_eu), 10)) <= {"eu-1", "eu-2"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 
 import pytest
 import yaml
@@ -136,6 +137,22 @@ def test_changes_remember_when_the_first_notify_since_the_last_read_came() -> No
         await asyncio.wait_for(changes.wait(at_most=60), timeout=5)  # woken, not timed out
         assert changes.take() == 100.0
         assert changes.take() is None
+
+    asyncio.run(scenario())
+
+
+def test_weight_changes_wake_the_follower_at_most_once_per_gap() -> None:
+    async def scenario() -> None:
+        changes = RegistryChanges(weight_gap=0.2)  # the real clock: call_later uses it
+        changes.take()  # a read just happened
+        started = time.monotonic()
+        for _ in range(50):  # a burst of heartbeats that moved weights
+            changes.notify(object(), 1, "crosslogic_nodes", "weights")
+        await asyncio.wait_for(changes.wait(at_most=60), timeout=5)
+        assert time.monotonic() - started >= 0.19  # held back until the gap passed
+        assert changes.take() is not None
+        changes.notify(object(), 1, "crosslogic_nodes", "")  # a registry change: at once
+        await asyncio.wait_for(changes.wait(at_most=60), timeout=0.1)
 
     asyncio.run(scenario())
 

@@ -14,7 +14,11 @@ LIMITS = "crosslogic_limits"
 """The rate-limit table changed: every rate-limit process reloads it."""
 
 NODES = "crosslogic_nodes"
-"""The node registry changed: the xDS service re-reads it and pushes a new snapshot."""
+"""The node registry changed: the xDS service re-reads it and pushes a new snapshot. Payload
+``NODE_WEIGHTS``: only a node's stored weight moved (a heartbeat), which xDS may take up
+a little later (it rebuilds for those at most every ``WEIGHT_PUSH_GAP``)."""
+
+NODE_WEIGHTS = "weights"
 
 PRICES = "crosslogic_prices"
 """The catalog's prices changed (a model's price version, a tenant override, a region's

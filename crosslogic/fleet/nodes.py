@@ -182,6 +182,9 @@ async def heartbeat(
         settled.load_weight,
         settled.health_weight,
     )
+    if settled != weights.Published(row["load_weight"], row["health_weight"]):
+        # past the hysteresis band: xDS pushes the new weight (rate-bounded on its side)
+        await conn.execute("SELECT pg_notify($1, $2)", channels.NODES, channels.NODE_WEIGHTS)
     if outcome.drained:
         await _changed(conn, actor=audit.SYSTEM, action="drained", node_id=node_id, before=before)
     assert outcome.status is not None

@@ -1,7 +1,8 @@
 """The xDS process: follow the node registry, publish snapshots, serve ADS.
 
-The registry is re-read when the admin API announces a change (LISTEN/NOTIFY) and at least
-every ``XDS_POLL_INTERVAL`` (that is how a node whose heartbeats stopped drops out). Several
+The registry is re-read when the admin API announces a change (LISTEN/NOTIFY; a change of a
+node's weight alone at most every ``WEIGHT_PUSH_GAP``) and at least every
+``XDS_POLL_INTERVAL`` (that is how a node whose heartbeats stopped drops out). Several
 of these processes run side by side (``XDS_REPLICAS``), each on its own port and each
 following the registry itself: Envoy lists them all.
 """
@@ -31,17 +32,37 @@ from crosslogic.xds.snapshot import build
 log = logging.getLogger(__name__)
 
 
+# weight-only changes (heartbeats) are taken up at most this often: with many nodes they
+# would otherwise rebuild the snapshot on every heartbeat; registry changes go at once
+WEIGHT_PUSH_GAP = 0.2
+
+
 class RegistryChanges:
     """NOTIFYs of registry changes: each wakes the follower, and the first one since its
-    last read says when the change was noticed (the start of the apply time)."""
+    last read says when the change was noticed (the start of the apply time). A weight-only
+    change wakes it no sooner than ``weight_gap`` after its last read."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, weight_gap: float = WEIGHT_PUSH_GAP
+    ) -> None:
         self._clock = clock
+        self._gap = weight_gap
         self._event = asyncio.Event()
         self._since: float | None = None
+        self._last_take = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
 
-    def notify(self, *_: object) -> None:
+    def notify(self, *args: object) -> None:
         """A LISTEN callback: asyncpg passes connection, pid, channel and payload."""
+        if len(args) > 3 and args[3] == channels.NODE_WEIGHTS:
+            if self._timer is None:
+                delay = max(0.0, self._last_take + self._gap - self._clock())
+                self._timer = asyncio.get_running_loop().call_later(delay, self._wake)
+            return
+        self._wake()
+
+    def _wake(self) -> None:
+        self._timer = None
         if self._since is None:
             self._since = self._clock()
         self._event.set()
@@ -52,9 +73,14 @@ class RegistryChanges:
             await asyncio.wait_for(self._event.wait(), timeout=at_most)
 
     def take(self) -> float | None:
-        """When the first change since the last ``take`` was noticed (None: none was)."""
+        """When the first change since the last ``take`` was noticed (None: none was); the
+        read that follows covers every change so far, a pending weight wake-up included."""
         since, self._since = self._since, None
         self._event.clear()
+        self._last_take = self._clock()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         return since
 
 

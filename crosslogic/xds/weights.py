@@ -17,9 +17,9 @@ Weights do not follow every heartbeat: each heartbeat settles the node's stored 
 (:func:`on_heartbeat`, stored in ``nodes.load_weight`` and ``nodes.health_weight``): a
 stored weight changes only when the new one moved more than ``HYSTERESIS`` of it (a node
 hovering around a value keeps one weight, and Envoy gets no push). So a weight changes at
-most once per heartbeat of its node, xDS picks changes up at its poll (heartbeats send no
-NOTIFY: at most one push per ``XDS_POLL_INTERVAL`` for load), and every xDS replica reads
-the same weights from PostgreSQL. A new node starts at ``MAX_WEIGHT`` (idle). The health
+most once per heartbeat of its node, a heartbeat that moved one tells xDS (which rebuilds
+for weights at most every ``WEIGHT_PUSH_GAP``: a bounded push rate), and every xDS replica
+reads the same weights from PostgreSQL. A new node starts at ``MAX_WEIGHT`` (idle). The health
 weight is the score at the heartbeat (the heartbeat's age is 0 then); a node whose
 heartbeats stop is withdrawn after ``NODE_HEARTBEAT_TIMEOUT`` instead.
 """
