@@ -282,6 +282,15 @@ def knows(fleet: Fleet, region: str) -> bool:
     return True
 
 
+def eu_healthy(fleet: Fleet) -> bool:
+    """Both EU nodes healthy in the strict and in the preferred cluster: each cluster
+    health-checks its hosts on its own."""
+    eu = {"eu-1", "eu-2"}
+    return eu <= fleet.healthy(f"model_{fleet.model_id}_only_{EU}") and eu <= fleet.healthy(
+        f"model_{fleet.model_id}_in_{EU}"
+    )
+
+
 def test_regions_preferred_strict_and_failover(fleet: Fleet) -> None:
     stack = fleet.stack
     fleet.set_strategy("least_loaded")
@@ -337,15 +346,7 @@ def test_regions_preferred_strict_and_failover(fleet: Fleet) -> None:
     finally:
         for node_id in ("eu-1", "eu-2"):
             fleet.freeze(node_id, frozen=False)
-    # each cluster health-checks its hosts on its own: the preferred one too
-    wait_until(
-        "the EU nodes to be healthy again",
-        lambda: (
-            len(fleet.healthy(f"model_{fleet.model_id}_only_{EU}")) == 2
-            and {"eu-1", "eu-2"} <= fleet.healthy(f"model_{fleet.model_id}_in_{EU}")
-        ),
-        timeout=15,
-    )
+    wait_until("the EU nodes to be healthy again", lambda: eu_healthy(fleet), timeout=15)
     assert set(fleet.split(lambda: one_token(prefer_eu), 10)) <= {"eu-1", "eu-2"}
 
     # the EU region loses every node: preference fails over, a strict key gets a 503
@@ -375,7 +376,7 @@ def test_regions_preferred_strict_and_failover(fleet: Fleet) -> None:
         fleet.start_node(node_id)
     wait_until(
         "the EU nodes to be back",
-        lambda: len(fleet.healthy(f"model_{fleet.model_id}_only_{EU}")) == 2,
+        lambda: eu_healthy(fleet),
         timeout=20,
         check=stack.supervisor.check,
     )
