@@ -9,7 +9,7 @@ from aiohttp import web
 
 from crosslogic.admin.auth import PRINCIPAL, SCOPE
 from crosslogic.admin.context import POOL, SETTINGS, read_json
-from crosslogic.fleet import nodes
+from crosslogic.fleet import listing, nodes
 from crosslogic.fleet.lifecycle import ACTIVE, REMOVED
 from crosslogic.fleet.requests import parse_heartbeat, parse_registration
 
@@ -76,5 +76,5 @@ async def remove(request: web.Request) -> web.Response:
 async def list_nodes(request: web.Request) -> web.Response:
     timeout = request.app[SETTINGS].node_heartbeat_timeout
     async with request.app[POOL].acquire() as conn:
-        found = await nodes.list_nodes(conn, heartbeat_timeout=timeout)
+        found = await listing.list_nodes(conn, heartbeat_timeout=timeout)
     return web.json_response({"nodes": found})

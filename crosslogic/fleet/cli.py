@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from crosslogic import operator_cli
-from crosslogic.fleet import nodes, tokens
+from crosslogic.fleet import listing, nodes, tokens
 from crosslogic.fleet.requests import parse_token_spec
 from crosslogic.operator_cli import Command, Work, audited
 from crosslogic.settings import Settings
@@ -23,7 +23,7 @@ COMMANDS = ("nodes",)
 
 def _list(args: argparse.Namespace) -> Work:
     timeout: float = args.heartbeat_timeout
-    return lambda conn, actor: nodes.list_nodes(conn, heartbeat_timeout=timeout)
+    return lambda conn, actor: listing.list_nodes(conn, heartbeat_timeout=timeout)
 
 
 def _on_node(change: Callable[..., Awaitable[dict[str, Any]]]) -> Command:
