@@ -111,7 +111,10 @@ def migrate(cluster: Cluster, key: str) -> tuple[int, int]:
     src, dst = cluster.client(source), cluster.client(target)
     dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", masters[source])
     src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", masters[target])
-    src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", key)
+    # every key of the slot moves (other tests' keys may share it): a master refuses to
+    # give up a slot it still holds keys of
+    keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100_000)
+    src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
     return source, target
 
 
@@ -126,8 +129,10 @@ def test_ask_during_a_migration_and_moved_after_it(cluster: Cluster) -> None:
     async def scenario() -> None:
         client = cluster_client(cluster)
         try:
-            key = f"moving:{uuid.uuid4()}"
+            tag = uuid.uuid4()
+            key, neighbour = f"{{moving-{tag}}}:a", f"{{moving-{tag}}}:b"  # one slot
             await client.call("SET", key, "here")
+            await client.call("SET", neighbour, "too")
             _, target = migrate(cluster, key)
             # the source no longer has the key: ASK, answered by the target after ASKING
             assert await client.call("GET", key) == b"here"
@@ -135,6 +140,7 @@ def test_ask_during_a_migration_and_moved_after_it(cluster: Cluster) -> None:
             # the client still routes the slot to the source: MOVED, refreshed, retried
             assert await client.call("GET", key) == b"here"
             assert ("127.0.0.1", target) == client._table[key_slot(key)]
+            assert await client.call("GET", neighbour) == b"too"
         finally:
             client.close()
 
