@@ -75,19 +75,32 @@ ALTER TABLE billing_events DROP CONSTRAINT billing_events_sequence_key;
 CREATE UNIQUE INDEX billing_events_sequence_key ON billing_events
     (tenant_id, hour, model_id, meter, sequence) WHERE reservation_id IS NULL;
 
-DO $$
+-- Let audit_log rows name more entity types: the check is rebuilt from its current
+-- definition (every migration before may have extended it), not restated. Later migrations
+-- that audit a new entity call this instead of repeating it.
+CREATE FUNCTION allow_audit_entities(VARIADIC entities text[]) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     definition text;
+    missing text := '';
+    entity text;
 BEGIN
     SELECT pg_get_constraintdef(oid) INTO definition
     FROM pg_constraint WHERE conname = 'audit_log_entity_type_check';
     IF definition IS NULL OR position('ARRAY[' IN definition) = 0 THEN
         RAISE EXCEPTION 'unexpected audit_log_entity_type_check: %', definition;
     END IF;
-    IF position('''reservation''' IN definition) = 0 THEN
+    FOREACH entity IN ARRAY entities LOOP
+        IF position(quote_literal(entity) IN definition) = 0 THEN
+            missing := missing || quote_literal(entity) || '::text, ';
+        END IF;
+    END LOOP;
+    IF missing <> '' THEN
         ALTER TABLE audit_log DROP CONSTRAINT audit_log_entity_type_check;
         EXECUTE 'ALTER TABLE audit_log ADD CONSTRAINT audit_log_entity_type_check '
-            || replace(definition, 'ARRAY[', 'ARRAY[''reservation''::text, ');
+            || replace(definition, 'ARRAY[', 'ARRAY[' || missing);
     END IF;
 END
 $$;
+
+SELECT allow_audit_entities('reservation');

@@ -40,19 +40,4 @@ DROP INDEX nodes_live_address_idx;
 CREATE UNIQUE INDEX nodes_live_address_idx ON nodes (address, port)
     WHERE status IN ('active', 'draining');
 
-DO $$
-DECLARE
-    definition text;
-BEGIN
-    SELECT pg_get_constraintdef(oid) INTO definition
-    FROM pg_constraint WHERE conname = 'audit_log_entity_type_check';
-    IF definition IS NULL OR position('ARRAY[' IN definition) = 0 THEN
-        RAISE EXCEPTION 'unexpected audit_log_entity_type_check: %', definition;
-    END IF;
-    IF position('''node''' IN definition) = 0 THEN
-        ALTER TABLE audit_log DROP CONSTRAINT audit_log_entity_type_check;
-        EXECUTE 'ALTER TABLE audit_log ADD CONSTRAINT audit_log_entity_type_check '
-            || replace(definition, 'ARRAY[', 'ARRAY[''node''::text, ''node_token''::text, ');
-    END IF;
-END
-$$;
+SELECT allow_audit_entities('node', 'node_token');
