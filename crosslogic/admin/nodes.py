@@ -4,7 +4,10 @@ themselves (with their own secrets: see ``auth``); operators list, drain and rem
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
+import asyncpg
 from aiohttp import web
 
 from crosslogic.admin.auth import PRINCIPAL, SCOPE
@@ -15,6 +18,14 @@ from crosslogic.fleet.requests import parse_heartbeat, parse_registration
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+
+
+class NodeChange(Protocol):
+    """An operator's or a node's change of one node (drain, remove)."""
+
+    def __call__(
+        self, conn: asyncpg.Connection, *, actor: str, node_id: str
+    ) -> Awaitable[dict[str, Any]]: ...
 
 
 @routes.post("/admin/nodes/register")
@@ -52,24 +63,21 @@ async def deregister(request: web.Request) -> web.Response:
     return web.json_response({"status": "deregistered"})
 
 
+async def _lifecycle(request: web.Request, change: NodeChange, done: str) -> web.Response:
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        node = await change(conn, actor=request[PRINCIPAL], node_id=request.match_info["node_id"])
+    log.info("node %s %s (%s)", node["id"], done, request[PRINCIPAL])
+    return web.json_response(node)
+
+
 @routes.post("/admin/nodes/{node_id}/drain")
 async def drain(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        node = await nodes.drain(
-            conn, actor=request[PRINCIPAL], node_id=request.match_info["node_id"]
-        )
-    log.info("node %s draining (%s)", node["id"], request[PRINCIPAL])
-    return web.json_response(node)
+    return await _lifecycle(request, nodes.drain, "draining")
 
 
 @routes.delete("/admin/nodes/{node_id}")
 async def remove(request: web.Request) -> web.Response:
-    async with request.app[POOL].acquire() as conn, conn.transaction():
-        node = await nodes.remove(
-            conn, actor=request[PRINCIPAL], node_id=request.match_info["node_id"]
-        )
-    log.info("node %s removed (%s)", node["id"], request[PRINCIPAL])
-    return web.json_response(node)
+    return await _lifecycle(request, nodes.remove, "removed")
 
 
 @routes.get("/admin/nodes")

@@ -10,6 +10,7 @@ sending for now) or only this event was refused.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -84,8 +85,8 @@ class StripeMeterEvents:
         )
 
     async def send(self, event: MeterEvent) -> Answer:
-        try:
-            created = await self._client.v1.billing.meter_events.create_async(
+        return await _answer(
+            self._client.v1.billing.meter_events.create_async(
                 {
                     "event_name": event.event_name,
                     "identifier": event.identifier,
@@ -94,13 +95,11 @@ class StripeMeterEvents:
                 },
                 {"idempotency_key": event.identifier},
             )
-        except stripe.StripeError as exc:
-            return _refusal(exc)
-        return Answer(sent=True, http_status=200, response=created.to_dict())
+        )
 
     async def send_invoice_item(self, item: InvoiceItem) -> Answer:
-        try:
-            created = await self._client.v1.invoice_items.create_async(
+        return await _answer(
+            self._client.v1.invoice_items.create_async(
                 {
                     "customer": item.customer,
                     "amount": item.amount_cents,
@@ -114,12 +113,19 @@ class StripeMeterEvents:
                 },
                 {"idempotency_key": item.identifier},
             )
-        except stripe.StripeError as exc:
-            return _refusal(exc)
-        return Answer(sent=True, http_status=200, response=created.to_dict())
+        )
 
     async def close(self) -> None:
         await self._session.close()
+
+
+async def _answer(call: Awaitable[stripe.StripeObject]) -> Answer:
+    """Stripe's answer to one request: what it created, or why it refused."""
+    try:
+        created = await call
+    except stripe.StripeError as exc:
+        return _refusal(exc)
+    return Answer(sent=True, http_status=200, response=created.to_dict())
 
 
 def _refusal(exc: stripe.StripeError) -> Answer:
