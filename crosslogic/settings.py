@@ -8,32 +8,37 @@ time: call :func:`load` with a mapping (``os.environ`` in production, a dict in 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from crosslogic.env_values import (
+    EVENT_NAME,
+    LOG_LEVELS,
+    NODES,
+    URL,
+    SettingsError,
+    choice_value,
+    duration_value,
+    int_value,
+    matching_value,
+    optional,
+    parse_duration,
+)
 
-class SettingsError(ValueError):
-    """An environment variable has a value we cannot use; the message names the variable."""
+__all__ = [
+    "RATELIMIT_CALL_TIMEOUT_S",
+    "Settings",
+    "SettingsError",
+    "load",
+    "parse_duration",
+    "to_env",
+]
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Envoy's timeout for a call to the rate-limit service (envoy_config renders it)
 RATELIMIT_CALL_TIMEOUT_S = 0.2
-
-
-def parse_duration(name: str, raw: str) -> float:
-    """'500ms', '30s', '5m', '1h' or a bare number of seconds -> seconds."""
-    match = _DURATION.match(raw.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise SettingsError(
-            f"{name}={raw!r} is not a positive duration (examples: 500ms, 30s, 5m, 1h)"
-        )
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -119,125 +124,83 @@ class Settings:
         return replace(self, **changes)
 
 
-def _int(
-    env: Mapping[str, str], name: str, default: int, *, low: int = 0, high: int = 65535
-) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={value} is out of range [{low}, {high}]")
-    return value
-
-
-def _duration(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    return default if raw is None or raw == "" else parse_duration(name, raw)
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip().lower() or default
-    if value not in allowed:
-        raise SettingsError(f"{name}={value!r} must be one of {', '.join(allowed)}")
-    return value
-
-
-def _opt(env: Mapping[str, str], name: str) -> str | None:
-    raw = env.get(name, "").strip()
-    return raw or None
-
-
-_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
-_EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-_NODES = re.compile(r"^(|[^\s,:]+:[0-9]{1,5}(,[^\s,:]+:[0-9]{1,5})*)$")  # host:port,...
-
-
-def _matching(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str]) -> str:
-    value = env.get(name, "").strip() or default
-    if not pattern.match(value):
-        raise SettingsError(f"{name}={value!r} must match {pattern.pattern}")
-    return value
-
-
 def load(env: Mapping[str, str]) -> Settings:
     """Build and validate settings from an environment mapping."""
     d = Settings()
     level = env.get("LOG_LEVEL", d.log_level).strip().lower()
-    if level not in _LOG_LEVELS:
-        raise SettingsError(f"LOG_LEVEL={level!r} must be one of {', '.join(_LOG_LEVELS)}")
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"LOG_LEVEL={level!r} must be one of {', '.join(LOG_LEVELS)}")
     port = {"low": 1, "high": 65535}
     count = {"low": 0, "high": 256}
     settings = Settings(
         server_host=env.get("SERVER_HOST", d.server_host),
-        server_port=_int(env, "SERVER_PORT", d.server_port, **port),
-        db_host=_opt(env, "DB_HOST"),
-        db_port=_int(env, "DB_PORT", d.db_port, **port),
+        server_port=int_value(env, "SERVER_PORT", d.server_port, **port),
+        db_host=optional(env, "DB_HOST"),
+        db_port=int_value(env, "DB_PORT", d.db_port, **port),
         db_user=env.get("DB_USER", d.db_user),
         db_password=env.get("DB_PASSWORD", d.db_password),
         db_name=env.get("DB_NAME", d.db_name),
-        redis_host=_opt(env, "REDIS_HOST"),
-        redis_port=_int(env, "REDIS_PORT", d.redis_port, **port),
+        redis_host=optional(env, "REDIS_HOST"),
+        redis_port=int_value(env, "REDIS_PORT", d.redis_port, **port),
         redis_password=env.get("REDIS_PASSWORD", d.redis_password),
-        redis_cluster=_matching(env, "REDIS_CLUSTER", d.redis_cluster, _NODES),
+        redis_cluster=matching_value(env, "REDIS_CLUSTER", d.redis_cluster, NODES),
         stripe_secret_key=env.get("STRIPE_SECRET_KEY", d.stripe_secret_key).strip(),
-        stripe_api_base=_matching(env, "STRIPE_API_BASE", d.stripe_api_base, _URL),
-        stripe_meter_prompt_tokens=_matching(
-            env, "STRIPE_METER_PROMPT_TOKENS", d.stripe_meter_prompt_tokens, _EVENT_NAME
+        stripe_api_base=matching_value(env, "STRIPE_API_BASE", d.stripe_api_base, URL),
+        stripe_meter_prompt_tokens=matching_value(
+            env, "STRIPE_METER_PROMPT_TOKENS", d.stripe_meter_prompt_tokens, EVENT_NAME
         ),
-        stripe_meter_completion_tokens=_matching(
-            env, "STRIPE_METER_COMPLETION_TOKENS", d.stripe_meter_completion_tokens, _EVENT_NAME
+        stripe_meter_completion_tokens=matching_value(
+            env, "STRIPE_METER_COMPLETION_TOKENS", d.stripe_meter_completion_tokens, EVENT_NAME
         ),
-        billing_export_interval=_duration(
+        billing_export_interval=duration_value(
             env, "BILLING_EXPORT_INTERVAL", d.billing_export_interval
         ),
-        billing_aggregation_interval=_duration(
+        billing_aggregation_interval=duration_value(
             env, "BILLING_AGGREGATION_INTERVAL", d.billing_aggregation_interval
         ),
         log_level=level,
-        prometheus_port=_int(env, "PROMETHEUS_PORT", d.prometheus_port, **port),
+        prometheus_port=int_value(env, "PROMETHEUS_PORT", d.prometheus_port, **port),
         extauthz_host=env.get("EXTAUTHZ_HOST", d.extauthz_host),
-        extauthz_port=_int(env, "EXTAUTHZ_PORT", d.extauthz_port, **port),
+        extauthz_port=int_value(env, "EXTAUTHZ_PORT", d.extauthz_port, **port),
         ratelimit_host=env.get("RATELIMIT_HOST", d.ratelimit_host),
-        ratelimit_port=_int(env, "RATELIMIT_PORT", d.ratelimit_port, **port),
+        ratelimit_port=int_value(env, "RATELIMIT_PORT", d.ratelimit_port, **port),
         xds_host=env.get("XDS_HOST", d.xds_host),
-        xds_port=_int(env, "XDS_PORT", d.xds_port, **port),
-        xds_replicas=_int(env, "XDS_REPLICAS", d.xds_replicas, low=1, high=16),
-        envoy_port=_int(env, "ENVOY_PORT", d.envoy_port, **port),
-        envoy_admin_port=_int(env, "ENVOY_ADMIN_PORT", d.envoy_admin_port, **port),
+        xds_port=int_value(env, "XDS_PORT", d.xds_port, **port),
+        xds_replicas=int_value(env, "XDS_REPLICAS", d.xds_replicas, low=1, high=16),
+        envoy_port=int_value(env, "ENVOY_PORT", d.envoy_port, **port),
+        envoy_admin_port=int_value(env, "ENVOY_ADMIN_PORT", d.envoy_admin_port, **port),
         envoy_admin_host=env.get("ENVOY_ADMIN_HOST", d.envoy_admin_host),
-        envoy_log_flush_interval=_duration(
+        envoy_log_flush_interval=duration_value(
             env, "ENVOY_LOG_FLUSH_INTERVAL", d.envoy_log_flush_interval
         ),
-        extauthz_workers=_int(env, "EXTAUTHZ_WORKERS", d.extauthz_workers, **count),
-        ratelimit_workers=_int(env, "RATELIMIT_WORKERS", d.ratelimit_workers, **count),
-        envoy_concurrency=_int(env, "ENVOY_CONCURRENCY", d.envoy_concurrency, **count),
+        extauthz_workers=int_value(env, "EXTAUTHZ_WORKERS", d.extauthz_workers, **count),
+        ratelimit_workers=int_value(env, "RATELIMIT_WORKERS", d.ratelimit_workers, **count),
+        envoy_concurrency=int_value(env, "ENVOY_CONCURRENCY", d.envoy_concurrency, **count),
         data_dir=Path(env.get("DATA_DIR", str(d.data_dir))),
-        access_log_path=Path(p) if (p := _opt(env, "ACCESS_LOG_PATH")) else None,
-        key_cache_ttl=_duration(env, "KEY_CACHE_TTL", d.key_cache_ttl),
-        key_stale_for=_duration(env, "KEY_STALE_FOR", d.key_stale_for),
-        key_last_used_flush=_duration(env, "KEY_LAST_USED_FLUSH", d.key_last_used_flush),
-        default_key_rpm=_int(env, "DEFAULT_KEY_RPM", d.default_key_rpm, low=1, high=10**9),
-        node_heartbeat_interval=_duration(
+        access_log_path=Path(p) if (p := optional(env, "ACCESS_LOG_PATH")) else None,
+        key_cache_ttl=duration_value(env, "KEY_CACHE_TTL", d.key_cache_ttl),
+        key_stale_for=duration_value(env, "KEY_STALE_FOR", d.key_stale_for),
+        key_last_used_flush=duration_value(env, "KEY_LAST_USED_FLUSH", d.key_last_used_flush),
+        default_key_rpm=int_value(env, "DEFAULT_KEY_RPM", d.default_key_rpm, low=1, high=10**9),
+        node_heartbeat_interval=duration_value(
             env, "NODE_HEARTBEAT_INTERVAL", d.node_heartbeat_interval
         ),
-        node_heartbeat_timeout=_duration(env, "NODE_HEARTBEAT_TIMEOUT", d.node_heartbeat_timeout),
-        node_drain_timeout=_duration(env, "NODE_DRAIN_TIMEOUT", d.node_drain_timeout),
+        node_heartbeat_timeout=duration_value(
+            env, "NODE_HEARTBEAT_TIMEOUT", d.node_heartbeat_timeout
+        ),
+        node_drain_timeout=duration_value(env, "NODE_DRAIN_TIMEOUT", d.node_drain_timeout),
         node_registration_token=env.get("NODE_REGISTRATION_TOKEN", "").strip(),
-        xds_poll_interval=_duration(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
+        xds_poll_interval=duration_value(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
         admin_token=env.get("ADMIN_TOKEN", d.admin_token),
-        ratelimit_at=_choice(env, "RATELIMIT_AT", d.ratelimit_at, ("service", "authz")),
-        ratelimit_redis_timeout=_duration(
+        ratelimit_at=choice_value(env, "RATELIMIT_AT", d.ratelimit_at, ("service", "authz")),
+        ratelimit_redis_timeout=duration_value(
             env, "RATELIMIT_REDIS_TIMEOUT", d.ratelimit_redis_timeout
         ),
-        envoy_request_headers_timeout=_duration(
+        envoy_request_headers_timeout=duration_value(
             env, "ENVOY_REQUEST_HEADERS_TIMEOUT", d.envoy_request_headers_timeout
         ),
-        envoy_request_timeout=_duration(env, "ENVOY_REQUEST_TIMEOUT", d.envoy_request_timeout),
-        envoy_max_connections=_int(
+        envoy_request_timeout=duration_value(env, "ENVOY_REQUEST_TIMEOUT", d.envoy_request_timeout),
+        envoy_max_connections=int_value(
             env, "ENVOY_MAX_CONNECTIONS", d.envoy_max_connections, low=1, high=10**7
         ),
     )
