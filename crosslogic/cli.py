@@ -118,7 +118,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     stack = Stack(plan(settings), nodes=0, log_to_files=False)
     _interrupt_on_sigterm()
     try:
-        stack.start_services()
+        stack.start_services(without=frozenset(args.without))
         _wait_for_signal(stack.supervisor.check)
     except KeyboardInterrupt:
         return 130
@@ -178,7 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the whole stack with a demo key (Ctrl-C stops it)")
     up.add_argument("--nodes", type=int, default=2, help="simulated GPU nodes to start")
-    sub.add_parser("serve", help="run every control-plane service (external Postgres/Redis)")
+    serve = sub.add_parser(
+        "serve", help="run every control-plane service (external Postgres/Redis)"
+    )
+    serve.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=services.NAMES,
+        help="a service not to run here (repeatable): scaled out, each gateway's billing "
+        "runs beside its Envoy instead (`crosslogic service billing`)",
+    )
     service = sub.add_parser("service", help="run one service process")
     service.add_argument("name", choices=services.NAMES)
     sub.add_parser("migrate", help="apply pending database migrations")

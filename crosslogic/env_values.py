@@ -60,6 +60,8 @@ def optional(env: Mapping[str, str], name: str) -> str | None:
 
 URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+# a gateway's name goes into Redis keys and file names: plain lower-case words
+GATEWAY_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$")
 NODES = re.compile(r"^(|[^\s,:]+:[0-9]{1,5}(,[^\s,:]+:[0-9]{1,5})*)$")  # host:port,...
 
 

@@ -38,6 +38,7 @@ def render(
     values = {
         "ENVOY_NODE_ID": node_id,
         "ENVOY_BOOT_ID": boot_id,
+        "GATEWAY_ID": settings.gateway_id,
         "ENVOY_ADMIN_ADDRESS": admin_address,
         "ENVOY_ADMIN_PORT": settings.envoy_admin_port,
         "ENVOY_LISTEN_ADDRESS": listen_address,

@@ -28,11 +28,11 @@ class Plan:
     def ports(self) -> dict[str, int]:
         """Every port the stack listens on, by variable name."""
         s = self.settings
-        wanted = {
-            **service_ports(s),
-            "ENVOY_PORT": s.envoy_port,
-            "ENVOY_ADMIN_PORT": s.envoy_admin_port,
-        }
+        wanted = service_ports(s)
+        for n in range(s.gateways):  # gateway n on ENVOY_PORT + n and ENVOY_ADMIN_PORT + n
+            plus = f"+{n}" if n else ""
+            wanted[f"ENVOY_PORT{plus}"] = s.envoy_port + n
+            wanted[f"ENVOY_ADMIN_PORT{plus}"] = s.envoy_admin_port + n
         if self.embedded_redis:
             wanted["REDIS_PORT"] = s.redis_port
         return wanted

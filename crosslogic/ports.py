@@ -11,18 +11,27 @@ from crosslogic.settings import Settings, SettingsError
 
 
 def free_ports(count: int, *, block: int = 1) -> list[int]:
-    """``count`` different free ports. The sockets stay bound until all are picked: one at a
-    time, the kernel hands out the same port twice now and then (about 1 run in 500 for 8),
-    and two gRPC services then share it silently (SO_REUSEPORT). With ``block`` > 1 the
-    first port is followed by ``block - 1`` free ones too (replicas on consecutive ports),
-    which are not among the others."""
+    """``count`` different free ports. With ``block`` > 1 the first port is followed by
+    ``block - 1`` free ones too (replicas on consecutive ports), which are not among the
+    others."""
+    return free_blocks([block] + [1] * (count - 1))
+
+
+def free_blocks(sizes: list[int]) -> list[int]:
+    """The first port of each of ``sizes`` blocks of consecutive free ports, no two sharing a
+    port. The sockets stay bound until all are picked: one at a time, the kernel hands out
+    the same port twice now and then (about 1 run in 500 for 8), and two gRPC services then
+    share it silently (SO_REUSEPORT)."""
     with contextlib.ExitStack() as held:
-        first = _free_block(held, block) if block > 1 else None
-        sockets = [held.enter_context(socket.socket()) for _ in range(count - (first is not None))]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        rest = [int(sock.getsockname()[1]) for sock in sockets]
-        return rest if first is None else [first, *rest]
+        firsts = []
+        for size in sizes:
+            if size > 1:
+                firsts.append(_free_block(held, size))  # below the ephemeral range
+            else:
+                sock = held.enter_context(socket.socket())
+                sock.bind(("127.0.0.1", 0))  # in it: never inside a block
+                firsts.append(int(sock.getsockname()[1]))
+        return firsts
 
 
 def _free_block(held: contextlib.ExitStack, size: int, *, attempts: int = 200) -> int:
@@ -58,9 +67,11 @@ def free_port() -> int:
 
 def with_free_ports(settings: Settings) -> Settings:
     """Every listening port moved to a free one: a second system beside a first (tests,
-    the benchmark). The xDS replicas get consecutive ports from XDS_PORT on."""
-    xds, server, prometheus, extauthz, ratelimit, envoy, envoy_admin, redis = free_ports(
-        8, block=settings.xds_replicas
+    the benchmark). The xDS replicas get consecutive ports from XDS_PORT on, the gateways
+    from ENVOY_PORT and ENVOY_ADMIN_PORT on."""
+    gateways = settings.gateways
+    xds, envoy, envoy_admin, server, prometheus, extauthz, ratelimit, redis = free_blocks(
+        [settings.xds_replicas, gateways, gateways, 1, 1, 1, 1, 1]
     )
     return settings.with_overrides(
         server_port=server,

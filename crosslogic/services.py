@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from crosslogic.settings import Settings
+from crosslogic.settings import Settings, to_env
 
 if TYPE_CHECKING:  # the command line imports this module: keep its start quick
     from prometheus_client import CollectorRegistry
@@ -39,6 +39,9 @@ class Service:
     # each process on a port of its own instead: the n-th (from 0) on the setting's port + n
     # (replicas a client lists one by one, as Envoy lists the xDS servers)
     port_each: bool = False
+    # the settings of process n (from 0) where they differ from the stack's (a billing
+    # process reads the access log of the n-th gateway)
+    each: Callable[[Settings, int], Settings] | None = None
 
     def main(self) -> ServiceMain:
         """The service's ``run``, imported only now: a process imports its own service alone."""
@@ -56,13 +59,19 @@ class Service:
             for n in range(self.processes(settings))
         }
 
+    def process_settings(self, settings: Settings, index: int) -> Settings:
+        """The settings of process ``index`` (from 0)."""
+        if self.port_each:
+            settings = settings.with_overrides(
+                **{name: int(getattr(settings, name)) + index for name in self.port_settings}
+            )
+        return self.each(settings, index) if self.each else settings
+
     def process_env(self, settings: Settings, index: int) -> dict[str, str]:
         """What process ``index`` (from 0) is given on top of the stack's environment."""
-        if not self.port_each:
-            return {}
-        return {
-            name.upper(): str(int(getattr(settings, name)) + index) for name in self.port_settings
-        }
+        stack = to_env(settings)
+        own = to_env(self.process_settings(settings, index))
+        return {name: value for name, value in own.items() if stack[name] != value}
 
     def argv(self) -> list[str]:
         """The command that runs one process of it."""
@@ -70,7 +79,12 @@ class Service:
 
 
 SERVICES = (
-    Service("admin", "crosslogic.admin.main", ("server_port", "prometheus_port")),
+    Service(
+        "admin",
+        "crosslogic.admin.main",
+        ("server_port", "prometheus_port"),
+        processes=lambda settings: settings.admin_workers,
+    ),
     Service(
         "xds",
         "crosslogic.xds.main",
@@ -90,7 +104,14 @@ SERVICES = (
         ("ratelimit_port",),
         processes=_ratelimit_processes,
     ),
-    Service("billing", "crosslogic.billing.main", ()),
+    # one billing process per gateway: each consumes its own gateway's access log
+    Service(
+        "billing",
+        "crosslogic.billing.main",
+        (),
+        processes=lambda settings: settings.gateways,
+        each=lambda settings, n: settings.gateway(n),
+    ),
 )
 NAMES = tuple(service.name for service in SERVICES)
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from crosslogic.contracts.journal import DEFAULT_GATEWAY
 from crosslogic.env_values import (
     EVENT_NAME,
+    GATEWAY_NAME,
     LOG_LEVELS,
     NODES,
     URL,
@@ -74,6 +76,11 @@ class Settings:
     xds_host: str = "127.0.0.1"
     xds_port: int = 9003
     xds_replicas: int = 2  # xDS processes, on XDS_PORT + 0, 1, ...: Envoy lists them all
+    # A gateway is one Envoy and the billing consumer of its access log. GATEWAY_ID names it:
+    # unique among the gateways sharing a database and Redis, and the same across restarts
+    # (billing's offset and the admission journal are kept per gateway).
+    gateway_id: str = DEFAULT_GATEWAY
+    gateways: int = 1  # Envoys the stack starts (`crosslogic up`): see Settings.gateway
     envoy_port: int = 10000
     envoy_admin_port: int = 9901
     envoy_admin_host: str = "127.0.0.1"  # where billing asks Envoy which process is live
@@ -82,6 +89,7 @@ class Settings:
     envoy_log_flush_interval: float = 0.5
     # Process model: every gRPC service can run as several processes sharing a port.
     extauthz_workers: int = 0  # 0: one per core
+    admin_workers: int = 1  # admin API processes sharing SERVER_PORT (SO_REUSEPORT)
     ratelimit_workers: int = 0
     envoy_concurrency: int = 0
     data_dir: Path = Path(".crosslogic")
@@ -116,6 +124,21 @@ class Settings:
     @property
     def xds_ports(self) -> tuple[int, ...]:
         return tuple(self.xds_port + n for n in range(self.xds_replicas))  # XDS_PORT first
+
+    def gateway(self, n: int) -> Settings:
+        """The settings of a stack's n-th gateway (from 0). The first is these settings; the
+        others are GATEWAY_ID-<n+1> on ENVOY_PORT + n and ENVOY_ADMIN_PORT + n, logging to
+        access-<n+1>.log beside the first one's log."""
+        if n == 0:
+            return self
+        log = self.access_log
+        return replace(
+            self,
+            gateway_id=f"{self.gateway_id}-{n + 1}",
+            envoy_port=self.envoy_port + n,
+            envoy_admin_port=self.envoy_admin_port + n,
+            access_log_path=log.with_name(f"{log.stem}-{n + 1}{log.suffix}"),
+        )
 
     def workers(self, configured: int) -> int:
         return configured if configured > 0 else (os.cpu_count() or 1)
@@ -167,6 +190,8 @@ def load(env: Mapping[str, str]) -> Settings:
         xds_host=env.get("XDS_HOST", d.xds_host),
         xds_port=int_value(env, "XDS_PORT", d.xds_port, **port),
         xds_replicas=int_value(env, "XDS_REPLICAS", d.xds_replicas, low=1, high=16),
+        gateway_id=matching_value(env, "GATEWAY_ID", d.gateway_id, GATEWAY_NAME),
+        gateways=int_value(env, "GATEWAYS", d.gateways, low=1, high=16),
         envoy_port=int_value(env, "ENVOY_PORT", d.envoy_port, **port),
         envoy_admin_port=int_value(env, "ENVOY_ADMIN_PORT", d.envoy_admin_port, **port),
         envoy_admin_host=env.get("ENVOY_ADMIN_HOST", d.envoy_admin_host),
@@ -174,6 +199,7 @@ def load(env: Mapping[str, str]) -> Settings:
             env, "ENVOY_LOG_FLUSH_INTERVAL", d.envoy_log_flush_interval
         ),
         extauthz_workers=int_value(env, "EXTAUTHZ_WORKERS", d.extauthz_workers, **count),
+        admin_workers=int_value(env, "ADMIN_WORKERS", d.admin_workers, low=1, high=64),
         ratelimit_workers=int_value(env, "RATELIMIT_WORKERS", d.ratelimit_workers, **count),
         envoy_concurrency=int_value(env, "ENVOY_CONCURRENCY", d.envoy_concurrency, **count),
         data_dir=Path(env.get("DATA_DIR", str(d.data_dir))),
@@ -213,6 +239,12 @@ def load(env: Mapping[str, str]) -> Settings:
         )
     if settings.xds_ports[-1] > 65535:
         raise SettingsError(f"XDS_PORT + XDS_REPLICAS - 1 = {settings.xds_ports[-1]} > 65535")
+    for name, first in (
+        ("ENVOY_PORT", settings.envoy_port),
+        ("ENVOY_ADMIN_PORT", settings.envoy_admin_port),
+    ):
+        if (last := first + settings.gateways - 1) > 65535:
+            raise SettingsError(f"{name} + GATEWAYS - 1 = {last} > 65535")
     if settings.node_heartbeat_timeout <= settings.node_heartbeat_interval:
         raise SettingsError(
             "NODE_HEARTBEAT_TIMEOUT must be longer than NODE_HEARTBEAT_INTERVAL "

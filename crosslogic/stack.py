@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from crosslogic import embedded, envoy_config, processes
@@ -20,7 +21,34 @@ from crosslogic.ports import port_in_use, refuse_busy_ports, refuse_shared_ports
 from crosslogic.probes import healthy_nodes, http_ok, wait_until
 from crosslogic.seeding import migrate_and_seed
 from crosslogic.services import SERVICES, service, service_ports
+from crosslogic.settings import Settings
 from crosslogic.supervisor import Child, Supervisor
+
+
+@dataclass
+class Gateway:
+    """One Envoy of the stack (GATEWAYS of them), under its own settings (Settings.gateway):
+    its port, admin port, access log and GATEWAY_ID; a billing process reads its log."""
+
+    settings: Settings
+    config: Path
+    child: Child | None = None
+    boot_id: str | None = None  # of the running Envoy process: a new one at each (re)start
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.envoy_port}/v1"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.envoy_admin_port}"
+
+    def render_config(self) -> None:
+        """A fresh config, under a new boot id, for the gateway's next Envoy process (the
+        usage journal of a dead Envoy is told apart by it: see journal/)."""
+        config = envoy_config.fresh_config(self.settings)
+        self.config.write_text(config.text)
+        self.boot_id = config.boot_id
 
 
 class Stack:
@@ -45,14 +73,19 @@ class Stack:
         self.redis: Child | None = None
         self.postgres_child: Child | None = None
         self.nodes: list[Child] = []
-        self.envoy: Child | None = None
-        self.envoy_boot_id: str | None = None
+        self.gateways = [
+            Gateway(
+                plan.settings.gateway(n),
+                config=self.data_dir / ("envoy.yaml" if n == 0 else f"envoy-{n + 1}.yaml"),
+            )
+            for n in range(plan.settings.gateways)
+        ]
         self.demo: Demo | None = None
 
-    # -- addresses -----------------------------------------------------------------------
+    # -- addresses (of the first gateway; the others: ``stack.gateways``) ------------------
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.envoy_port}/v1"
+        return self.gateways[0].base_url
 
     @property
     def admin_url(self) -> str:
@@ -60,7 +93,15 @@ class Stack:
 
     @property
     def envoy_admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.envoy_admin_port}"
+        return self.gateways[0].admin_url
+
+    @property
+    def envoy(self) -> Child | None:
+        return self.gateways[0].child
+
+    @property
+    def envoy_boot_id(self) -> str | None:
+        return self.gateways[0].boot_id
 
     def child_env(self) -> dict[str, str]:
         return processes.child_env(self.settings, metrics_dir=self.data_dir / "metrics")
@@ -80,8 +121,9 @@ class Stack:
             self.start_postgres()
         if self.plan.embedded_redis:
             self.start_redis()
-        self.settings.access_log.parent.mkdir(parents=True, exist_ok=True)
-        self.settings.access_log.touch()
+        for gateway in self.gateways:
+            gateway.settings.access_log.parent.mkdir(parents=True, exist_ok=True)
+            gateway.settings.access_log.touch()
         self.demo = seeded = asyncio.run(migrate_and_seed(self.settings, model=self.model))
         self.start_services()
         self.start_envoy()
@@ -122,14 +164,17 @@ class Stack:
         )
         wait_until("Redis", lambda: embedded.redis_ready(port), check=self.supervisor.check)
 
-    def start_services(self) -> None:
-        """Every service, each with as many processes as the settings give it."""
+    def start_services(self, *, without: frozenset[str] = frozenset()) -> None:
+        """Every service but those named in ``without``, each with as many processes as the
+        settings give it."""
         refuse_shared_ports(service_ports(self.settings))  # `serve` starts here
         prepare_multiproc_dir(self.data_dir / "metrics")
         env = self.child_env()
         listening: list[int] = []
         for each in SERVICES:
-            if self.start_service(each.name, env=env):  # none with RATELIMIT_AT=authz
+            if each.name not in without and self.start_service(
+                each.name, env=env
+            ):  # none with RATELIMIT_AT=authz
                 listening.extend(each.ports(self.settings).values())
         for port in listening:
             wait_until(
@@ -137,9 +182,12 @@ class Stack:
                 lambda p=port: port_in_use(p),  # type: ignore[misc]
                 check=self.supervisor.check,
             )
-        wait_until(
-            "the admin API", lambda: http_ok(f"{self.admin_url}/ready"), check=self.supervisor.check
-        )
+        if "admin" not in without:
+            wait_until(
+                "the admin API",
+                lambda: http_ok(f"{self.admin_url}/ready"),
+                check=self.supervisor.check,
+            )
 
     def start_service(
         self, name: str, *, processes: int | None = None, env: dict[str, str] | None = None
@@ -158,25 +206,23 @@ class Stack:
             for i in range(count)
         ]
 
-    def envoy_config_path(self) -> Path:
-        return self.data_dir / "envoy.yaml"
-
-    def render_envoy_config(self) -> None:
-        """A fresh config, under a new boot id, for every Envoy process: run before each
-        (re)start (the usage journal of a dead Envoy is told apart by it: see journal/)."""
-        config = envoy_config.fresh_config(self.settings)
-        self.envoy_config_path().write_text(config.text)
-        self.envoy_boot_id = config.boot_id
-
     def start_envoy(self) -> None:
-        self.envoy = self.supervisor.spawn(
-            "envoy",
-            processes.envoy_argv(self.settings, config=self.envoy_config_path()),
+        """Every gateway's Envoy, each (re)started on a fresh config."""
+        for gateway in self.gateways:
+            self.start_gateway(gateway)
+
+    def start_gateway(self, gateway: Gateway) -> None:
+        name = "envoy" if gateway is self.gateways[0] else f"envoy-{gateway.settings.gateway_id}"
+        gateway.child = self.supervisor.spawn(
+            name,
+            processes.envoy_argv(gateway.settings, config=gateway.config),
             env=self.child_env(),
-            prepare=self.render_envoy_config,
+            prepare=gateway.render_config,
         )
         wait_until(
-            "Envoy", lambda: http_ok(f"{self.envoy_admin_url}/ready"), check=self.supervisor.check
+            f"Envoy of {gateway.settings.gateway_id}",
+            lambda: http_ok(f"{gateway.admin_url}/ready"),
+            check=self.supervisor.check,
         )
 
     def start_node(self, node_id: str, *, extra: tuple[str, ...] = ()) -> Child:
@@ -190,9 +236,10 @@ class Stack:
         return child
 
     def wait_healthy_nodes(self, count: int, *, timeout: float = 30.0) -> None:
+        """Until every gateway's Envoy routes to ``count`` healthy nodes."""
         wait_until(
-            f"{count} healthy node(s) in Envoy",
-            lambda: healthy_nodes(self.envoy_admin_url, self.model) == count,
+            f"{count} healthy node(s) in every Envoy",
+            lambda: all(healthy_nodes(g.admin_url, self.model) == count for g in self.gateways),
             timeout=timeout,
             check=self.supervisor.check,
         )
@@ -201,4 +248,6 @@ class Stack:
         # reverse start order: nodes and Envoy first, the databases last
         self.supervisor.stop_all()
         self.nodes.clear()
-        self.envoy = self.redis = self.postgres_child = None
+        for gateway in self.gateways:
+            gateway.child = None
+        self.redis = self.postgres_child = None

@@ -233,10 +233,20 @@ def test_the_usage_filter_is_chosen_by_the_header_and_writes_the_usage_namespace
 
 def test_the_boot_id_reaches_ext_authz_billing_and_the_log_under_the_contracts_names() -> None:
     cfg = config()
-    assert cfg["node"]["metadata"] == {journal.BOOT_METADATA_KEY: BOOT}
+    gateway = journal.DEFAULT_GATEWAY
+    assert cfg["node"]["metadata"] == {
+        journal.BOOT_METADATA_KEY: BOOT,
+        journal.GATEWAY_METADATA_KEY: gateway,
+    }
     grpc = filters(cfg)["envoy.filters.http.ext_authz"]["grpc_service"]
-    assert grpc["initial_metadata"] == [{"key": journal.BOOT_HEADER, "value": BOOT}]
+    assert grpc["initial_metadata"] == [
+        {"key": journal.BOOT_HEADER, "value": BOOT},
+        {"key": journal.GATEWAY_HEADER, "value": gateway},
+    ]
     assert journal.journal_key(BOOT).startswith(journal.KEY_PREFIX)
+    # the default gateway keeps the set of the time before gateways had names
+    assert journal.boots_key(gateway) == journal.BOOTS_KEY
+    assert journal.boots_key("gateway-2") == f"{journal.BOOTS_KEY}:gateway-2"
 
 
 def test_counters_keep_one_layout_in_both_scripts_and_the_reservation_billing_settles() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from crosslogic.plan import plan
-from crosslogic.services import SERVICES, service_ports
+from crosslogic.plan import Plan, plan
+from crosslogic.services import SERVICES, service, service_ports
 from crosslogic.settings import SettingsError, load, parse_duration, to_env
 
 
@@ -153,3 +153,51 @@ def test_process_counts_follow_the_settings() -> None:
     }
     # nobody calls the rate-limit service when ext_authz decides: it is not started
     assert counts(RATELIMIT_AT="authz")["ratelimit"] == 0
+    # scaled out: ADMIN_WORKERS admin processes, one billing per gateway
+    assert counts(ADMIN_WORKERS="2", GATEWAYS="3") | {"extauthz": 0, "ratelimit": 0} == {
+        "admin": 2,
+        "xds": 2,
+        "extauthz": 0,
+        "ratelimit": 0,
+        "billing": 3,
+    }
+
+
+def test_each_gateway_has_its_own_ports_log_and_name() -> None:
+    settings = load({"GATEWAYS": "3", "ACCESS_LOG_PATH": "/var/log/cl/access.log"})
+    assert settings.gateway(0) == settings
+    third = settings.gateway(2)
+    assert (third.gateway_id, third.envoy_port, third.envoy_admin_port) == (
+        "gateway-3",
+        10002,
+        9903,
+    )
+    assert third.access_log == Path("/var/log/cl/access-3.log")
+    # and each billing process is given its gateway's settings
+    billing = service("billing")
+    assert billing.process_env(settings, 0) == {}
+    assert billing.process_env(settings, 2) == {
+        "GATEWAY_ID": "gateway-3",
+        "ENVOY_PORT": "10002",
+        "ENVOY_ADMIN_PORT": "9903",
+        "ACCESS_LOG_PATH": "/var/log/cl/access-3.log",
+    }
+    assert service("xds").process_env(settings, 1) == {"XDS_PORT": "9004"}
+    assert (
+        Plan(settings, embedded_postgres=False, embedded_redis=False).ports()["ENVOY_ADMIN_PORT+2"]
+        == 9903
+    )
+
+
+@pytest.mark.parametrize("bad", ["", "-gw", "Gateway", "gw_1", "gw.1", "g" * 49])
+def test_gateway_ids_are_plain_lower_case_names(bad: str) -> None:
+    if bad == "":
+        assert load({"GATEWAY_ID": bad}).gateway_id == "gateway"  # unset: the default
+        return
+    with pytest.raises(SettingsError, match="GATEWAY_ID"):
+        load({"GATEWAY_ID": bad})
+
+
+def test_the_last_gateway_port_must_exist() -> None:
+    with pytest.raises(SettingsError, match="ENVOY_PORT \\+ GATEWAYS - 1 = 65536"):
+        load({"ENVOY_PORT": "65534", "GATEWAYS": "3"})

@@ -1,4 +1,5 @@
-"""The admin process: the admin API on SERVER_PORT and /metrics on PROMETHEUS_PORT."""
+"""The admin process: the admin API on SERVER_PORT and /metrics on PROMETHEUS_PORT (each of
+ADMIN_WORKERS processes serves both)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,16 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     prometheus.router.add_get("/metrics", metrics)
     prom_runner = web.AppRunner(prometheus, access_log=None)
     await prom_runner.setup()
+    # ADMIN_WORKERS processes share both ports (SO_REUSEPORT: the kernel spreads the
+    # connections); one process alone keeps a plain bind, which fails on a taken port
+    shared = settings.admin_workers > 1
     try:
-        await web.TCPSite(runner, settings.server_host, settings.server_port).start()
-        await web.TCPSite(prom_runner, settings.server_host, settings.prometheus_port).start()
+        await web.TCPSite(
+            runner, settings.server_host, settings.server_port, reuse_port=shared
+        ).start()
+        await web.TCPSite(
+            prom_runner, settings.server_host, settings.prometheus_port, reuse_port=shared
+        ).start()
         await run_until_signalled()
     finally:
         await prom_runner.cleanup()

@@ -29,6 +29,7 @@ from crosslogic.billing.offsets import Offset
 from crosslogic.billing.price_store import PriceCache
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.billing.usage_rows import insert_usage
+from crosslogic.contracts.journal import DEFAULT_GATEWAY
 from crosslogic.errors import Unavailable
 from crosslogic.journal.store import JournalStore
 
@@ -95,8 +96,10 @@ class AccessLogConsumer:
         journal: JournalStore | None = None,
         prices: PriceCache | None = None,
         committed: Callable[[set[str]], None] | None = None,
+        gateway: str = DEFAULT_GATEWAY,
     ) -> None:
         self._pool = pool
+        self.gateway = gateway  # whose log this is (GATEWAY_ID): its offset and boots
         self.prices = prices or PriceCache()
         self._committed = committed  # told the tenants of the rows each batch inserted
         self._settler = settler
@@ -121,7 +124,7 @@ class AccessLogConsumer:
             stat = os.stat(self._path)
         except FileNotFoundError:
             return 0
-        position = await offsets.committed(self._pool, self._path)
+        position = await offsets.committed(self._pool, self.gateway, self._path)
         if position is None or position.inode != stat.st_ino or position.offset > stat.st_size:
             # a new or truncated file: Envoy starts writing it from the beginning
             position = Offset(stat.st_ino, 0)
@@ -159,7 +162,7 @@ class AccessLogConsumer:
         async with self._pool.acquire() as conn, conn.transaction():
             if records:
                 inserted = await insert_usage(conn, records, book)
-            await offsets.commit(conn, self._path, after)
+            await offsets.commit(conn, self.gateway, self._path, after)
         self.committed = after
         self._metrics.records.inc(len(inserted))
         for record in records:

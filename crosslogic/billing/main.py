@@ -51,6 +51,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         journal=journal,
         prices=prices,
         committed=keeper.mark,
+        gateway=settings.gateway_id,
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
     envoy_admin = f"http://{settings.envoy_admin_host}:{settings.envoy_admin_port}"
@@ -59,7 +60,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         consumer,
         journal,
         RecoveryMetrics(registry),
-        live=lambda: live_boot(session, envoy_admin),
+        live=lambda: live_boot(session, envoy_admin, settings.gateway_id),
     )
     aggregator = Aggregator(
         pool, AggregationMetrics(registry), interval=settings.billing_aggregation_interval

@@ -2,6 +2,7 @@
 
 The offset commits in the same transaction as the usage rows of the lines before it; after
 a crash the batch is read again and its rows are inserted at most once (by request id).
+Offsets are kept per gateway (GATEWAY_ID) and path: each gateway's consumer reads its own log.
 """
 
 from __future__ import annotations
@@ -22,17 +23,25 @@ class Offset:
     offset: int
 
 
-async def committed(db: asyncpg.Pool | asyncpg.Connection, path: Path | str) -> Offset | None:
+async def committed(
+    db: asyncpg.Pool | asyncpg.Connection, gateway: str, path: Path | str
+) -> Offset | None:
     row = await db.fetchrow(
-        'SELECT inode, "offset" FROM access_log_offsets WHERE path = $1', str(path)
+        'SELECT inode, "offset" FROM access_log_offsets WHERE gateway = $1 AND path = $2',
+        gateway,
+        str(path),
     )
     return Offset(row["inode"], row["offset"]) if row else None
 
 
-async def commit(conn: asyncpg.Connection, path: Path | str, position: Offset) -> None:
+async def commit(
+    conn: asyncpg.Connection, gateway: str, path: Path | str, position: Offset
+) -> None:
     await conn.execute(
-        'INSERT INTO access_log_offsets (path, inode, "offset") VALUES ($1, $2, $3) '
-        'ON CONFLICT (path) DO UPDATE SET inode = $2, "offset" = $3, updated_at = now()',
+        'INSERT INTO access_log_offsets (gateway, path, inode, "offset") '
+        "VALUES ($1, $2, $3, $4) ON CONFLICT (gateway, path) "
+        'DO UPDATE SET inode = $3, "offset" = $4, updated_at = now()',
+        gateway,
         str(path),
         position.inode,
         position.offset,

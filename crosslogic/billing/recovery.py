@@ -2,11 +2,13 @@
 
 Billing learns which Envoy process is live from Envoy's admin ``/server_info`` (the boot id
 is in the node metadata) and which processes wrote its log from the lines themselves; each
-is recorded in ``envoy_boots``. A boot is superseded when another one is live (the log's
-size at that moment bounds what it wrote) or when another boot's lines follow its own in
-the log (the offset of that batch bounds it). Once the consumer's committed offset passes it,
-what is left of that boot's journal becomes usage rows at the estimate (journal/reconcile.py
-decides), exactly once (unique request_id), and the journal is deleted.
+is recorded in ``envoy_boots``, under the consumer's gateway: every gateway's billing
+reconciles the boots of its own Envoy and nothing else. A boot is superseded when another
+one is live (the log's size at that moment bounds what it wrote) or when another boot's
+lines follow its own in the log (the offset of that batch bounds it). Once the consumer's
+committed offset passes it, what is left of that boot's journal becomes usage rows at the
+estimate (journal/reconcile.py decides), exactly once (unique request_id), and the journal
+is deleted.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from crosslogic.billing import offsets
 from crosslogic.billing.consumer import AccessLogConsumer
 from crosslogic.billing.usage_rows import insert_usage
-from crosslogic.contracts.journal import BOOT_METADATA_KEY, valid_boot_id
+from crosslogic.contracts.journal import (
+    BOOT_METADATA_KEY,
+    DEFAULT_GATEWAY,
+    GATEWAY_METADATA_KEY,
+    valid_boot_id,
+)
 from crosslogic.errors import Unavailable
 from crosslogic.journal.reconcile import DeadBoot, ready, recovered
 from crosslogic.journal.store import JournalStore
@@ -50,8 +57,10 @@ class RecoveryMetrics:
         )
 
 
-async def live_boot(session: aiohttp.ClientSession, url: str) -> str | None:
-    """The boot id of the Envoy answering at ``url`` (its admin), or None if none answers."""
+async def live_boot(session: aiohttp.ClientSession, url: str, gateway: str) -> str | None:
+    """The boot id of the Envoy of ``gateway`` answering at ``url`` (its admin), or None if
+    none answers. An Envoy of another gateway there is a misconfiguration, said in the log:
+    taken for ours, it would make billing think our own Envoy dead."""
     try:
         async with session.get(f"{url}/server_info") as response:
             if response.status != 200:
@@ -59,7 +68,17 @@ async def live_boot(session: aiohttp.ClientSession, url: str) -> str | None:
             info = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
-    boot = info.get("node", {}).get("metadata", {}).get(BOOT_METADATA_KEY)
+    metadata = info.get("node", {}).get("metadata", {})
+    boot = metadata.get(BOOT_METADATA_KEY)
+    if metadata.get(GATEWAY_METADATA_KEY, DEFAULT_GATEWAY) != gateway:
+        log.error(
+            "the Envoy at %s belongs to gateway %r, not to this billing's GATEWAY_ID=%s: "
+            "check ENVOY_ADMIN_HOST/ENVOY_ADMIN_PORT",
+            url,
+            metadata.get(GATEWAY_METADATA_KEY),
+            gateway,
+        )
+        return None
     return boot if isinstance(boot, str) and valid_boot_id(boot) else None
 
 
@@ -79,6 +98,7 @@ class JournalReconciler:
         self._metrics = metrics
         self._live = live
         self._path = str(consumer.path)
+        self._gateway = consumer.gateway
 
     async def step(self) -> int:
         """Learn boots, mark superseded ones, reconcile those that are ready; returns the
@@ -86,13 +106,14 @@ class JournalReconciler:
         live = await self._live()
         known = set(self._consumer.boots) | ({live} if live else set())
         with contextlib.suppress(Unavailable):  # Redis down: the next step asks again
-            known |= await self._journal.boots()
+            known |= await self._journal.boots(self._gateway)
         if known:
             await self._pool.execute(
-                "INSERT INTO envoy_boots (boot_id, access_log) SELECT unnest($1::text[]), $2 "
-                "ON CONFLICT (boot_id) DO NOTHING",
+                "INSERT INTO envoy_boots (boot_id, access_log, gateway) "
+                "SELECT unnest($1::text[]), $2, $3 ON CONFLICT (boot_id) DO NOTHING",
                 sorted(known),
                 self._path,
+                self._gateway,
             )
             self._consumer.boots.difference_update(known)
         for replaced, (inode, size) in list(self._consumer.superseded.items()):
@@ -110,8 +131,10 @@ class JournalReconciler:
             # so its size now bounds what they wrote.
             inode, size = _stat(self._path)
             await self._pool.execute(
-                "UPDATE envoy_boots SET superseded_at = now(), log_inode = $3, log_size = $4 "
-                "WHERE access_log = $1 AND boot_id <> $2 AND superseded_at IS NULL",
+                "UPDATE envoy_boots SET superseded_at = now(), log_inode = $4, log_size = $5 "
+                "WHERE gateway = $1 AND access_log = $2 AND boot_id <> $3 "
+                "AND superseded_at IS NULL",
+                self._gateway,
                 self._path,
                 live,
                 inode,
@@ -119,10 +142,11 @@ class JournalReconciler:
             )
         rows = await self._pool.fetch(
             "SELECT boot_id, superseded_at IS NOT NULL AS dead, log_inode, log_size "
-            "FROM envoy_boots WHERE access_log = $1 AND reconciled_at IS NULL",
+            "FROM envoy_boots WHERE gateway = $1 AND access_log = $2 AND reconciled_at IS NULL",
+            self._gateway,
             self._path,
         )
-        committed = await offsets.committed(self._pool, self._path)
+        committed = await offsets.committed(self._pool, self._gateway, self._path)
         # Redis down: the gauge keeps its last value; reconciliation below waits for Redis
         with contextlib.suppress(Unavailable):
             self._metrics.pending.set(await self._journal.pending([r["boot_id"] for r in rows]))
@@ -145,7 +169,7 @@ class JournalReconciler:
                 inserted = await insert_usage(conn, records, book)
         for request_id in bad:
             log.error("journal of boot %s: unreadable entry for %s", boot, request_id)
-        await self._journal.drop(boot)
+        await self._journal.drop(boot, self._gateway)
         await self._pool.execute(
             "UPDATE envoy_boots SET reconciled_at = now(), recovered = $2 WHERE boot_id = $1",
             boot,

@@ -9,14 +9,16 @@ request it admits, before answering allow, in one Redis hash per boot::
 
 and names the boot, the first time a process journals under it, in one set::
 
-    SADD crosslogic:admitted-boots <boot>
+    SADD crosslogic:admitted-boots:<gateway> <boot>
 
 so that billing knows every boot with a journal, even one that died before billing saw it
-answer or log (billing drops a boot from the set once it is reconciled; one gateway per
-Redis for now: a boot is reconciled by the billing of its own access log). Billing removes
-an entry once the request's access-log line is consumed (the row is committed). What is
-left in the hash of a boot that is dead, once every line that Envoy flushed has been
-consumed, is usage whose line Envoy never wrote: billed at its estimate.
+answer or log. The set is per gateway (``GATEWAY_HEADER``, the ext_authz call's other
+initial_metadata; ``BOOTS_KEY`` itself for the default gateway, the one key there was before
+gateways were named): a boot is reconciled by the billing consumer of its own gateway's
+access log, and only by it, so consumers of several gateways never need to coordinate.
+Billing removes an entry once the request's access-log line is consumed (the row is
+committed). What is left in the hash of a boot that is dead, once every line that Envoy
+flushed has been consumed, is usage whose line Envoy never wrote: billed at its estimate.
 
 The record is one ``|``-separated string (no field can contain ``|``: ids are UUIDs, the
 endpoint is a fixed path), versioned by its first field. Pure: no I/O here.
@@ -31,13 +33,17 @@ from datetime import UTC, datetime
 
 KEY_PREFIX = "crosslogic:admitted:"
 BOOTS_KEY = "crosslogic:admitted-boots"
+DEFAULT_GATEWAY = "gateway"  # GATEWAY_ID's default
 VERSION = "1"
 # the boot id is written into Envoy's YAML and into Redis keys: keep it to plain hex
 _BOOT = re.compile(r"^[0-9a-f]{16,64}$")
 # how Envoy hands the boot id to ext_authz (the ext_authz grpc_service's initial_metadata)
 BOOT_HEADER = "x-crosslogic-boot"
-# where billing finds it in Envoy's /server_info: node.metadata.<this>
+# and its gateway (GATEWAY_ID): the ext_authz grpc_service's other initial_metadata
+GATEWAY_HEADER = "x-crosslogic-gateway"
+# where billing finds them in Envoy's /server_info: node.metadata.<these>
 BOOT_METADATA_KEY = "boot_id"
+GATEWAY_METADATA_KEY = "gateway_id"
 
 
 class MalformedAdmission(ValueError):
@@ -54,6 +60,11 @@ def valid_boot_id(boot: str) -> bool:
 
 def journal_key(boot: str) -> str:
     return KEY_PREFIX + boot
+
+
+def boots_key(gateway: str) -> str:
+    """The set naming the boots of one gateway's Envoys that journaled admissions."""
+    return BOOTS_KEY if gateway == DEFAULT_GATEWAY else f"{BOOTS_KEY}:{gateway}"
 
 
 @dataclass(frozen=True)

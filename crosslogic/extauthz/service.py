@@ -17,7 +17,13 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from crosslogic.contracts.journal import BOOT_HEADER, Admission, encode
+from crosslogic.contracts.journal import (
+    BOOT_HEADER,
+    DEFAULT_GATEWAY,
+    GATEWAY_HEADER,
+    Admission,
+    encode,
+)
 from crosslogic.contracts.routing import REGION_HEADER
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import (
@@ -150,10 +156,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         journal = self._journal if decision.model is not None else None
         # Envoy's x-request-id, the access log's request_id (http.id is an internal stream id)
         request_id = headers.get("x-request-id", "")
-        boot = boot_of(context) if journal is not None else None
+        boot, gateway = origin_of(context) if journal is not None else (None, DEFAULT_GATEWAY)
         if self._limiter is None:
             if journal is not None:
-                await journal.admit(boot, request_id, admission(decision, http))
+                await journal.admit(boot, request_id, admission(decision, http), gateway=gateway)
             return "allowed", response
         deciding = self._limiter.decide(identity_of(record), tokens=decision.tokens)
         if journal is None:
@@ -162,7 +168,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         else:
             # issued in one event-loop turn, so both leave in one write: one round trip
             limits, journaled = await asyncio.gather(
-                deciding, journal.admit(boot, request_id, admission(decision, http))
+                deciding,
+                journal.admit(boot, request_id, admission(decision, http), gateway=gateway),
             )
         if limits is None or not limits.allowed:
             if journal is not None and journaled and boot:
@@ -174,12 +181,13 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         return "allowed", with_limits(response, limits)
 
 
-def boot_of(context: grpc.aio.ServicerContext) -> str | None:
-    """The boot id of the Envoy process asking (its ext_authz initial_metadata)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == BOOT_HEADER:
-            return str(value)
-    return None
+def origin_of(context: grpc.aio.ServicerContext) -> tuple[str | None, str]:
+    """The boot id of the Envoy process asking and its gateway (its ext_authz
+    initial_metadata; an Envoy configured before gateways were named sends no gateway)."""
+    found = dict(context.invocation_metadata() or ())
+    boot = found.get(BOOT_HEADER)
+    gateway = found.get(GATEWAY_HEADER) or DEFAULT_GATEWAY
+    return (str(boot) if boot else None), str(gateway)
 
 
 def admission(decision: Allow, http: object) -> str:

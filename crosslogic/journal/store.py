@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from crosslogic.contracts.journal import BOOTS_KEY, journal_key, valid_boot_id
+from crosslogic.contracts.journal import boots_key, journal_key, valid_boot_id
 from crosslogic.redis_client import RedisClient
 
 CHUNK = 1000  # request ids per HDEL
@@ -36,12 +36,12 @@ class JournalStore:
         (flat,) = await self._all([("HGETALL", journal_key(boot))])
         return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
-    async def drop(self, boot: str) -> None:
-        await self._all([("DEL", journal_key(boot)), ("SREM", BOOTS_KEY, boot)])
+    async def drop(self, boot: str, gateway: str) -> None:
+        await self._all([("DEL", journal_key(boot)), ("SREM", boots_key(gateway), boot)])
 
-    async def boots(self) -> set[str]:
-        """Every boot that journaled an admission and is not reconciled yet."""
-        (members,) = await self._all([("SMEMBERS", BOOTS_KEY)])
+    async def boots(self, gateway: str) -> set[str]:
+        """Every boot of ``gateway`` that journaled an admission and is not reconciled yet."""
+        (members,) = await self._all([("SMEMBERS", boots_key(gateway))])
         return {m.decode() for m in members if valid_boot_id(m.decode())}
 
     async def pending(self, boots: Sequence[str]) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from crosslogic.contracts.journal import BOOTS_KEY, journal_key
+from crosslogic.contracts.journal import DEFAULT_GATEWAY, boots_key, journal_key
 from crosslogic.errors import Unavailable
 from crosslogic.redis_client import RedisClient
 
@@ -51,9 +51,16 @@ class AdmissionWriter:
         self._metrics = metrics
         self._clock = clock
         self._down_until = 0.0
-        self._announced: set[str] = set()  # boots named in BOOTS_KEY by this process
+        self._announced: set[str] = set()  # boots named in their gateway's set by this process
 
-    async def admit(self, boot: str | None, request_id: str, record: str) -> bool:
+    async def admit(
+        self,
+        boot: str | None,
+        request_id: str,
+        record: str,
+        *,
+        gateway: str = DEFAULT_GATEWAY,
+    ) -> bool:
         """True once the entry is on its way to Redis (in the kernel's socket buffer: it
         arrives even if this process dies now). Its reply is not waited for: the request is
         admitted either way, and a failure only shows in the metric, so Redis costs the
@@ -70,7 +77,10 @@ class AdmissionWriter:
                 # an Envoy that died before billing ever heard of it
                 self._announced.add(boot)
                 await self._redis.send_unconfirmed(
-                    "SADD", BOOTS_KEY, boot, on_reply=lambda r: self._announce_replied(boot, r)
+                    "SADD",
+                    boots_key(gateway),
+                    boot,
+                    on_reply=lambda r: self._announce_replied(boot, r),
                 )
             await self._redis.send_unconfirmed(
                 "HSET", journal_key(boot), request_id, record, on_reply=self._replied

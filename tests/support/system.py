@@ -19,8 +19,10 @@ from crosslogic.supervisor import Child
 MODEL = "demo-llama"  # the model the demo tenant may use and the stack's nodes serve
 
 
-def stack_settings(data_dir: Path) -> Settings:
-    return with_free_ports(load(os.environ)).with_overrides(
+def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """The tests' settings with ``overrides``, on free ports (blocks sized by the
+    overrides: replicas and gateways on consecutive ports)."""
+    settings = load(os.environ).with_overrides(
         data_dir=data_dir,
         access_log_path=None,
         extauthz_workers=2,
@@ -38,6 +40,7 @@ def stack_settings(data_dir: Path) -> Settings:
         envoy_request_headers_timeout=1.0,
         envoy_request_timeout=3.0,
     )
+    return with_free_ports(settings.with_overrides(**overrides))
 
 
 @contextlib.contextmanager
@@ -46,7 +49,7 @@ def own_system(*, nodes: int, **overrides: Any) -> Iterator[Stack]:
     must not disturb the shared one; stopped and removed afterwards."""
     # short path: the embedded Postgres' Unix socket path must stay under ~107 bytes
     data_dir = Path(tempfile.mkdtemp(prefix="clt-", dir="/tmp"))
-    running = Stack(plan(stack_settings(data_dir).with_overrides(**overrides)), nodes=nodes)
+    running = Stack(plan(stack_settings(data_dir, **overrides)), nodes=nodes)
     try:
         running.start()
         yield running
