@@ -19,7 +19,6 @@ from crosslogic.accounts.requests import KeySpec
 from crosslogic.db.connection import connect
 from crosslogic.plan import plan
 from crosslogic.ports import with_free_ports
-from crosslogic.probes import healthy_nodes, wait_until
 from crosslogic.settings import Settings
 from crosslogic.stack import Stack
 
@@ -92,22 +91,19 @@ class Heartbeat(threading.Thread):
         self.join(5)
 
 
-def bench_settings(data_dir: Path, *, envoy_concurrency: int, ratelimit_at: str) -> Settings:
+def bench_settings(data_dir: Path, *, envoy_concurrency: int, **overrides: Any) -> Settings:
     return with_free_ports(
-        Settings(data_dir=data_dir, envoy_concurrency=envoy_concurrency, ratelimit_at=ratelimit_at)
+        Settings(data_dir=data_dir, envoy_concurrency=envoy_concurrency, **overrides)
     )
 
 
 class Gateway:
     """Starts the stack with no simulated node, registers ``upstream_port`` as the model's node
-    and creates an API key with a limit that is never reached; ``stop`` undoes everything."""
+    and creates an API key with a limit that is never reached; ``stop`` undoes everything.
+    ``overrides``: settings (RATELIMIT_AT, GATEWAYS, REDIS_CLUSTER, ...)."""
 
-    def __init__(
-        self, data_dir: Path, *, envoy_concurrency: int, ratelimit_at: str = "service"
-    ) -> None:
-        settings = bench_settings(
-            data_dir, envoy_concurrency=envoy_concurrency, ratelimit_at=ratelimit_at
-        )
+    def __init__(self, data_dir: Path, *, envoy_concurrency: int, **overrides: Any) -> None:
+        settings = bench_settings(data_dir, envoy_concurrency=envoy_concurrency, **overrides)
         self.stack = Stack(plan(settings), nodes=0)
         self.heartbeat: Heartbeat | None = None
         self.api_key = ""
@@ -115,7 +111,12 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"{self.stack.base_url}/chat/completions"
+        return self.urls[0]
+
+    @property
+    def urls(self) -> list[str]:
+        """Every gateway's chat completions URL (GATEWAYS of them)."""
+        return [f"{g.base_url}/chat/completions" for g in self.stack.gateways]
 
     @property
     def metrics_url(self) -> str:
@@ -135,12 +136,7 @@ class Gateway:
         )
         self.heartbeat.register()
         self.heartbeat.start()
-        wait_until(
-            "the benchmark upstream to be a healthy node in Envoy",
-            lambda: healthy_nodes(self.stack.envoy_admin_url, self.stack.model) == 1,
-            timeout=30,
-            check=self.stack.supervisor.check,
-        )
+        self.stack.wait_healthy_nodes(1)  # the benchmark upstream, in every Envoy
         self.api_key, self.api_key_id = asyncio.run(self._create_key())
 
     async def _create_key(self) -> tuple[str, str]:
@@ -177,10 +173,13 @@ class Gateway:
         """Rate-limit calls Envoy gave up on (error or timeout) since it started. The filter
         fails open, so those requests passed without their limit being evaluated."""
         pattern = urllib.parse.quote(r"\.ratelimit\.error$")
-        url = f"{self.stack.envoy_admin_url}/stats?format=json&filter={pattern}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            stats = json.load(response).get("stats", [])
-        return sum(int(s.get("value", 0)) for s in stats)
+        total = 0
+        for gateway in self.stack.gateways:
+            url = f"{gateway.admin_url}/stats?format=json&filter={pattern}"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                stats = json.load(response).get("stats", [])
+            total += sum(int(s.get("value", 0)) for s in stats)
+        return total
 
     def wait_for_billing(self, expected: int, *, timeout: float = 20.0) -> tuple[int, int]:
         """The bench key's usage_records count, and how many of them carry the upstream's

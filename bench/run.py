@@ -21,6 +21,7 @@ from bench.report import (
     machine_note,
     markdown,
 )
+from bench.scale import scale_figures
 from bench.wrk import Load, WrkResult, measure, run_wrk
 from bench.xds import build_figures
 
@@ -189,6 +190,8 @@ def run_targets(
         gateway.stop()  # one system at a time: they share two cores
     announce("\nxDS (the rest, with the apply time: python -m bench.xds)")
     build_figures(nodes=1000, models=50)
+    announce("\nscale-out (python -m bench.scale)")
+    scale_figures(load, envoy_concurrency=1)  # three Envoys on this box's cores
 
 
 def unloaded_latency(urls: dict[str, str], *, authorization: str, duration_s: int) -> None:
