@@ -21,6 +21,8 @@ from crosslogic.settings import Settings
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
+    # the primary, never DB_READ_HOST: a key loaded from a lagging replica could be one
+    # revoked a moment ago, brought back into the cache after the NOTIFY dropped it
     pool = await create_pool(
         settings, max_size=settings.extauthz_db_pool, application_name=application_name("extauthz")
     )

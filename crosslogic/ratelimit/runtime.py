@@ -82,6 +82,7 @@ async def open_limiter(
         await counters.prepare()
     except Unavailable as exc:
         log.warning("Redis unreachable at start, limits fail open or closed until it is: %s", exc)
+    # the primary: a reload woken by NOTIFY must see the change that sent it
     pool = await create_pool(settings, max_size=settings.ratelimit_db_pool, application_name=holder)
     limiter = RateLimiter(
         counters=counters,

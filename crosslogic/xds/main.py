@@ -115,6 +115,8 @@ async def follow_registry(
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
+    # the primary: a NOTIFY wakes this read, and a replica might not have the change yet (a
+    # removed node would be pushed back to Envoy until the next poll)
     name = application_name("xds")
     pool = await create_pool(settings, max_size=settings.xds_db_pool, application_name=name)
     nodes_db = NodeRegistry(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
