@@ -139,7 +139,11 @@ def test_both_servers_stay_within_the_budget(replicated: tuple[Stack, Replicated
     stack, _ = replicated
     limits = budget(stack.settings).limits()
     with busy_admin(Admin(stack)):  # the audit listing: the read pool grows to its size
-        on_replica = sample_connections(read_settings(stack.settings), seconds=1.5)
+        on_replica = sample_connections(
+            read_settings(stack.settings),
+            seconds=1.5,
+            until=lambda seen: seen.get("crosslogic-admin-read") == stack.settings.admin_db_pool,
+        )
         on_primary = sample_connections(stack.settings, seconds=1.5)
     assert on_replica == {"crosslogic-admin-read": stack.settings.admin_db_pool}
     assert "crosslogic-admin-read" not in on_primary

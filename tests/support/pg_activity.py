@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from crosslogic.db.connection import connect
 from crosslogic.settings import Settings
@@ -23,16 +23,25 @@ ACTIVITY = (
 )
 
 
-def sample_connections(settings: Settings, *, seconds: float) -> dict[str, int]:
-    """The most client connections seen under each application_name on ``settings``' server
-    over ``seconds`` (sampled every SAMPLE_EVERY_S on one connection, not counted)."""
+def sample_connections(
+    settings: Settings,
+    *,
+    seconds: float,
+    until: Callable[[dict[str, int]], bool] = lambda seen: True,
+    timeout: float = 20.0,
+) -> dict[str, int]:
+    """The most client connections seen under each application_name on ``settings``' server,
+    sampled every SAMPLE_EVERY_S on one connection (not counted) for ``seconds``, and
+    further until ``until(seen)`` holds (TimeoutError after ``timeout``)."""
 
     async def go() -> dict[str, int]:
         most: Counter[str] = Counter()
         conn = await connect(settings)
         try:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
+            started = time.monotonic()
+            while time.monotonic() - started < seconds or not until(dict(most)):
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"connections seen in {timeout}s: {dict(most)}")
                 for row in await conn.fetch(ACTIVITY):
                     most[row["name"]] = max(most[row["name"]], row["n"])
                 await asyncio.sleep(SAMPLE_EVERY_S)
