@@ -21,8 +21,8 @@ async def _report(request: web.Request, tenant_id: str) -> web.Response:
     query = reports.parse_report(
         request.query, now=datetime.now(UTC), accept=request.headers.get("Accept", "")
     )
-    # from the hourly aggregates, themselves minutes behind: a replica's lag adds nothing
-    # that matters, and the reports' scans stay off the primary
+    # from the hourly aggregates, themselves up to an aggregation interval behind: seconds
+    # of replica lag add nothing that matters, and the reports' scans stay off the primary
     async with request.app[READ_POOL].acquire() as conn:
         report = await reports.tenant_report(conn, tenant_id=tenant_id, query=query)
     if query.format == "csv":
