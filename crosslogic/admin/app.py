@@ -39,10 +39,11 @@ from crosslogic.admin import (
     stripe_customers,
     usage,
 )
-from crosslogic.admin.context import POOL, REDIS, SETTINGS
+from crosslogic.admin.context import POOL, READ_POOL, REDIS, SETTINGS
 from crosslogic.admin.errors import error_middleware
 from crosslogic.admin.health import metrics
-from crosslogic.db.connection import create_pool
+from crosslogic.db.budget import application_name
+from crosslogic.db.connection import create_pool, read_settings
 from crosslogic.fleet import tokens
 from crosslogic.fleet.sweeper import sweep_forever
 from crosslogic.redis_client import redis_address
@@ -62,7 +63,17 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(settings, min_size=1, max_size=5)
+        pool = await create_pool(
+            settings, max_size=settings.admin_db_pool, application_name=application_name("admin")
+        )
+        # reports a lag of seconds cannot hurt may read a replica (context.READ_POOL)
+        read_pool = pool
+        if settings.db_read_host is not None:
+            read_pool = await create_pool(
+                read_settings(settings),
+                max_size=settings.admin_db_pool,
+                application_name=application_name("admin", "read"),
+            )
         # readiness pings Redis: of a cluster, the first seed node
         host, port = redis_address(settings)
         client = aioredis.Redis(
@@ -71,7 +82,7 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
             password=settings.redis_password or None,
             socket_timeout=2,
         )
-        app[POOL], app[REDIS] = pool, client
+        app[POOL], app[READ_POOL], app[REDIS] = pool, read_pool, client
         if settings.node_registration_token:
             async with pool.acquire() as conn, conn.transaction():
                 await tokens.ensure_configured(conn, settings.node_registration_token)
@@ -89,6 +100,8 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await client.aclose()
+        if read_pool is not pool:
+            await read_pool.close()
         await pool.close()
 
     app.cleanup_ctx.append(resources)

@@ -15,7 +15,10 @@ from crosslogic.errors import Invalid
 from crosslogic.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", asyncpg.Pool)
+POOL = web.AppKey("pool", asyncpg.Pool)  # the primary: every change, every read before one
+# Reads that a replica's lag of seconds cannot hurt (reports, the audit listing): a pool on
+# DB_READ_HOST, or POOL itself without one. Never for what decides a change or a request.
+READ_POOL = web.AppKey("read_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
 
 Row = dict[str, Any]
@@ -55,11 +58,17 @@ async def change(
 
 
 async def read(
-    request: web.Request, query: Callable[..., Awaitable[Row | list[Row]]], /, **arguments: Any
+    request: web.Request,
+    query: Callable[..., Awaitable[Row | list[Row]]],
+    /,
+    *,
+    pool: web.AppKey[asyncpg.Pool] = POOL,
+    **arguments: Any,
 ) -> web.Response:
-    """The reply to the read-only ``query(connection, **path, **arguments)`` on a pooled
-    connection (the path's parameters passed by name, as by :func:`change`)."""
-    async with request.app[POOL].acquire() as conn:
+    """The reply to the read-only ``query(connection, **path, **arguments)`` on a connection
+    of ``pool`` (the primary unless the handler chooses READ_POOL; the path's parameters
+    passed by name, as by :func:`change`)."""
+    async with request.app[pool].acquire() as conn:
         return reply(await query(conn, **{**request.match_info, **arguments}))
 
 

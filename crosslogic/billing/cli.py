@@ -28,7 +28,7 @@ import asyncpg
 from crosslogic.billing import aggregation, export_cli, reports
 from crosslogic.billing.hours import HOUR, floor_hour, hours_in, parse_hour, window
 from crosslogic.billing.reconcile import Window, reconcile
-from crosslogic.db.connection import connect
+from crosslogic.db.connection import connect, read_settings
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import DomainError, Invalid, Unavailable
 from crosslogic.settings import Settings
@@ -154,7 +154,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help=f"comma-separated: {', '.join(reports.GROUPS)} (day or hour, not both)",
     )
     p.add_argument("--format", default=None, metavar="json|csv", help="default: json")
-    p.set_defaults(run=run_outcome, handler=_report)
+    # a report reads the aggregates: DB_READ_HOST's replica may serve it (reconcile's
+    # findings are acted on, aggregation writes: both stay on the primary)
+    p.set_defaults(run=run_outcome, handler=_report, replica=True)
 
     p = billing.add_parser(
         "reconcile",
@@ -193,7 +195,8 @@ def run_outcome(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return USAGE
     try:
-        outcome = asyncio.run(_execute(settings, work))
+        server = read_settings(settings) if getattr(args, "replica", False) else settings
+        outcome = asyncio.run(_execute(server, work))
     except Unavailable as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return UNAVAILABLE

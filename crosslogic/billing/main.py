@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
-    pool = await create_pool(settings, min_size=1, max_size=3, application_name=APPLICATION_NAME)
+    pool = await create_pool(
+        settings, max_size=settings.billing_db_pool, application_name=APPLICATION_NAME
+    )
     redis = open_redis(settings, timeout=1.0)
     settler = TokenSettler(redis, registry)
     keeper = QuotaKeeper(pool, registry)

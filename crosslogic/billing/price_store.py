@@ -17,6 +17,7 @@ import asyncpg
 
 from crosslogic.billing.pricing import PriceBook, PriceVersion, Rates, TenantPrice
 from crosslogic.contracts import channels
+from crosslogic.db.budget import application_name, listen_name
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 RELOAD_EVERY_S = 30.0  # a lost notification (listener reconnecting) is caught up within this
 NODES_EVERY_S = 1.0  # at most one extra load per second for batches naming unknown nodes
 LISTEN_CHECK_S = 1.0  # how soon a dropped listener connection is noticed and replaced
+LISTEN_NAME = listen_name(application_name("billing"))  # in pg_stat_activity
 
 Source: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
@@ -128,6 +130,8 @@ async def listen_forever(
         try:
             with postgres_errors():
                 conn = await connect()
+                # named here: the caller's connect() is any connection (a command's name)
+                await conn.execute("SELECT set_config('application_name', $1, false)", LISTEN_NAME)
                 conn.add_termination_listener(lambda _, done=closed: done.set())
                 await conn.add_listener(channels.PRICES, cache.invalidate)
         except Unavailable as exc:

@@ -1,4 +1,8 @@
-"""Connecting to PostgreSQL; a server that cannot be reached is :class:`Unavailable`."""
+"""Connecting to PostgreSQL; a server that cannot be reached is :class:`Unavailable`.
+
+Every connection names its holder (``application_name``, see :mod:`crosslogic.db.budget`),
+so pg_stat_activity shows which process holds what.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from crosslogic.db.budget import COMMAND
 from crosslogic.db.errors import DRIVER_UNAVAILABLE
 from crosslogic.errors import Unavailable
 from crosslogic.settings import Settings
@@ -26,13 +31,21 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
+def read_settings(settings: Settings) -> Settings:
+    """``settings`` pointed at the read replica (``DB_READ_HOST``), or unchanged without
+    one: the primary then serves the reads too."""
+    if settings.db_read_host is None:
+        return settings
+    return settings.with_overrides(db_host=settings.db_read_host, db_port=settings.db_read_port)
+
+
 async def create_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 5, application_name: str = ""
+    settings: Settings, *, max_size: int = 5, application_name: str = COMMAND, min_size: int = 1
 ) -> asyncpg.Pool:
     """A service's pool, once PostgreSQL answers: a service started (or restarted by its
     supervisor) while the database is away waits for it, saying so, instead of crashing
-    until its supervisor gives up on it. ``application_name`` shows in pg_stat_activity:
-    which process holds a connection."""
+    until its supervisor gives up on it. A service passes its ``*_DB_POOL`` setting and its
+    own name: its share of the connection budget."""
     delay = 0.5
     while True:
         try:
@@ -40,9 +53,7 @@ async def create_pool(
                 min_size=min_size,
                 max_size=max_size,
                 command_timeout=10,
-                server_settings={"application_name": application_name}
-                if application_name
-                else None,
+                server_settings={"application_name": application_name},
                 **connect_kwargs(settings),
             )
         except DRIVER_UNAVAILABLE as exc:
@@ -57,9 +68,15 @@ async def create_pool(
         delay = min(delay * 2, 5.0)
 
 
-async def connect(settings: Settings) -> asyncpg.Connection:
+async def connect(settings: Settings, *, application_name: str = COMMAND) -> asyncpg.Connection:
+    """One connection: a command's (the default name), or a service's dedicated one (a
+    LISTEN connection, named by its holder)."""
     try:
-        return await asyncpg.connect(timeout=10, **connect_kwargs(settings))
+        return await asyncpg.connect(
+            timeout=10,
+            server_settings={"application_name": application_name},
+            **connect_kwargs(settings),
+        )
     except (*DRIVER_UNAVAILABLE, asyncpg.PostgresError) as exc:
         # a wrong password or a missing database also means "cannot work here now"
         where = f"{settings.db_host}:{settings.db_port}"

@@ -16,6 +16,7 @@ import logging
 import asyncpg
 
 from crosslogic.contracts import channels
+from crosslogic.db.budget import application_name, listen_name
 from crosslogic.db.connection import connect
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
@@ -24,6 +25,8 @@ from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LISTEN_NAME = listen_name(application_name("extauthz"))
 
 
 def apply(cache: KeyCache, payload: str) -> None:
@@ -42,7 +45,7 @@ async def follow_changes(settings: Settings, cache: KeyCache, *, probe_every: fl
     while True:
         conn: asyncpg.Connection | None = None
         try:
-            conn = await connect(settings)
+            conn = await connect(settings, application_name=LISTEN_NAME)
             with postgres_errors():
                 await conn.add_listener(
                     channels.KEYS, lambda _c, _pid, _ch, payload: apply(cache, payload)

@@ -8,6 +8,7 @@ import contextlib
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from crosslogic.db.budget import application_name
 from crosslogic.db.connection import create_pool
 from crosslogic.extauthz.invalidation import flush_last_used, follow_changes, refresh_catalog
 from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
@@ -20,10 +21,18 @@ from crosslogic.settings import Settings
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
-    pool = await create_pool(settings, min_size=1, max_size=4)
+    # the primary, never DB_READ_HOST: a key loaded from a lagging replica could be one
+    # revoked a moment ago, brought back into the cache after the NOTIFY dropped it
+    pool = await create_pool(
+        settings, max_size=settings.extauthz_db_pool, application_name=application_name("extauthz")
+    )
     store = PostgresKeys(pool)
     cache = KeyCache(store.fetch_key, ttl=settings.key_cache_ttl, stale_for=settings.key_stale_for)
-    limits = await open_limiter(settings, registry) if settings.ratelimit_at == "authz" else None
+    limits = (
+        await open_limiter(settings, registry, holder=application_name("extauthz", "limits"))
+        if settings.ratelimit_at == "authz"
+        else None
+    )
     # the journal shares the limiter's connection when there is one: both commands of a
     # request then leave in one write
     redis = (

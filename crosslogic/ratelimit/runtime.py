@@ -15,6 +15,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from crosslogic.contracts import channels
+from crosslogic.db.budget import application_name, listen_name
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
@@ -69,7 +70,11 @@ class OpenLimiter:
         await self._pool.close()
 
 
-async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenLimiter:
+async def open_limiter(
+    settings: Settings, registry: CollectorRegistry, *, holder: str = application_name("ratelimit")
+) -> OpenLimiter:
+    """The limiter, its pool named ``holder`` (pg_stat_activity's application_name) and its
+    LISTEN connection (``holder``-listen): see crosslogic.db.budget.limiter_holders."""
     # well below Envoy's call timeouts: a Redis outage costs at most this, and is counted
     redis = open_redis(settings, timeout=settings.ratelimit_redis_timeout)
     counters = RedisCounters(redis)
@@ -77,14 +82,15 @@ async def open_limiter(settings: Settings, registry: CollectorRegistry) -> OpenL
         await counters.prepare()
     except Unavailable as exc:
         log.warning("Redis unreachable at start, limits fail open or closed until it is: %s", exc)
-    pool = await create_pool(settings, min_size=1, max_size=2)
+    # the primary: a reload woken by NOTIFY must see the change that sent it
+    pool = await create_pool(settings, max_size=settings.ratelimit_db_pool, application_name=holder)
     limiter = RateLimiter(
         counters=counters,
         metrics=RateLimitMetrics(registry),
         table=await load_table(pool, settings),
     )
     wake = asyncio.Event()
-    listener = await connect(settings)
+    listener = await connect(settings, application_name=listen_name(holder))
     await listener.add_listener(channels.LIMITS, lambda *_: wake.set())
     task = asyncio.create_task(follow_limits(limiter, pool, settings, wake=wake), name="limits")
     return OpenLimiter(limiter, task, redis, pool, listener)

@@ -20,6 +20,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from crosslogic.contracts import channels
+from crosslogic.db.budget import application_name, listen_name
 from crosslogic.db.connection import connect, create_pool
 from crosslogic.errors import Unavailable
 from crosslogic.grpc_server import new_server, serve_until_signalled
@@ -114,7 +115,10 @@ async def follow_registry(
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
-    pool = await create_pool(settings, min_size=1, max_size=2)
+    # the primary: a NOTIFY wakes this read, and a replica might not have the change yet (a
+    # removed node would be pushed back to Envoy until the next poll)
+    name = application_name("xds")
+    pool = await create_pool(settings, max_size=settings.xds_db_pool, application_name=name)
     nodes_db = NodeRegistry(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
     census = FleetCensus(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
     metrics = XdsMetrics(registry)
@@ -123,7 +127,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     changes = RegistryChanges()
     listener: asyncpg.Connection | None = None
     try:
-        listener = await connect(settings)
+        listener = await connect(settings, application_name=listen_name(name))
         await listener.add_listener(channels.NODES, changes.notify)
     except Unavailable as exc:
         log.warning("no LISTEN connection, polling only: %s", exc)
