@@ -79,6 +79,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             f"Admin API: {stack.admin_url}  Metrics: "
             f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics\n"
         )
+        if len(stack.gateways) > 1:  # OPENAI_BASE_URL below is the first; these are all
+            print("Gateways: " + "  ".join(g.base_url for g in stack.gateways) + "\n")
         print("\n".join(client_lines(stack.base_url, stack.demo)))
         print(f"ADMIN_TOKEN={stack.settings.admin_token}")
         # what more nodes register with: `crosslogic node --control-plane <admin API> ...`

@@ -24,6 +24,10 @@ DRIVER_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # the connection died, or could not be made
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, recovering
     asyncpg.InterfaceError,  # the pool or connection was closed under us
+    # a connection left mid-operation when the server died under it ("cannot switch to
+    # state ..."): seen once in a test killing PostgreSQL, from ext_authz; unmapped it ended
+    # the process, and with it the verified keys that carry it through the outage
+    asyncpg.InternalClientError,
 )
 
 
