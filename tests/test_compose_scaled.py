@@ -180,8 +180,11 @@ POOLS = {
 LISTENS = {"admin": 0}
 
 
-def connections(service: dict[str, Any]) -> int:
-    """The most PostgreSQL connections one container of ``service`` holds."""
+Term = tuple[int, int, int]  # processes x (pool + dedicated connections)
+
+
+def holders(service: dict[str, Any]) -> list[Term]:
+    """What the processes of one container of ``service`` hold, service by service."""
     argv = only_invocation(service)
     args = parse_invocation(argv)
     settings, env = settings_of(service), environment(service)
@@ -190,36 +193,54 @@ def connections(service: dict[str, Any]) -> int:
     else:
         running = {s.name: s.processes(settings) for s in SERVICES if s.name not in args.without}
 
-    def each(name: str) -> int:
+    def pool(name: str) -> int:
         variable, default = POOLS[name]
-        return int(env.get(variable, default)) + LISTENS.get(name, 1)
+        return int(env.get(variable, default))
 
-    total = sum(processes * each(name) for name, processes in running.items())
-    if settings.ratelimit_at == "authz":  # ext_authz holds the rate limiter's connections
-        total += running.get("extauthz", 0) * each("ratelimit")
-    return total
+    terms = [(processes, pool(name), LISTENS.get(name, 1)) for name, processes in running.items()]
+    if settings.ratelimit_at == "authz" and "extauthz" in running:
+        # ext_authz runs the rate limiter itself, with the limiter's connections
+        terms.append((running["extauthz"], pool("ratelimit"), 1))
+    return [term for term in terms if term[0]]
 
 
-def stated(pattern: str) -> tuple[int, ...]:
-    """The numbers of the comment line of the file matching ``pattern``; an arithmetic
-    ``EXPR = N`` in it must hold."""
+def connections(terms: list[Term]) -> int:
+    return sum(processes * (pool + dedicated) for processes, pool, dedicated in terms)
+
+
+def stated(pattern: str) -> tuple[str, ...]:
+    """The groups of the one comment line of the file matching ``pattern``; every
+    arithmetic ``= EXPR = N`` in it must hold."""
     (line,) = [line for line in SCALED.read_text().splitlines() if re.search(pattern, line)]
     match = re.search(pattern, line)
     assert match, line
     for expr, value in re.findall(r"= ([\d x()+]+) = (\d+)", line):
         assert eval(expr.replace("x", "*"), {"__builtins__": {}}) == int(value), line
-    return tuple(int(number) for number in match.groups())
+    return match.groups()
+
+
+def written_terms(expr: str) -> list[Term]:
+    """``2 x 5 + 2 x (4 + 1)`` -> [(2, 5, 0), (2, 4, 1)]."""
+    found = re.findall(r"(\d+) x (?:\((\d+) \+ (\d+)\)|(\d+))", expr)
+    return [
+        (int(n), int(pool or alone), int(dedicated or 0)) for n, pool, dedicated, alone in found
+    ]
 
 
 def test_the_documented_connection_budget_is_what_the_settings_hold(services: Services) -> None:
-    (per_replica,) = stated(r"control-plane, per replica = [\d x()+]+ = (\d+)$")
-    assert per_replica == connections(services["control-plane"])
-    (per_gateway,) = stated(r"billing, per gateway = [\d x()+]+ = (\d+)$")
+    expr, per_replica = stated(r"control-plane, per replica = ([\d x()+]+) = (\d+)$")
+    computed = holders(services["control-plane"])
+    assert sorted(written_terms(expr)) == sorted(computed)
+    assert int(per_replica) == connections(computed)
+    expr, per_gateway = stated(r"billing, per gateway = ([\d x()+]+) = (\d+)$")
     found = gateways(services)
-    assert {connections(services[g.billing]) for g in found} == {per_gateway}
+    for gateway in found:
+        computed = holders(services[gateway.billing])
+        assert written_terms(expr) == computed and int(per_gateway) == connections(computed)
     replicas = services["control-plane"]["deploy"]["replicas"]
-    expected = replicas * per_replica + len(found) * per_gateway
-    assert stated(r"total = [\d x()+]+ = (\d+)$")[0] == expected
+    expected = replicas * int(per_replica) + len(found) * int(per_gateway)
+    (total,) = stated(r"total = [\d x()+]+ = (\d+)$")
+    assert int(total) == expected
     assert stated(r"A third replica adds (\d+), a fourth gateway (\d+)") == (
         per_replica,
         per_gateway,
@@ -231,10 +252,10 @@ def test_postgres_holds_the_budget_and_room_for_commands(services: Services) -> 
     settings = dict(argv[i + 1].split("=", 1) for i, word in enumerate(argv) if word == "-c")
     assert "superuser_reserved_connections" not in settings
     most = int(settings["max_connections"])
-    written, reserved, commands = stated(
-        r"max_connections (\d+): (\d+) reserved for superusers, (\d+) for commands"
+    written, reserved, commands = map(
+        int, stated(r"max_connections (\d+): (\d+) reserved for superusers, (\d+) for commands")
     )
-    (total,) = stated(r"total = [\d x()+]+ = (\d+)$")
+    total = int(stated(r"total = [\d x()+]+ = (\d+)$")[0])
     assert (written, reserved) == (most, RESERVED)
     assert commands == most - RESERVED - total
     # migrate and a few operator commands (one connection each) at the same time
