@@ -161,7 +161,7 @@ def cmd_db_connections(settings: Settings, args: argparse.Namespace) -> int:
     """The most PostgreSQL connections the services hold with these settings (no database)."""
     from crosslogic.db.budget import budget, render
 
-    print(render(budget(settings), settings))
+    print(render(budget(settings, without=args.without), settings))
     return 0
 
 
@@ -183,15 +183,9 @@ def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crosslogic", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start the whole stack with a demo key (Ctrl-C stops it)")
-    up.add_argument("--nodes", type=int, default=2, help="simulated GPU nodes to start")
-    serve = sub.add_parser(
-        "serve", help="run every control-plane service (external Postgres/Redis)"
-    )
-    serve.add_argument(
+def without(parser: argparse.ArgumentParser) -> None:
+    """``serve``'s --without, which ``db-connections`` takes too (to count what it runs)."""
+    parser.add_argument(
         "--without",
         action="append",
         default=[],
@@ -199,12 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="a service not to run here (repeatable): scaled out, each gateway's billing "
         "runs beside its Envoy instead (`crosslogic service billing`)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crosslogic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the whole stack with a demo key (Ctrl-C stops it)")
+    up.add_argument("--nodes", type=int, default=2, help="simulated GPU nodes to start")
+    without(
+        sub.add_parser("serve", help="run every control-plane service (external Postgres/Redis)")
+    )
     service = sub.add_parser("service", help="run one service process")
     service.add_argument("name", choices=services.NAMES)
     sub.add_parser("migrate", help="apply pending database migrations")
-    sub.add_parser(
-        "db-connections",
-        help="print the most PostgreSQL connections each service holds with this environment",
+    without(
+        sub.add_parser(
+            "db-connections",
+            help="print the most PostgreSQL connections `crosslogic serve` holds with this "
+            "environment",
+        )
     )
     demo = sub.add_parser("demo", help="create the demo tenant, model and a key; print them")
     demo.add_argument("--base-url", default="http://127.0.0.1:10000/v1")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from crosslogic.services import SERVICES
+from crosslogic.db.budget import budget
 from tests.support.compose import (
     command,
     crosslogic_services,
@@ -167,41 +167,22 @@ def test_the_cluster_is_formed_once(services: Services) -> None:
 
 # --- the PostgreSQL connection budget --------------------------------------------------------
 
-# (lands with db-pools) crosslogic.db.budget computes this from the settings; until it is
-# merged, the numbers it documents: each process holds its pool (*_DB_POOL, these defaults)
-# and one LISTEN connection, but admin, which only NOTIFYs.
-POOLS = {
-    "admin": ("ADMIN_DB_POOL", 5),
-    "extauthz": ("EXTAUTHZ_DB_POOL", 4),
-    "ratelimit": ("RATELIMIT_DB_POOL", 2),
-    "xds": ("XDS_DB_POOL", 2),
-    "billing": ("BILLING_DB_POOL", 3),
-}
-LISTENS = {"admin": 0}
-
-
 Term = tuple[int, int, int]  # processes x (pool + dedicated connections)
 
 
 def holders(service: dict[str, Any]) -> list[Term]:
-    """What the processes of one container of ``service`` hold, service by service."""
+    """What one container of ``service`` holds on the primary, service by service, as
+    crosslogic.db.budget counts it: `serve --without ...` runs the others in as many
+    processes as its settings give them, `service NAME` one process of NAME."""
     argv = only_invocation(service)
     args = parse_invocation(argv)
-    settings, env = settings_of(service), environment(service)
-    if argv[1] == "service":
-        running = {args.name: 1}
-    else:
-        running = {s.name: s.processes(settings) for s in SERVICES if s.name not in args.without}
-
-    def pool(name: str) -> int:
-        variable, default = POOLS[name]
-        return int(env.get(variable, default))
-
-    terms = [(processes, pool(name), LISTENS.get(name, 1)) for name, processes in running.items()]
-    if settings.ratelimit_at == "authz" and "extauthz" in running:
-        # ext_authz runs the rate limiter itself, with the limiter's connections
-        terms.append((running["extauthz"], pool("ratelimit"), 1))
-    return [term for term in terms if term[0]]
+    found = budget(settings_of(service), without=getattr(args, "without", ()))
+    counted = [
+        (1 if argv[1] == "service" else s.processes, s.pool(), s.dedicated())
+        for s in found.services
+        if argv[1] != "service" or s.service == args.name
+    ]
+    return [term for term in counted if term[0]]
 
 
 def connections(terms: list[Term]) -> int:

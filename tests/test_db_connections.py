@@ -47,6 +47,19 @@ def test_decisions_in_ext_authz_move_the_limiter_there() -> None:
     assert limits[(PRIMARY, "crosslogic-extauthz-limits-listen")] == 2
 
 
+def test_scaled_out_each_gateway_adds_a_billing_and_serve_can_leave_it_out() -> None:
+    scaled = budget(load({**TWO_EACH, "GATEWAYS": "3", "ADMIN_WORKERS": "2"}))
+    assert {s.service: s.total() for s in scaled.services} == {
+        "admin": 2 * 5,
+        "xds": 6,
+        "extauthz": 10,
+        "ratelimit": 6,
+        "billing": 3 * (3 + 1),
+    }
+    # a control-plane machine whose gateways run their own billing (`serve --without billing`)
+    assert budget(load(TWO_EACH), without={"billing"}).total() == 31 - 4
+
+
 def test_a_replica_gets_the_admin_read_pool() -> None:
     found = budget(load({**TWO_EACH, "DB_READ_HOST": "replica", "ADMIN_DB_POOL": "3"}))
     assert found.servers() == (PRIMARY, REPLICA)

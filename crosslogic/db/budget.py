@@ -126,11 +126,15 @@ def _holders(service: str, settings: Settings) -> tuple[Holder, ...]:
     return held
 
 
-def budget(settings: Settings) -> Budget:
+def budget(settings: Settings, *, without: Iterable[str] = ()) -> Budget:
+    """What `crosslogic serve [--without NAME]` holds with ``settings``: every service but
+    those ``without``, each in as many processes as the settings give it."""
+    skipped = set(without)
     return Budget(
         tuple(
             ServiceBudget(s.name, s.processes(settings), _holders(s.name, settings))
             for s in SERVICES
+            if s.name not in skipped
         )
     )
 

@@ -25,19 +25,7 @@ ENVOY_IMAGE = "envoyproxy/envoy"
 # Read besides Settings: the template folder of an installed copy (envoy_config.py), and
 # Python's own unbuffered output.
 EXTRA_ENV = ("ENVOY_TEMPLATE_DIR", "PYTHONUNBUFFERED")
-# (lands with db-pools) settings another branch adds; the scaled file sets them already
-PENDING_ENV = frozenset(
-    {
-        "ADMIN_DB_POOL",
-        "EXTAUTHZ_DB_POOL",
-        "RATELIMIT_DB_POOL",
-        "XDS_DB_POOL",
-        "BILLING_DB_POOL",
-        "DB_READ_HOST",
-        "DB_READ_PORT",
-    }
-)
-KNOWN_ENV = frozenset(to_env(Settings())) | frozenset(EXTRA_ENV) | PENDING_ENV
+KNOWN_ENV = frozenset(to_env(Settings())) | frozenset(EXTRA_ENV)
 # What the node reads from the environment (everything else is a flag)
 # (never the operator's ADMIN_TOKEN: a node registers with a registration token)
 NODE_ENV = frozenset({"NODE_REGISTRATION_TOKEN"})
