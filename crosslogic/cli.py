@@ -133,13 +133,22 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_service(settings: Settings, args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry
+    import os
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from crosslogic.metrics import MULTIPROC_ENV
 
     run = services.service(args.name).main()
+    registry = CollectorRegistry()
+    if args.name != "admin" and not os.environ.get(MULTIPROC_ENV):
+        # Run on its own (a gateway's billing container), not under `up`/`serve`, whose admin
+        # process serves every process's metrics: nobody else would serve this one's.
+        start_http_server(settings.prometheus_port, addr=settings.server_host, registry=registry)
     try:
         # uvloop: a Python gRPC hop behind Envoy measured ~0.1 ms faster unloaded and ~5%
         # more requests/s than on asyncio's own loop; grpc.aio, asyncpg and aiohttp run on it
-        uvloop.run(run(settings, CollectorRegistry()))
+        uvloop.run(run(settings, registry))
     except TaskDied as died:  # half alive is worse than restarted: see crosslogic.lifecycle
         return exit_code(died, process=args.name)
     return 0

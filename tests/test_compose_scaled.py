@@ -104,6 +104,9 @@ def test_the_control_plane_runs_every_service_but_billing(services: Services) ->
             "migrate": "service_completed_successfully",
             "redis-cluster": "service_completed_successfully",
         }
+        # run on its own, it serves its own /metrics (the access-log lag): reachable
+        billing = settings_of(services[gateway.billing])
+        assert (billing.server_host, billing.prometheus_port) == ("0.0.0.0", 9090)
 
 
 def test_every_redis_client_knows_every_cluster_node(services: Services) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 import signal
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from crosslogic.db.connection import connect
 from crosslogic.lifecycle import TaskDied, run_until_signalled
 from crosslogic.metrics import MULTIPROC_ENV
 from crosslogic.ports import free_port, port_in_use
+from crosslogic.probes import http_ok
 from crosslogic.seeding import migrate_database
 from crosslogic.services import service
 from crosslogic.settings import Settings, to_env
@@ -140,3 +142,27 @@ def test_a_service_whose_main_task_dies_exits_with_an_error(
     said = child.log_path.read_text()
     assert f"ERROR crosslogic.lifecycle[{child.proc.pid}] {name} task {task} ended" in said, said
     assert "UndefinedTableError" in said, said
+
+
+def test_a_service_run_on_its_own_serves_its_own_metrics(
+    own_database: Settings, tmp_path: Path
+) -> None:
+    # a gateway's billing container: `crosslogic service billing`, no supervisor's metrics
+    # directory, no admin process beside it to serve the sum
+    settings = own_database.with_overrides(
+        prometheus_port=free_port(),
+        gateway_id="standalone",
+        access_log_path=tmp_path / "access.log",
+    )
+    (tmp_path / "access.log").write_bytes(b"")
+    env = {k: v for k, v in {**os.environ, **to_env(settings)}.items() if k != MULTIPROC_ENV}
+    supervisor = Supervisor(tmp_path / "logs", policy=RestartPolicy(max_restarts=0))
+    url = f"http://127.0.0.1:{settings.prometheus_port}/metrics"
+    try:
+        supervisor.spawn("billing-1", service("billing").argv(), env=env)
+        wait_until("its /metrics", lambda: http_ok(url), check=supervisor.check)
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        supervisor.stop_all()
+    assert "crosslogic_billing_access_log_lag_bytes" in text
