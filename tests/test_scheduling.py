@@ -347,6 +347,12 @@ def test_regions_preferred_strict_and_failover(fleet: Fleet) -> None:
         for node_id in ("eu-1", "eu-2"):
             fleet.freeze(node_id, frozen=False)
     wait_until("the EU nodes to be healthy again", lambda: eu_healthy(fleet), timeout=15)
+    # healthy in /clusters a moment before its load balancer gives priority 0 the traffic
+    wait_until(
+        "a preferring key served in the EU again",
+        lambda: set(fleet.split(lambda: one_token(prefer_eu), 1)) <= {"eu-1", "eu-2"},
+        timeout=10,
+    )
     assert set(fleet.split(lambda: one_token(prefer_eu), 10)) <= {"eu-1", "eu-2"}
 
     # the EU region loses every node: preference fails over, a strict key gets a 503
@@ -381,5 +387,11 @@ def test_regions_preferred_strict_and_failover(fleet: Fleet) -> None:
         check=stack.supervisor.check,
     )
     fleet.learn_urls()
+    # healthy in /clusters a moment before its load balancer gives priority 0 the traffic
+    wait_until(
+        "a preferring key served in the EU again",
+        lambda: set(fleet.split(lambda: one_token(prefer_eu), 1)) <= {"eu-1", "eu-2"},
+        timeout=10,
+    )
     assert set(fleet.split(lambda: one_token(prefer_eu), 10)) <= {"eu-1", "eu-2"}
     assert set(fleet.split(lambda: one_token(strict_eu), 10)) <= {"eu-1", "eu-2"}
