@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.errors import Unavailable
 from crosslogic.xds.main import RegistryChanges, follow_registry
-from crosslogic.xds.registry import NodeRegistry
+from crosslogic.xds.registry import NodeRegistry, OutageCredit
 from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics, _TypeState
 from crosslogic.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, ModelEntry, NodeEntry, build
 
@@ -150,3 +150,18 @@ def test_a_failed_registry_read_keeps_the_last_snapshot() -> None:
             follower.cancel()
 
     asyncio.run(go())
+
+
+def test_a_database_outage_does_not_count_as_the_nodes_silence() -> None:
+    now = [100.0]
+    silence = OutageCredit(10.0, clock=lambda: now[0])
+    assert silence.timeout() == 10.0
+    silence.failed()  # the registry cannot be read: nor can heartbeats be stored
+    now[0] = 130.0
+    silence.failed()
+    assert silence.timeout() == 40.0  # the first read after it already allows the outage
+    silence.read()
+    now[0] = 139.0  # nodes have the timeout after the outage to heartbeat again
+    assert silence.timeout() == 40.0
+    now[0] = 140.0
+    assert silence.timeout() == 10.0
