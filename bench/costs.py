@@ -22,8 +22,9 @@ def label(name: str) -> str:
 @dataclass(frozen=True)
 class CpuUsage:
     """User + system seconds over one measured run: the system's processes by supervisor child
-    name (billing's until it consumed the run), and apart the load generator and the upstream,
-    which are not the system; ``requests``: what the run completed."""
+    name (billing, PostgreSQL and Redis until billing consumed the run, the others until wrk
+    stopped), and apart the load generator and the upstream, which are not the system;
+    ``requests``: what the run completed."""
 
     system: dict[str, float]
     load_generator: float

@@ -22,6 +22,8 @@ from bench.wrk import Load, WrkResult, measure, run_wrk
 from bench.xds import build_figures
 
 CHAT = "/v1/chat/completions"
+# their work for a run goes on after wrk stops: their CPU is read once billing consumed it
+BILLING_SIDE = ("billing", "postgres", "redis")
 
 
 def announce(text: str) -> None:
@@ -56,14 +58,15 @@ def run_gateway(gateway: Gateway, *, load: Load, label: str, upstream_pid: int) 
     with pipeline.LagSampler(gateway.metrics_url) as lag:
         result = run_wrk(gateway.url, load=load, duration_s=load.duration_s, authorization=auth)
     wrk_cpu = resources.reaped_cpu_seconds() - wrk_before
+    cpu_after = resources.cpu_sample(pids)  # the request path's, before any idle wait
     upstream_cpu = resources.tree_cpu_seconds(upstream_pid) - upstream_before
     rows_after = pipeline.sample(gateway.metrics_url, pipeline.RECORDS)
     after, failures_after = scrape(gateway.metrics_url), gateway.ratelimit_failures()
     completed += result.requests
     announce(f"waiting up to 20 s for billing to record {completed:,} requests...")
     recorded, exact = gateway.wait_for_billing(completed)
-    # after billing consumed the run: its CPU (and PostgreSQL's, Redis') for it is all there
-    cpu = resources.grown(cpu_before, resources.cpu_sample(pids))
+    late = {name: pid for name, pid in pids.items() if name.startswith(BILLING_SIDE)}
+    cpu = resources.grown(cpu_before, {**cpu_after, **resources.cpu_sample(late)})
     billing = Billing(
         completed=completed,
         in_flight=load.connections * runs,
