@@ -14,6 +14,20 @@ _NAMES = {
 }
 
 
+# the request path first, then what works behind it, then the control plane
+_ORDER = ("envoy", "extauthz", "ratelimit", "billing", "redis", "postgres", "admin", "xds")
+
+
+def order(names: list[str]) -> list[str]:
+    """Supervisor child names in reading order (``_ORDER`` by prefix, then by name)."""
+
+    def rank(name: str) -> tuple[int, str]:
+        first = next((i for i, p in enumerate(_ORDER) if name.startswith(p)), len(_ORDER))
+        return first, name
+
+    return sorted(names, key=rank)
+
+
 def label(name: str) -> str:
     """A supervisor child's name as a reader knows it (``envoy-gw-2``: a second gateway)."""
     return _NAMES.get(name, name)
@@ -53,7 +67,8 @@ class CpuUsage:
 
     def lines(self) -> list[str]:
         parts = ", ".join(
-            f"{label(name)} {self.per_request_us(s):.0f}" for name, s in self.system.items()
+            f"{label(name)} {self.per_request_us(self.system[name]):.0f}"
+            for name in order(list(self.system))
         )
         return [
             f"CPU per request (µs, user + system, {self.requests:,} requests): {parts}; "
@@ -69,5 +84,5 @@ def megabytes(amount: int) -> str:
 
 
 def memory_line(rss: dict[str, int]) -> str:
-    parts = ", ".join(f"{label(name)} {megabytes(b)}" for name, b in rss.items())
+    parts = ", ".join(f"{label(name)} {megabytes(rss[name])}" for name in order(list(rss)))
     return f"resident memory after the run (RSS): {parts}"

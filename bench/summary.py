@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench import targets
-from bench.costs import CpuUsage, label, megabytes
+from bench.costs import CpuUsage, label, megabytes, order
 from bench.keycache import KeyCacheMemory
 from bench.report import GatewayRun, Target, percent
 from bench.services import HalfLoad
@@ -89,7 +89,7 @@ def per_gateway(
 
 def cpu(figures: list[GatewayFigures]) -> list[str]:
     usages = [f.run.cpu for f in figures]
-    names = list(dict.fromkeys(n for u in usages for n in u.system))
+    names = order(list(dict.fromkeys(n for u in usages for n in u.system)))
 
     def cells(value: Callable[[CpuUsage], str]) -> str:
         return " | ".join(value(u) for u in usages)
@@ -98,7 +98,7 @@ def cpu(figures: list[GatewayFigures]) -> list[str]:
         "CPU per request (user + system, µs)",
         figures,
         names,
-        lambda n: cells(lambda u: f"{u.per_request_us(u.system.get(n, 0.0)):.0f}"),
+        lambda n: cells(lambda u: f"{u.per_request_us(u.system[n]):.0f}" if n in u.system else "—"),
     )
     return [
         *rows,
@@ -111,7 +111,7 @@ def cpu(figures: list[GatewayFigures]) -> list[str]:
 
 
 def memory(figures: list[GatewayFigures]) -> list[str]:
-    names = list(dict.fromkeys(n for f in figures for n in f.run.memory))
+    names = order(list(dict.fromkeys(n for f in figures for n in f.run.memory)))
     return per_gateway(
         "resident memory after the run (RSS)",
         figures,

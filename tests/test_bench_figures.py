@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from bench import resources
-from bench.costs import CpuUsage
+from bench.costs import CpuUsage, order
 from bench.envoys import BaselineEnvoys
 from bench.histogram import Histogram
 from bench.keycache import KeyCacheMemory, record
@@ -89,6 +89,15 @@ def test_the_summary_has_every_figure() -> None:
     assert "| billing-1 | 80 MB |" in text
     assert "(budget < 2 ms: met)" in text
     assert "500 MB per million cached keys" in text
+    assert text.index("| gateway Envoy | 500 |") < text.index("| billing-1 | 100 |")
+    assert order(["xds-1", "postgres", "extauthz-2", "envoy", "extauthz-1", "ratelimit-1"]) == [
+        "envoy",
+        "extauthz-1",
+        "extauthz-2",
+        "ratelimit-1",
+        "postgres",
+        "xds-1",
+    ]
 
 
 def test_key_records_are_built_as_the_database_adapter_builds_them() -> None:
