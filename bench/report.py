@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bench.histogram import Histogram
+from bench import targets
+from bench.costs import CpuUsage
+from bench.services import ServiceLatency
 from bench.wrk import Load, WrkResult
 
 
@@ -13,18 +15,6 @@ from bench.wrk import Load, WrkResult
 class Target:
     label: str
     result: WrkResult
-
-
-@dataclass(frozen=True)
-class ServiceLatency:
-    """Quantiles estimated from a histogram's growth during the measured run."""
-
-    label: str
-    histogram: Histogram
-
-    def cell(self, q: float) -> str:
-        value = self.histogram.quantile(q)
-        return "n/a" if value is None else f"{value * 1000:.2f} ms"
 
 
 @dataclass(frozen=True)
@@ -64,6 +54,8 @@ class GatewayRun:
     services: list[ServiceLatency]
     billing: Billing
     ratelimit_failed_open: int  # measured-run rate-limit calls that errored or timed out
+    cpu: CpuUsage
+    memory: dict[str, int]  # resident bytes after the run, by supervisor child name
 
 
 def line(target: Target) -> str:
@@ -82,10 +74,15 @@ def comparison(a: Target, b: Target, c: Target) -> list[str]:
     rc, rb = c.result, b.result
     return [
         f"gateway throughput: {percent(rc.rps, a.result.rps)} of the upstream alone, "
-        f"{percent(rc.rps, rb.rps)} of plain Envoy",
+        f"{percent(rc.rps, rb.rps)} of plain Envoy {throughput_target(c, b)}",
         f"gateway added latency vs plain Envoy: p50 {rc.p50_ms - rb.p50_ms:+.2f} ms, "
         f"p99 {rc.p99_ms - rb.p99_ms:+.2f} ms",
     ]
+
+
+def throughput_target(target: Target, plain: Target) -> str:
+    ok = target.result.rps >= targets.THROUGHPUT_VS_PLAIN * plain.result.rps
+    return f"(target >= {targets.THROUGHPUT_VS_PLAIN:.0%}: {targets.verdict(ok)})"
 
 
 def machine_note(load: Load, *, envoy_concurrency: int) -> str:
@@ -97,43 +94,3 @@ def machine_note(load: Load, *, envoy_concurrency: int) -> str:
         "generator, the Envoys, the Python services, PostgreSQL and Redis share those "
         "cores, so absolute numbers are lower than on separate machines."
     )
-
-
-def versus_plain(target: Target, plain: Target) -> tuple[str, str, str]:
-    r, b = target.result, plain.result
-    return (
-        percent(r.rps, b.rps),
-        f"{r.p50_ms - b.p50_ms:+.2f} ms",
-        f"{r.p99_ms - b.p99_ms:+.2f} ms",
-    )
-
-
-def markdown(a: Target, b: Target, gateway: GatewayRun, *, note: str) -> str:
-    c = gateway.target
-    rows = [
-        "| target | req/s | p50 | p99 | req/s vs (a) | req/s vs (b) | p50 vs (b) | p99 vs (b) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for t, vs_b in ((a, ("—", "—", "—")), (b, ("100%", "—", "—")), (c, versus_plain(c, b))):
-        r = t.result
-        rows.append(
-            f"| {t.label} | {r.rps:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | "
-            f"{percent(r.rps, a.result.rps)} | {' | '.join(vs_b)} |"
-        )
-    rows += [
-        "",
-        "| inside the gateway (Prometheus histograms) | p50 | p99 | samples |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    rows += [
-        f"| {s.label} | {s.cell(0.5)} | {s.cell(0.99)} | {s.histogram.count:,.0f} |"
-        for s in gateway.services
-    ]
-    rows += [
-        "",
-        f"Rate-limit calls that failed open during the measured run: "
-        f"{gateway.ratelimit_failed_open:,}. Billing: {gateway.billing.summary()}.",
-        "",
-        note,
-    ]
-    return "\n".join(rows)

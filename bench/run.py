@@ -7,27 +7,23 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench import pipeline
+from bench import pipeline, resources
+from bench.costs import CpuUsage, memory_line
 from bench.envoys import BaselineEnvoys
 from bench.gateway import Gateway
 from bench.histogram import scrape
-from bench.report import (
-    Billing,
-    GatewayRun,
-    ServiceLatency,
-    Target,
-    comparison,
-    line,
-    machine_note,
-    markdown,
-)
+from bench.keycache import measure_apart
+from bench.report import Billing, GatewayRun, Target, comparison, line, machine_note
 from bench.scale import scale_figures
+from bench.services import grown, half_load
+from bench.summary import GatewayFigures, markdown
+from bench.unloaded import unloaded_latency
 from bench.wrk import Load, WrkResult, measure, run_wrk
 from bench.xds import build_figures
 
 CHAT = "/v1/chat/completions"
-AUTHZ_HISTOGRAM = "crosslogic_authz_check_seconds"
-RATELIMIT_HISTOGRAM = "crosslogic_ratelimit_decision_seconds"
+# their work for a run goes on after wrk stops: their CPU is read once billing consumed it
+BILLING_SIDE = ("billing", "postgres", "redis")
 
 
 def announce(text: str) -> None:
@@ -42,32 +38,35 @@ def check_errors(label: str, result: WrkResult) -> None:
         )
 
 
-def run_gateway(gateway: Gateway, *, load: Load, label: str) -> GatewayRun:
+def run_gateway(gateway: Gateway, *, load: Load, label: str, upstream_pid: int) -> GatewayRun:
+    """The saturation run, with the CPU time every process spent on it and memory after it."""
     auth = f"Bearer {gateway.api_key}"
     completed, runs = 0, 1
     if load.warmup_s > 0:
         runs += 1
         warmup = run_wrk(gateway.url, load=load, duration_s=load.warmup_s, authorization=auth)
         completed += warmup.requests
+        gateway.wait_for_billing(completed)  # its lag would count as the measured run's CPU
     before, failures_before = scrape(gateway.metrics_url), gateway.ratelimit_failures()
     rows_before = pipeline.sample(gateway.metrics_url, pipeline.RECORDS)
+    pids = resources.supervised(gateway.stack.supervisor)
+    cpu_before, upstream_before = (
+        resources.cpu_sample(pids),
+        resources.tree_cpu_seconds(upstream_pid),
+    )
+    wrk_before = resources.reaped_cpu_seconds()
     with pipeline.LagSampler(gateway.metrics_url) as lag:
         result = run_wrk(gateway.url, load=load, duration_s=load.duration_s, authorization=auth)
+    wrk_cpu = resources.reaped_cpu_seconds() - wrk_before
+    cpu_after = resources.cpu_sample(pids)  # the request path's, before any idle wait
+    upstream_cpu = resources.tree_cpu_seconds(upstream_pid) - upstream_before
     rows_after = pipeline.sample(gateway.metrics_url, pipeline.RECORDS)
     after, failures_after = scrape(gateway.metrics_url), gateway.ratelimit_failures()
     completed += result.requests
-    services = [
-        ServiceLatency(
-            f"ext_authz check (`{AUTHZ_HISTOGRAM}`)",
-            after[AUTHZ_HISTOGRAM].minus(before[AUTHZ_HISTOGRAM]),
-        ),
-        ServiceLatency(
-            f"rate-limit decision (`{RATELIMIT_HISTOGRAM}`)",
-            after[RATELIMIT_HISTOGRAM].minus(before[RATELIMIT_HISTOGRAM]),
-        ),
-    ]
     announce(f"waiting up to 20 s for billing to record {completed:,} requests...")
     recorded, exact = gateway.wait_for_billing(completed)
+    late = {name: pid for name, pid in pids.items() if name.startswith(BILLING_SIDE)}
+    cpu = resources.grown(cpu_before, {**cpu_after, **resources.cpu_sample(late)})
     billing = Billing(
         completed=completed,
         in_flight=load.connections * runs,
@@ -79,9 +78,11 @@ def run_gateway(gateway: Gateway, *, load: Load, label: str) -> GatewayRun:
     )
     return GatewayRun(
         target=Target(label, result),
-        services=services,
+        services=grown(before, after),
         billing=billing,
         ratelimit_failed_open=failures_after - failures_before,
+        cpu=CpuUsage(cpu, load_generator=wrk_cpu, upstream=upstream_cpu, requests=result.requests),
+        memory=resources.rss_sample(pids),
     )
 
 
@@ -92,7 +93,7 @@ def run_baseline(label: str, url: str, *, load: Load) -> Target:
     return target
 
 
-def print_results(a: Target, b: Target, gateway: GatewayRun, *, note: str) -> None:
+def print_results(a: Target, b: Target, gateway: GatewayRun) -> None:
     c, billing = gateway.target, gateway.billing
     announce(line(c))
     check_errors(c.label, c.result)
@@ -102,6 +103,8 @@ def print_results(a: Target, b: Target, gateway: GatewayRun, *, note: str) -> No
         announce(
             f"{s.label}: p50 {s.cell(0.5)}, p99 {s.cell(0.99)} ({s.histogram.count:,.0f} samples)"
         )
+    for text in [*gateway.cpu.lines(), memory_line(gateway.memory)]:
+        announce(text)
     if gateway.ratelimit_failed_open:
         announce(
             f"WARNING: {gateway.ratelimit_failed_open:,} rate-limit calls failed or timed "
@@ -110,7 +113,6 @@ def print_results(a: Target, b: Target, gateway: GatewayRun, *, note: str) -> No
     announce(f"billing: {billing.summary()}")
     if not billing.consistent:
         announce("WARNING: billing is missing requests, miscounted tokens or has extra rows")
-    announce("\n" + markdown(a, b, gateway, note=note))
 
 
 def run(load: Load, *, envoy_concurrency: int) -> None:
@@ -160,52 +162,43 @@ def run_targets(
     announce(note)
     upstream_port = envoys.start_upstream()
     plain_port = envoys.start_plain(upstream_port=upstream_port)
+    a_url = f"http://127.0.0.1:{upstream_port}{CHAT}"
+    b_url = f"http://127.0.0.1:{plain_port}{CHAT}"
     announce("(a) loading the fixed-response upstream directly...")
-    a = run_baseline(
-        "(a) upstream (fixed-response Envoy)", f"http://127.0.0.1:{upstream_port}{CHAT}", load=load
-    )
+    a = run_baseline("(a) upstream (fixed-response Envoy)", a_url, load=load)
     announce("(b) loading a plain Envoy (router only) in front of it...")
-    b = run_baseline(
-        "(b) plain Envoy (router only) → upstream",
-        f"http://127.0.0.1:{plain_port}{CHAT}",
-        load=load,
-    )
-    urls = {
-        "(a) upstream": f"http://127.0.0.1:{upstream_port}{CHAT}",
-        "(b) plain Envoy": f"http://127.0.0.1:{plain_port}{CHAT}",
-    }
+    b = run_baseline("(b) plain Envoy (router only) → upstream", b_url, load=load)
+    upstream_pid = resources.supervised(envoys.supervisor)["upstream"]
+    figures = []
     for name, gateway in zip(("c", "d"), gateways, strict=True):
         where = gateway.stack.settings.ratelimit_at
         label = f"({name}) gateway, limits decided in {where} → upstream"
         announce(f"({name}) starting the whole system, RATELIMIT_AT={where}...")
         gateway.start(upstream_port=upstream_port)
         announce(f"({name}) loading it with an API key whose limits are never reached...")
-        print_results(a, b, run_gateway(gateway, load=load, label=label), note=note)
-        auth = f"Bearer {gateway.api_key}"
-        unloaded_latency(
-            {**urls, f"({name}) gateway, RATELIMIT_AT={where}": gateway.url},
-            authorization=auth,
-            duration_s=max(2, load.duration_s // 2),
+        saturated = run_gateway(gateway, load=load, label=label, upstream_pid=upstream_pid)
+        print_results(a, b, saturated)
+        half = half_load(gateway, saturated_rps=saturated.target.result.rps, load=load)
+        for text in half.lines(name):
+            announce(text)
+        duration_s = max(2, load.duration_s // 2)
+        announce(
+            f"({name}) unloaded latency: 1 connection, sequential requests, {duration_s} s each"
         )
+        unloaded = unloaded_latency(
+            (a_url, b_url, gateway.url),
+            label=f"({name}) gateway, RATELIMIT_AT={where}",
+            authorization=f"Bearer {gateway.api_key}",
+            duration_s=duration_s,
+        )
+        announce(f"({name}) unloaded: {unloaded.targets_text()}")
+        figures.append(GatewayFigures(name, saturated, half, unloaded))
         gateway.stop()  # one system at a time: they share two cores
+    announce("measuring the key cache's memory (a million keys, in a process of its own)...")
+    key_cache = measure_apart()
+    announce(key_cache.line())
+    announce("\n" + markdown(a, b, figures, key_cache=key_cache, note=note))
     announce("\nxDS (the rest, with the apply time: python -m bench.xds)")
     build_figures(nodes=1000, models=50)
     announce("\nscale-out (python -m bench.scale)")
     scale_figures(load, envoy_concurrency=1)  # three Envoys on this box's cores
-
-
-def unloaded_latency(urls: dict[str, str], *, authorization: str, duration_s: int) -> None:
-    """Latency with one connection, one request at a time: what each hop adds when nothing
-    queues (the throughput runs above measure saturation, where queueing dominates)."""
-    single = Load(connections=1, threads=1, duration_s=duration_s, warmup_s=1)
-    announce(f"\nunloaded latency: 1 connection, sequential requests, {duration_s} s each")
-    results = {
-        label: measure(url, load=single, authorization=authorization) for label, url in urls.items()
-    }
-    rows = ["| target | p50 | p99 | p50 added |", "| --- | ---: | ---: | ---: |"]
-    previous: WrkResult | None = None
-    for label, result in results.items():
-        added = "—" if previous is None else f"+{result.p50_ms - previous.p50_ms:.2f} ms"
-        rows.append(f"| {label} | {result.p50_ms:.2f} ms | {result.p99_ms:.2f} ms | {added} |")
-        previous = result
-    announce("\n".join(rows))

@@ -25,10 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import redis
 
-from bench import pipeline
+from bench import pipeline, resources
 from bench.envoys import BaselineEnvoys
 from bench.gateway import Gateway
 from bench.wrk import Load, WrkResult, run_wrk
@@ -82,26 +81,11 @@ def redis_commands(cluster: Cluster) -> Counter[str]:
     return total
 
 
-def system_processes(gateway: Gateway) -> list[psutil.Process]:
-    """Every process of the stack (services, Envoys, Postgres and its children)."""
-    found = []
-    for child in gateway.stack.supervisor.children:
-        try:
-            top = psutil.Process(child.proc.pid)
-            found += [top, *top.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def cpu_seconds(processes: list[psutil.Process], cluster: Cluster) -> float:
-    total = 0.0
+def system_pids(gateway: Gateway, cluster: Cluster) -> list[int]:
+    """Every process of the stack (services, Envoys, Postgres) and the cluster's Redis: each
+    counted with its descendants (Postgres' backends) by :mod:`bench.resources`."""
     redis_pids = [p.pid for p in cluster.processes.values() if p.poll() is None]
-    for process in [*processes, *(psutil.Process(pid) for pid in redis_pids)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
+    return [*resources.supervised(gateway.stack.supervisor).values(), *redis_pids]
 
 
 def load_at_once(urls: list[str], *, load: Load, authorization: str) -> list[WrkResult]:
@@ -130,8 +114,8 @@ def measured_round(
         load_at_once(
             urls, load=Load(load.connections, 1, load.warmup_s, 0), authorization=authorization
         )
-    processes = system_processes(gateway)
-    commands, cpu = redis_commands(cluster), cpu_seconds(processes, cluster)
+    pids = system_pids(gateway, cluster)
+    commands, cpu = redis_commands(cluster), resources.total_cpu_seconds(pids)
     failed_open = pipeline.sample(gateway.metrics_url, FAIL_OPEN)
     unlimited = gateway.ratelimit_failures()
     results = load_at_once(urls, load=load, authorization=authorization)
@@ -144,7 +128,7 @@ def measured_round(
         refused=refused,
         duration_s=max(r.duration_s for r in results),
         redis_commands=redis_commands(cluster) - commands,
-        cpu_s=cpu_seconds(processes, cluster) - cpu,
+        cpu_s=resources.total_cpu_seconds(pids) - cpu,
         failed_open=int(pipeline.sample(gateway.metrics_url, FAIL_OPEN) - failed_open),
         unlimited=gateway.ratelimit_failures() - unlimited,
     )

@@ -68,13 +68,23 @@ def parse_summary(output: str) -> WrkResult:
 
 
 def run_wrk(
-    url: str, *, load: Load, duration_s: int, authorization: str | None = None
+    url: str,
+    *,
+    load: Load,
+    duration_s: int,
+    authorization: str | None = None,
+    rate: float | None = None,
 ) -> WrkResult:
-    """One wrk run of ``duration_s`` seconds against ``url`` at ``load``'s concurrency."""
+    """One wrk run of ``duration_s`` seconds against ``url`` at ``load``'s concurrency; with
+    ``rate``, requests/s sent on a fixed schedule (post.lua's pacing) instead of as fast as
+    the connections allow."""
     env = dict(os.environ)
     env.pop("BENCH_AUTHORIZATION", None)
+    env.pop("BENCH_RATE_PER_THREAD", None)
     if authorization is not None:
         env["BENCH_AUTHORIZATION"] = authorization
+    if rate is not None:
+        env["BENCH_RATE_PER_THREAD"] = f"{rate / load.threads:.3f}"
     argv = [
         wrk_binary(),
         "--threads",
