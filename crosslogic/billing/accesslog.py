@@ -6,10 +6,11 @@ attributed to a key and that reached a node are billable; everything else is ski
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 # Envoy's response flag for a client that closed its connection before the response ended
 CLIENT_LEFT = "DC"
@@ -19,7 +20,15 @@ class MalformedEntry(ValueError):
     """A line that is not an access-log entry of ours."""
 
 
-@dataclass(frozen=True)
+def started_at(text: str) -> datetime:
+    """Envoy's ``%Y-%m-%dT%H:%M:%S.%3fZ``, in UTC. (``fromisoformat`` is C: ``strptime``
+    cost more per line than parsing the whole JSON entry.)"""
+    if len(text) < 20 or text[10] != "T" or text[-1] != "Z":
+        raise ValueError(f"not a UTC start time: {text!r}")
+    return datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
 class UsageRecord:
     request_id: str
     tenant_id: str
@@ -51,7 +60,7 @@ def _count(value: Any) -> int:
     return max(0, int(float(value)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """A token reservation to correct: each counter moves by ``delta_tokens`` x its interval."""
 
@@ -116,7 +125,7 @@ def settlement(entry: dict[str, Any]) -> Settlement | None:
     return Settlement(str(entry["request_id"]), counters, real - reserved)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Line:
     """One access-log line: its usage record (None when not billable), the reservation it
     settles (None when there is nothing to settle), and the Envoy process that wrote it
@@ -130,8 +139,8 @@ class Line:
 
 def parse_line(line: bytes) -> Line:
     try:
-        entry = json.loads(line)
-    except ValueError as exc:
+        entry = orjson.loads(line)
+    except ValueError as exc:  # orjson.JSONDecodeError is one
         raise MalformedEntry(f"not JSON: {line[:80]!r}") from exc
     if not isinstance(entry, dict) or not entry.get("request_id"):
         raise MalformedEntry(f"no request_id: {line[:80]!r}")
@@ -154,9 +163,9 @@ def parse(line: bytes) -> tuple[UsageRecord | None, Settlement | None]:
 def end_time(line: bytes) -> datetime | None:
     """When the request of a line ended (its start plus its duration), if readable."""
     try:
-        entry = json.loads(line)
-        started = datetime.strptime(entry["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ")
-        return started.replace(tzinfo=UTC) + timedelta(milliseconds=_count(entry["duration_ms"]))
+        entry = orjson.loads(line)
+        duration = timedelta(milliseconds=_count(entry["duration_ms"]))
+        return started_at(entry["start_time"]) + duration
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -172,7 +181,6 @@ def usage_record(entry: dict[str, Any]) -> UsageRecord | None:
         # an error answer (the node refused, or Envoy gave up on it): nothing generated
         prompt, completion, estimated = counted_usage(entry) or (0, 0, False)
     try:
-        started = datetime.strptime(entry["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ")
         return UsageRecord(
             request_id=str(entry["request_id"]),
             tenant_id=str(entry["tenant_id"]),
@@ -187,7 +195,7 @@ def usage_record(entry: dict[str, Any]) -> UsageRecord | None:
             usage_estimated=estimated,
             status_code=int(entry.get("status") or 0),
             response_flags=str(entry.get("flags") or "-"),
-            started_at=started.replace(tzinfo=UTC),
+            started_at=started_at(entry["start_time"]),
             duration_ms=_count(entry.get("duration_ms")),
         )
     except (KeyError, TypeError, ValueError) as exc:
