@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 MILLION = Decimal(1_000_000)
 HUNDRED = Decimal(100)
@@ -72,9 +72,9 @@ class TenantPrice:
     discount_percent: Decimal | None = None
 
 
-@dataclass(frozen=True)
-class Priced:
-    """A request's stored cost and what it was computed with (for reproducing it)."""
+class Priced(NamedTuple):
+    """A request's stored cost and what it was computed with (for reproducing it). A tuple:
+    one is made per usage row."""
 
     cost: Decimal
     price_id: int | None
