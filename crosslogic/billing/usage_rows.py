@@ -25,8 +25,8 @@ PRICED = {
 }
 
 # usage_records' columns as inserted, with the PostgreSQL type of each unnest()ed array
-# (numeric travels as text: asyncpg's binary numeric encoding cost more than the whole
-# text conversion, in Python and in PostgreSQL together)
+# (numeric travels as text, cast in the SELECT: asyncpg's binary numeric encoding measured
+# 1.2 µs a value, a str() and its text encoding about 0.5)
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "text"),
     ("tenant_id", "uuid"),
