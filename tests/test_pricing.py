@@ -9,9 +9,13 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from crosslogic.billing import price_store
 from crosslogic.billing.price_store import PriceCache
 from crosslogic.billing.pricing import (
+    ONE,
     PriceBook,
     PriceVersion,
     Rates,
@@ -180,8 +184,91 @@ def test_exact_at_the_largest_values_the_columns_allow() -> None:
     priced = cost(book, prompt_tokens=tokens, completion_tokens=tokens, region_code="x")
     exact = Fraction(2 * tokens) * Fraction("999999.999999") / 10**6
     exact = exact * Fraction("9999.9999") * (100 - Fraction("33.33")) / 100
-    scaled = exact * 10**10  # rounded half-even to 10 places, in integers
+    assert priced.cost == rounded(exact)
+
+
+def rounded(exact: Fraction) -> Decimal:
+    """``exact`` rounded half-even to 10 places, in integers."""
+    scaled = exact * 10**10
     whole, rest = divmod(scaled.numerator, scaled.denominator)
     if 2 * rest > scaled.denominator or (2 * rest == scaled.denominator and whole % 2):
         whole += 1
-    assert priced.cost == D(whole).scaleb(-10)
+    return D(whole).scaleb(-10)
+
+
+price_digits = st.integers(0, 999_999_999_999).map(lambda n: D(n).scaleb(-6))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=st.integers(0, 2**31 - 1),
+    completion=st.integers(0, 2**31 - 1),
+    listed=st.tuples(price_digits, price_digits, price_digits),
+    contract=st.tuples(price_digits, price_digits, price_digits),
+    multiplier=st.integers(1, 99_999_999).map(lambda n: D(n).scaleb(-4)),
+    discount=st.integers(1, 10_000).map(lambda n: D(n).scaleb(-2)),
+    kind=st.sampled_from(["list", "contract", "discount", "none"]),
+    embeddings=st.booleans(),
+)
+def test_every_cost_is_the_exact_rational_value_rounded_once(
+    prompt: int,
+    completion: int,
+    listed: tuple[Decimal, Decimal, Decimal],
+    contract: tuple[Decimal, Decimal, Decimal],
+    multiplier: Decimal,
+    discount: Decimal,
+    kind: str,
+    embeddings: bool,
+) -> None:
+    """The cost of any request the columns allow, against the rules worked out in fractions
+    (the book works out each period's terms once and reuses them: same result)."""
+    overrides = []
+    if kind == "contract":
+        overrides = [TenantPrice(3, TENANT, 7, T0, "contract", rates=Rates(*contract))]
+    elif kind in ("discount", "none"):
+        percent = discount if kind == "discount" else None
+        overrides = [TenantPrice(3, TENANT, 7, T0, kind, discount_percent=percent)]
+    book = PriceBook.of(
+        versions=[PriceVersion(1, 7, T0, Rates(*listed))],
+        overrides=overrides,
+        multipliers={"r": multiplier},
+    )
+    endpoint = "/v1/embeddings" if embeddings else "/v1/chat/completions"
+    chosen = contract if kind == "contract" else listed
+    if embeddings:
+        exact = prompt * Fraction(chosen[2]) / 10**6
+    else:
+        exact = (prompt * Fraction(chosen[0]) + completion * Fraction(chosen[1])) / 10**6
+    if kind != "contract":
+        exact *= Fraction(multiplier)
+    if kind == "discount":
+        exact = exact * (100 - Fraction(discount)) / 100
+    for _ in range(2):  # worked out, then from the book's terms
+        priced = cost(
+            book,
+            endpoint=endpoint,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            region_code="r",
+        )
+        assert priced.cost == rounded(exact)
+        assert priced.multiplier == (ONE if kind == "contract" else multiplier)
+        assert priced.tenant_price_id == (None if kind == "list" else 3)
+
+
+def test_terms_follow_each_version_and_override_in_time() -> None:
+    """Terms are kept per period: a request after a new version or override is priced by
+    it, one before it by the old ones, whatever the order the book sees them in."""
+    discount = TenantPrice(5, TENANT, 7, T0 + timedelta(minutes=10), "discount", None, D(50))
+    book = PriceBook.of(versions=[V1, V2], overrides=[discount])
+    moments = [T1, T0, T0 + timedelta(minutes=10), T1 - timedelta(microseconds=1), T0]
+    seen = [
+        (p.price_id, p.tenant_price_id, p.cost) for p in (cost(book, started_at=m) for m in moments)
+    ]
+    assert seen == [
+        (2, 5, D("0.0000140000")),
+        (1, None, D("0.0000140000")),
+        (1, 5, D("0.0000070000")),
+        (1, 5, D("0.0000070000")),
+        (1, None, D("0.0000140000")),
+    ]

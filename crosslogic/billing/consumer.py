@@ -18,13 +18,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crosslogic.billing import offsets
-from crosslogic.billing.accesslog import (
-    MalformedEntry,
-    Settlement,
-    UsageRecord,
-    end_time,
-    parse_line,
-)
+from crosslogic.billing.accesslog import end_time
+from crosslogic.billing.batch import read as read_batch
 from crosslogic.billing.offsets import Offset
 from crosslogic.billing.price_store import PriceCache
 from crosslogic.billing.settlement import TokenSettler
@@ -135,26 +130,11 @@ class AccessLogConsumer:
         lines, consumed = offsets.split_complete(data)
         if consumed == 0:
             return 0
-        records: list[UsageRecord] = []
-        settlements: list[Settlement] = []
-        seen: dict[str, list[str]] = {}
-        replaced: list[str] = []
-        for raw in lines:
-            try:
-                line = parse_line(raw)
-            except MalformedEntry as exc:
-                self._metrics.malformed.inc()
-                log.error("skipping malformed access-log line: %s", exc)
-                continue
-            if line.record is not None:
-                records.append(line.record)
-            if line.settlement is not None:
-                settlements.append(line.settlement)
-            if line.boot is not None:
-                seen.setdefault(line.boot, []).append(line.request_id)
-                if self._last_boot is not None and self._last_boot != line.boot:
-                    replaced.append(self._last_boot)
-                self._last_boot = line.boot
+        batch = read_batch(lines, last_boot=self._last_boot)
+        for reason in batch.malformed:
+            self._metrics.malformed.inc()
+            log.error("skipping malformed access-log line: %s", reason)
+        records = batch.records
         # the book is in memory: a query per batch at most (a reload), never one per row
         book = await self.prices.book(self._pool, node_ids={r.node_id for r in records})
         inserted: set[str] = set()
@@ -164,23 +144,23 @@ class AccessLogConsumer:
                 inserted = await insert_usage(conn, records, book)
             await offsets.commit(conn, self.gateway, self._path, after)
         self.committed = after
-        self._metrics.records.inc(len(inserted))
-        for record in records:
-            if record.abandoned and record.request_id in inserted:
+        self._last_boot = batch.last_boot
+        fresh = batch.inserted(inserted)
+        self._metrics.records.inc(len(fresh))
+        for record in fresh:
+            if record.abandoned:
                 streamed = "true" if record.streamed else "false"
                 self._metrics.abandoned.labels(endpoint=record.endpoint, streamed=streamed).inc()
-        if self._committed is not None and inserted:
-            self._committed({r.tenant_id for r in records if r.request_id in inserted})
+        if self._committed is not None and fresh:
+            self._committed({r.tenant_id for r in fresh})
+        seen = batch.seen
         self.boots.update(seen)
-        for boot in replaced:
+        for boot in batch.replaced:
             self.superseded.setdefault(boot, (position.inode, self.committed.offset))
         if self._settler is not None:
             # After the commit, and only for rows this step inserted: a replayed batch (crash
             # before the offset committed) inserts nothing and so settles nothing twice.
-            billable = {r.request_id for r in records}
-            await self._settler.settle(
-                [s for s in settlements if s.request_id in inserted or s.request_id not in billable]
-            )
+            await self._settler.settle(batch.due(inserted))
         if self._journal is not None and seen:
             # Every line consumed, billable or not, accounts for its request: its journal
             # entry is not needed any more. A failure only leaves entries that the journal's

@@ -21,11 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 MILLION = Decimal(1_000_000)
 HUNDRED = Decimal(100)
 ONE = Decimal(1)
+ZERO = Decimal(0)
 COST_QUANTUM = Decimal("1e-10")  # usage_records.cost_usd is numeric(20, 10)
 EMBEDDINGS = "/v1/embeddings"
 # Products of token counts, prices, a multiplier and a discount need more than the default 28
@@ -35,7 +36,7 @@ EXACT = Context(prec=60)
 
 def round_cost(exact: Decimal) -> Decimal:
     """A usage row's stored cost: ``exact`` rounded half-even to 10 decimal places."""
-    return exact.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return exact.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN, context=EXACT)
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,6 @@ class Rates:
     prompt: Decimal
     completion: Decimal
     embedding: Decimal
-
-    def exact_cost(self, *, endpoint: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        if endpoint == EMBEDDINGS:
-            return prompt_tokens * self.embedding / MILLION
-        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / MILLION
 
 
 @dataclass(frozen=True)
@@ -76,18 +72,15 @@ class TenantPrice:
     discount_percent: Decimal | None = None
 
 
-@dataclass(frozen=True)
-class Priced:
-    """A request's stored cost and what it was computed with (for reproducing it)."""
+class Priced(NamedTuple):
+    """A request's stored cost and what it was computed with (for reproducing it). A tuple:
+    one is made per usage row."""
 
     cost: Decimal
     price_id: int | None
     tenant_price_id: int | None
     multiplier: Decimal
     region_code: str | None
-
-
-FREE = Priced(Decimal(0).quantize(COST_QUANTUM), None, None, ONE, None)
 
 
 V = TypeVar("V", PriceVersion, TenantPrice)
@@ -100,14 +93,57 @@ def in_force(versions: list[V], at: datetime) -> V | None:
 
 
 @dataclass(frozen=True)
+class Terms:
+    """What every request of one tenant, model, endpoint kind and region costs per token in
+    one price period: its rates times ``factor`` (the multiplier, the discount and the
+    per-million division in one exact number), and what the row records."""
+
+    prompt: Decimal  # per token of the endpoint's kind (embeddings: the embedding rate)
+    completion: Decimal  # 0 for embeddings
+    factor: Decimal
+    price_id: int | None
+    tenant_price_id: int | None
+    multiplier: Decimal
+    region_code: str | None
+
+    def priced(self, prompt_tokens: int, completion_tokens: int) -> Priced:
+        """The request's cost, exact until the one rounding. Every operand has at most a
+        few dozen digits (the columns' scales), so the 60-digit products and sums are exact
+        and grouping the factor first changes nothing."""
+        exact = EXACT.multiply(
+            EXACT.add(
+                EXACT.multiply(prompt_tokens, self.prompt),
+                EXACT.multiply(completion_tokens, self.completion),
+            ),
+            self.factor,
+        )
+        return Priced(
+            round_cost(exact),
+            self.price_id,
+            self.tenant_price_id,
+            self.multiplier,
+            self.region_code,
+        )
+
+
+@dataclass(frozen=True)
 class PriceBook:
     """Every price version, override, region multiplier and node region, as loaded at one
-    moment; immutable, so a batch is priced against one consistent book."""
+    moment; immutable, so a batch is priced against one consistent book. The terms it works
+    out are kept (``_terms``), so a batch's rows cost a lookup and a few multiplications."""
 
     models: dict[int, list[PriceVersion]] = field(default_factory=dict)
     tenants: dict[tuple[str, int], list[TenantPrice]] = field(default_factory=dict)
     multipliers: dict[str, Decimal] = field(default_factory=dict)
     node_regions: dict[str, str] = field(default_factory=dict)
+    # (tenant, model) -> the moments its list price or override changes; (tenant, model,
+    # embeddings, region, period) -> its terms: derived from the fields above, never changed
+    _periods: dict[tuple[str, int], list[datetime]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _terms: dict[tuple[str, int, bool, str | None, int], Terms] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(
@@ -145,30 +181,77 @@ class PriceBook:
         region_code: str | None,
     ) -> Priced:
         """The cost of one request (see the module's rules), computed exactly, rounded once."""
+        terms = self.terms(
+            tenant_id=tenant_id,
+            model_id=model_id,
+            endpoint=endpoint,
+            started_at=started_at,
+            region_code=region_code,
+        )
+        return terms.priced(prompt_tokens, completion_tokens)
 
-        def exact_cost(rates: Rates) -> Decimal:
-            return rates.exact_cost(
-                endpoint=endpoint, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    def terms(
+        self,
+        *,
+        tenant_id: str,
+        model_id: int,
+        endpoint: str,
+        started_at: datetime,
+        region_code: str | None,
+    ) -> Terms:
+        """The terms of a request started at ``started_at`` (worked out once per period)."""
+        pair = (tenant_id, model_id)
+        periods = self._periods.get(pair)
+        if periods is None:
+            moments = {v.effective_at for v in self.models.get(model_id, [])}
+            moments.update(v.effective_at for v in self.tenants.get(pair, []))
+            periods = self._periods[pair] = sorted(moments)
+        embeddings = endpoint == EMBEDDINGS
+        key = (
+            tenant_id,
+            model_id,
+            embeddings,
+            region_code,
+            bisect.bisect_right(periods, started_at),
+        )
+        found = self._terms.get(key)
+        if found is None:
+            found = self._terms[key] = self._work_out(
+                tenant_id, model_id, embeddings, started_at, region_code
             )
+        return found
+
+    def _work_out(
+        self,
+        tenant_id: str,
+        model_id: int,
+        embeddings: bool,
+        started_at: datetime,
+        region_code: str | None,
+    ) -> Terms:
+        def per_token(rates: Rates) -> tuple[Decimal, Decimal]:
+            return (rates.embedding, ZERO) if embeddings else (rates.prompt, rates.completion)
 
         with localcontext(EXACT):
             multiplier = self.multipliers.get(region_code, ONE) if region_code else ONE
             override = in_force(self.tenants.get((tenant_id, model_id), []), started_at)
+            listed = in_force(self.models.get(model_id, []), started_at)
+            listed_id = None if listed is None else listed.id
             if override is not None and override.kind == "contract" and override.rates is not None:
-                exact = exact_cost(override.rates)
-                listed = in_force(self.models.get(model_id, []), started_at)
                 # the multiplier recorded is the one applied: none
-                listed_id = None if listed is None else listed.id
-                return Priced(round_cost(exact), listed_id, override.id, ONE, region_code)
-            version = in_force(self.models.get(model_id, []), started_at)
-            if version is None:  # no price in force (yet): free, and the row says so (no price id)
-                return Priced(FREE.cost, None, None, multiplier, region_code)
-            exact = exact_cost(version.rates) * multiplier
+                prompt, completion = per_token(override.rates)
+                return Terms(
+                    prompt, completion, ONE / MILLION, listed_id, override.id, ONE, region_code
+                )
+            if listed is None:  # no price in force (yet): free, and the row says so (no price id)
+                return Terms(ZERO, ZERO, ZERO, None, None, multiplier, region_code)
+            factor = multiplier / MILLION
             applied = None
             if override is not None and override.kind == "discount":
                 assert override.discount_percent is not None
-                exact = exact * (HUNDRED - override.discount_percent) / HUNDRED
+                factor = factor * (HUNDRED - override.discount_percent) / HUNDRED
                 applied = override.id
             elif override is not None:  # kind none: recorded, so the row says no override applied
                 applied = override.id
-            return Priced(round_cost(exact), version.id, applied, multiplier, region_code)
+            prompt, completion = per_token(listed.rates)
+            return Terms(prompt, completion, factor, listed.id, applied, multiplier, region_code)
