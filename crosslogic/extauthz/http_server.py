@@ -96,8 +96,15 @@ class AuthzProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self._fail(cause.error if isinstance(cause, _Refuse) else MALFORMED)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self._fail(MALFORMED)
+        except httptools.HttpParserUpgrade:
+            # the request itself was answered; what follows it is not HTTP/1.1 any more
+            self._closing = True
+            self._ready(None)
+        except httptools.HttpParserError:
+            if self._closing:  # bytes after a request that asked to close: not read
+                self._ready(None)
+            else:
+                self._fail(MALFORMED)
 
     def eof_received(self) -> bool:
         self._closing = True
