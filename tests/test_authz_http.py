@@ -163,9 +163,10 @@ def test_a_head_request_gets_no_body() -> None:
 
 def test_a_request_that_asks_to_close_is_answered_then_closed() -> None:
     sent = request(body=CHAT).replace(b"host: extauthz\r\n", b"connection: close\r\n")
-    received, closed = asyncio.run(exchange(sent + request()))
-    (answer,) = Responses().feed(received).items
-    assert answer["status"] == 200 and answer["headers"]["connection"] == "close" and closed
+    for following in (b"", request()):  # closed at once, whether more bytes came or not
+        received, closed = asyncio.run(exchange(sent + following))
+        (answer,) = Responses().feed(received).items
+        assert answer["status"] == 200 and answer["headers"]["connection"] == "close" and closed
 
 
 class Transport(asyncio.Transport):

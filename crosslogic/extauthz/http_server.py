@@ -153,6 +153,8 @@ class AuthzProtocol(asyncio.Protocol):
         close = not self._parser.should_keep_alive()
         head_only = method == "HEAD"
         self._start_request()
+        if close:  # closed once this answer (and any before it) is written
+            self._closing = True
         step = self._authorizer.start(request)
         if isinstance(step, tuple):
             self._owe(self._answers.answer(step[1], head_only=head_only, close=close))
@@ -160,8 +162,6 @@ class AuthzProtocol(asyncio.Protocol):
             task = asyncio.get_running_loop().create_task(self._answer(step, head_only, close))
             task.add_done_callback(self._ready)
             self._owe(task)
-        if close:
-            self._closing = True
 
     # answers, in request order
 
