@@ -257,3 +257,12 @@ def test_both_edges_answer_a_verdict_alike() -> None:
         for name, value in json_format.MessageToDict(proto.dynamic_metadata).items():
             shown = str(value).lower() if isinstance(value, bool) else str(value)
             assert answer["headers"][name] in (shown, shown.removesuffix(".0")), name
+
+
+def test_an_allow_that_cannot_be_a_header_is_refused_as_our_error() -> None:
+    made = authorizer()
+    made.catalog = {"m": Model(id=3, name="m\r\nx-injected: 1")}
+    received, closed = asyncio.run(exchange(request(body=CHAT), made=made))
+    (answer,) = Responses().feed(received).items
+    assert answer["status"] == 500 and "x-injected" not in answer["headers"] and not closed
+    assert json.loads(answer["body"])["error"]["code"] == "internal_error"

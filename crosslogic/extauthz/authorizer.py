@@ -101,16 +101,20 @@ class Authorizer:
         try:
             step = self._begin(request)
         except Exception as exc:  # the one catch of the decision: see verdict.refusal
-            step = refusal(exc, unexpected=self._metrics.unexpected)
+            step = self.refuse(exc)
         if isinstance(step, tuple):
             return self._counted(step, started)
         return self._finish(step, started)
+
+    def refuse(self, exc: Exception) -> Outcome:
+        """An edge's own failure to answer a verdict (see verdict.refusal)."""
+        return refusal(exc, unexpected=self._metrics.unexpected)
 
     async def _finish(self, step: Pending, started: float) -> Outcome:
         try:
             outcome = await step
         except Exception as exc:
-            outcome = refusal(exc, unexpected=self._metrics.unexpected)
+            outcome = self.refuse(exc)
         return self._counted(outcome, started)
 
     def _counted(self, outcome: Outcome, started: float) -> Outcome:

@@ -23,7 +23,7 @@ from crosslogic.contracts.journal import BOOT_HEADER, DEFAULT_GATEWAY, GATEWAY_H
 from crosslogic.contracts.routing import REGION_HEADER
 from crosslogic.extauthz.authorizer import Authorizer, Pending
 from crosslogic.extauthz.http_answers import HttpAnswers, denial
-from crosslogic.extauthz.verdict import CheckInput, Refused
+from crosslogic.extauthz.verdict import CheckInput, Refused, Verdict
 from crosslogic.lifecycle import run_until_signalled
 from crosslogic.openai_errors import ApiError, invalid_request
 
@@ -157,7 +157,7 @@ class AuthzProtocol(asyncio.Protocol):
             self._closing = True
         step = self._authorizer.start(request)
         if isinstance(step, tuple):
-            self._owe(self._answers.answer(step[1], head_only=head_only, close=close))
+            self._owe(self._render(step[1], head_only, close))
         else:
             task = asyncio.get_running_loop().create_task(self._answer(step, head_only, close))
             task.add_done_callback(self._ready)
@@ -167,7 +167,14 @@ class AuthzProtocol(asyncio.Protocol):
 
     async def _answer(self, step: Pending, head_only: bool, close: bool) -> bytes:
         _, verdict = await step  # never raises: the authorizer refuses what fails
-        return self._answers.answer(verdict, head_only=head_only, close=close)
+        return self._render(verdict, head_only, close)
+
+    def _render(self, verdict: Verdict, head_only: bool, close: bool) -> bytes:
+        try:
+            return self._answers.answer(verdict, head_only=head_only, close=close)
+        except Exception as exc:  # a value that cannot be a header: a bug of ours, refused
+            _, refusal = self._authorizer.refuse(exc)
+            return self._answers.answer(refusal, head_only=head_only, close=close)
 
     def _owe(self, answer: bytes | asyncio.Task[bytes]) -> None:
         if not self._owed and isinstance(answer, bytes):
