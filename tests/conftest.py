@@ -23,9 +23,16 @@ from tests.support.system import log_tails, own_system
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def session_stack() -> Iterator[Stack]:
     with own_system(nodes=2) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def stack(session_stack: Stack) -> Stack:
+    """The session's system (ext_authz over gRPC). A module may run its tests over both
+    protocols instead (tests/support/protocols.py); the fixtures below never follow that."""
+    return session_stack
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +55,7 @@ def http_stack() -> Iterator[Stack]:
 def limited(request: pytest.FixtureRequest) -> Stack:
     """The test runs with the rate-limit decision in the rate-limit service, then in ext_authz
     over gRPC, then in ext_authz over HTTP."""
-    name = {"service": "stack", "authz": "authz_stack", "http": "http_stack"}[request.param]
+    name = {"service": "session_stack", "authz": "authz_stack", "http": "http_stack"}[request.param]
     chosen: Stack = request.getfixturevalue(name)
     return chosen
 

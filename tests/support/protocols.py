@@ -16,9 +16,9 @@ def over_both_protocols() -> Any:
     ``client``, ``environment``...) follow it."""
 
     @pytest.fixture(params=["grpc", "http"])
-    def stack(request: pytest.FixtureRequest, stack: Stack) -> Stack:
+    def stack(request: pytest.FixtureRequest, session_stack: Stack) -> Stack:
         if request.param == "grpc":
-            return stack
+            return session_stack
         chosen: Stack = request.getfixturevalue("http_stack")
         return chosen
 
