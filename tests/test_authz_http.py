@@ -28,6 +28,7 @@ from tests.support.key_records import key_record
 
 GOOD = keys.generate().plaintext  # its record is known
 SLOW = keys.generate().plaintext  # known, after the test lets the lookup finish
+BROKE = keys.generate().plaintext  # its tenant's quota is used up
 CHAT = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 
 
@@ -35,6 +36,8 @@ def authorizer(release: asyncio.Event | None = None) -> Authorizer:
     async def fetch(key_hash: bytes) -> KeyRecord | None:
         if key_hash == keys.hash_key(SLOW) and release is not None:
             await release.wait()
+        if key_hash == keys.hash_key(BROKE):
+            return key_record(quota="credits_exhausted")
         known = (keys.hash_key(GOOD), keys.hash_key(SLOW))
         return key_record(allowed_models=frozenset({"m"})) if key_hash in known else None
 
@@ -239,6 +242,7 @@ def test_both_edges_answer_a_verdict_alike() -> None:
         ("POST", "/v1/chat/completions", "", CHAT),
         ("GET", "/v1/models", GOOD, b""),
         ("GET", "/v1/nothing", GOOD, b""),
+        ("POST", "/v1/chat/completions", BROKE, CHAT),  # 429, x-should-retry: false
     ]:
         proto, answer = asyncio.run(
             both(request(method, path, key=key, body=body), method, path, key, body)
@@ -247,6 +251,8 @@ def test_both_edges_answer_a_verdict_alike() -> None:
             denied = proto.denied_response
             assert answer["status"] == denied.status.code
             assert answer["body"] == denied.body.encode()
+            names = [h.header.key for h in denied.headers]
+            assert len(names) == len(set(names)), names  # each once
             for h in denied.headers:
                 assert answer["headers"][h.header.key] == h.header.value
             continue

@@ -19,7 +19,13 @@ from google.rpc import status_pb2
 
 from crosslogic.contracts import routing
 from crosslogic.extauthz.decision import Allow
-from crosslogic.extauthz.verdict import limits_metadata, metadata_of, refused, upstream_headers
+from crosslogic.extauthz.verdict import (
+    Refused,
+    limits_metadata,
+    metadata_of,
+    refused,
+    upstream_headers,
+)
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.gcra import Decision
 
@@ -39,7 +45,11 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 def denied(
     error: ApiError, *, headers: Sequence[tuple[str, str]] = ()
 ) -> external_auth_pb2.CheckResponse:
-    refusal = refused(error, headers)
+    return refusal_response(refused(error, headers))
+
+
+def refusal_response(refusal: Refused) -> external_auth_pb2.CheckResponse:
+    error = refusal.error
     code = 16 if error.status == 401 else 7  # UNAUTHENTICATED / PERMISSION_DENIED
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code, message=error.code or error.type),

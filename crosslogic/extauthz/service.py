@@ -13,7 +13,12 @@ from crosslogic.contracts.journal import BOOT_HEADER, DEFAULT_GATEWAY, GATEWAY_H
 from crosslogic.contracts.routing import REGION_HEADER
 from crosslogic.extauthz.authorizer import Authorizer
 from crosslogic.extauthz.decision import Allow
-from crosslogic.extauthz.responses import allowed, denied, with_limits, with_prefix_hash
+from crosslogic.extauthz.responses import (
+    allowed,
+    refusal_response,
+    with_limits,
+    with_prefix_hash,
+)
 from crosslogic.extauthz.verdict import Admitted, CheckInput
 
 CACHED_ANSWERS = 50_000  # allow answers kept per process (one per key and model, roughly)
@@ -46,7 +51,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             )
         )
         if not isinstance(verdict, Admitted):
-            return denied(verdict.error, headers=verdict.headers)
+            return refusal_response(verdict)
         response = self._responses.get(verdict.decision)
         if response is None:
             if len(self._responses) > CACHED_ANSWERS:
