@@ -72,7 +72,23 @@ def render(
         lines = (folder / "ratelimit-filter.yaml").read_text().splitlines(keepends=True)
         fragment = "".join(line for line in lines if not line.startswith("#"))
     text = text.replace("${RATELIMIT_FILTER}\n", fragment)
+    # how Envoy asks ext_authz: the protocol's parts of its filter and cluster
+    for name, part in fragments(folder / f"extauthz-{settings.extauthz_protocol}.yaml").items():
+        text = text.replace(f"${{{name}}}\n", part)
     return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def fragments(path: Path) -> dict[str, str]:
+    """The named parts of a fragment file: each ``#@ NAME`` line starts one; other lines
+    starting with ``#`` are the file's comments."""
+    parts: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in path.read_text().splitlines(keepends=True):
+        if line.startswith("#@ "):
+            current = parts.setdefault(line[3:].strip(), [])
+        elif not line.startswith("#") and current is not None:
+            current.append(line)
+    return {name: "".join(lines) for name, lines in parts.items()}
 
 
 def _endpoints(host: str, ports: tuple[int, ...]) -> str:

@@ -117,6 +117,7 @@ class Settings:
     # where the request-time rate-limit decision is made: "service" (Envoy's rate-limit filter
     # calls the rate-limit service) or "authz" (ext_authz decides in the call it makes anyway)
     ratelimit_at: str = "service"
+    extauthz_protocol: str = "grpc"  # how Envoy asks ext_authz: "grpc" or "http" (HTTP/1.1)
     admin_token: str = ""  # when set, /admin/* requires "Authorization: Bearer <token>"
     # The OpenAI listener's bounds on slow or greedy clients: all request headers within
     # this long of the connection's first byte, the whole request (body included; the
@@ -238,6 +239,9 @@ def load(env: Mapping[str, str]) -> Settings:
         xds_poll_interval=duration_value(env, "XDS_POLL_INTERVAL", d.xds_poll_interval),
         admin_token=env.get("ADMIN_TOKEN", d.admin_token),
         ratelimit_at=choice_value(env, "RATELIMIT_AT", d.ratelimit_at, ("service", "authz")),
+        extauthz_protocol=choice_value(
+            env, "EXTAUTHZ_PROTOCOL", d.extauthz_protocol, ("grpc", "http")
+        ),
         ratelimit_redis_timeout=duration_value(
             env, "RATELIMIT_REDIS_TIMEOUT", d.ratelimit_redis_timeout
         ),

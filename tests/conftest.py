@@ -23,9 +23,16 @@ from tests.support.system import log_tails, own_system
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def session_stack() -> Iterator[Stack]:
     with own_system(nodes=2) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def stack(session_stack: Stack) -> Stack:
+    """The session's system (ext_authz over gRPC). A module may run its tests over both
+    protocols instead (tests/support/protocols.py); the fixtures below never follow that."""
+    return session_stack
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +42,20 @@ def authz_stack() -> Iterator[Stack]:
         yield running
 
 
-@pytest.fixture(params=["service", "authz"])
+@pytest.fixture(scope="session")
+def http_stack() -> Iterator[Stack]:
+    """A system whose Envoy asks ext_authz over HTTP (EXTAUTHZ_PROTOCOL=http), which also
+    decides the rate limits: one for the whole session, shared by every module that runs its
+    tests over both protocols (tests/support/protocols.py)."""
+    with own_system(nodes=2, ratelimit_at="authz", extauthz_protocol="http") as running:
+        yield running
+
+
+@pytest.fixture(params=["service", "authz", "http"])
 def limited(request: pytest.FixtureRequest) -> Stack:
-    """The test runs with the rate-limit decision in the rate-limit service, then in ext_authz."""
-    name = "stack" if request.param == "service" else "authz_stack"
+    """The test runs with the rate-limit decision in the rate-limit service, then in ext_authz
+    over gRPC, then in ext_authz over HTTP."""
+    name = {"service": "session_stack", "authz": "authz_stack", "http": "http_stack"}[request.param]
     chosen: Stack = request.getfixturevalue(name)
     return chosen
 

@@ -18,8 +18,11 @@ from tests.support.admin import Admin, new_key, ok
 from tests.support.db import run_db, usage_row
 from tests.support.inference import ask, client, wait_refused
 from tests.support.metrics import node_metrics
+from tests.support.protocols import over_both_protocols
 from tests.support.system import MODEL
 from tests.support.waiting import wait_until
+
+stack = over_both_protocols()  # every test here runs over gRPC, then HTTP
 
 
 def test_created_key_works_and_secrets_never_leave_again(

@@ -70,12 +70,19 @@ def send_requests(client: openai.OpenAI) -> dict[str, tuple[str, dict[str, objec
     return sent
 
 
-@pytest.fixture(params=["service", "authz"])
+@pytest.fixture(params=["service", "authz", "http"])
 def slow_log_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """A system of its own (this test kills its Envoy) whose Envoy writes its access log
-    once a minute, so that a kill loses the lines of every request just made."""
+    once a minute, so that a kill loses the lines of every request just made (http: ext_authz
+    over HTTP, deciding the limits)."""
+    placement = {"service": "service", "authz": "authz", "http": "authz"}[request.param]
+    protocol = "http" if request.param == "http" else "grpc"
     with own_system(
-        nodes=1, envoy_log_flush_interval=60.0, ratelimit_at=request.param, extauthz_workers=1
+        nodes=1,
+        envoy_log_flush_interval=60.0,
+        ratelimit_at=placement,
+        extauthz_protocol=protocol,
+        extauthz_workers=1,
     ) as running:
         yield running
 

@@ -94,10 +94,13 @@ def double() -> Iterator[StripeDouble]:
         yield d
 
 
-@pytest.fixture()
-def e2e(double: StripeDouble) -> Iterator[Stack]:
+@pytest.fixture(params=["grpc", "http"])
+def e2e(double: StripeDouble, request: pytest.FixtureRequest) -> Iterator[Stack]:
     with own_system(
-        nodes=0, stripe_secret_key="sk_test_e2e", stripe_api_base=double.url
+        nodes=0,
+        stripe_secret_key="sk_test_e2e",
+        stripe_api_base=double.url,
+        extauthz_protocol=request.param,
     ) as running:
         for i in (1, 2):  # paced, so that a client can leave a stream before its end
             running.start_node(f"e2e-{i}", extra=("--tokens-per-second", str(TOKENS_PER_S)))

@@ -6,6 +6,7 @@ Pure: the config is rendered, never run; every name is compared with crosslogic/
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -21,6 +22,9 @@ from crosslogic.contracts import access_log, counters, journal, metadata, routin
 from crosslogic.envoy_config import render, template_dir
 from crosslogic.extauthz import responses as authz
 from crosslogic.extauthz.decision import Allow
+from crosslogic.extauthz.http_answers import REMOVE_HEADER, HttpAnswers
+from crosslogic.extauthz.verdict import Admitted, Refused, refused
+from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit import service as ratelimit
 from crosslogic.ratelimit.config import LayerLimits, LimitRow
 from crosslogic.ratelimit.gcra import interpret, limits_for
@@ -35,8 +39,8 @@ PACKAGE = Path(routing.__file__).resolve().parents[1]
 DYNAMIC = re.compile(r"%DYNAMIC_METADATA\(([^:()]+):([^)]+)\)%")
 
 
-def config(ratelimit_at: str = "service") -> dict[str, Any]:
-    settings = load({"RATELIMIT_AT": ratelimit_at})
+def config(ratelimit_at: str = "service", protocol: str = "grpc") -> dict[str, Any]:
+    settings = load({"RATELIMIT_AT": ratelimit_at, "EXTAUTHZ_PROTOCOL": protocol})
     rendered: dict[str, Any] = yaml.safe_load(render(settings, boot_id=BOOT))
     return rendered
 
@@ -94,8 +98,9 @@ def test_the_access_log_writes_exactly_the_fields_billing_reads() -> None:
 
 
 def test_every_metadata_key_the_config_names_is_in_the_contract() -> None:
-    for ratelimit_at in ("service", "authz"):
-        text = render(load({"RATELIMIT_AT": ratelimit_at}), boot_id=BOOT)
+    for ratelimit_at, protocol in itertools.product(("service", "authz"), ("grpc", "http")):
+        settings = load({"RATELIMIT_AT": ratelimit_at, "EXTAUTHZ_PROTOCOL": protocol})
+        text = render(settings, boot_id=BOOT)
         for namespace, key in DYNAMIC.findall(text):
             assert key in metadata.KEYS[namespace], (namespace, key)
     usage_rules = [
@@ -280,3 +285,93 @@ def test_counters_keep_one_layout_in_both_scripts_and_the_reservation_billing_se
     assert settlement is not None
     assert settlement.counters == ((limit.redis_key, limit.interval_us),)
     assert settlement.delta_tokens == 10 - 30
+    # ext_authz over HTTP: the reservation reaches the log as a header's string, JSON
+    answer = HttpAnswers().answer(Admitted(allowed_model_request(), None, decision)).decode()
+    (header,) = [h for h in answer.split("\r\n") if h.startswith(metadata.TOKEN_RESERVATION)]
+    del line["reservation"]
+    line["authz_reservation"] = header.split(": ", 1)[1]
+    assert parse_line(json.dumps(line).encode()).settlement == settlement
+
+
+def ext_authz(protocol: str) -> dict[str, Any]:
+    return filters(config("authz", protocol))["envoy.filters.http.ext_authz"]
+
+
+def extauthz_cluster(cfg: dict[str, Any]) -> dict[str, Any]:
+    (cluster,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == "extauthz"]
+    options: dict[str, Any] = cluster["typed_extension_protocol_options"]
+    return options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+
+
+def matches(patterns: list[dict[str, str]], name: str) -> bool:
+    return any(
+        name == p.get("exact") or ("prefix" in p and name.startswith(p["prefix"])) for p in patterns
+    )
+
+
+def test_both_protocols_carry_the_same_request_and_settings() -> None:
+    grpc, http = ext_authz("grpc"), ext_authz("http")
+    shared = ("failure_mode_allow", "status_on_error", "allowed_headers", "clear_route_cache")
+    assert {k: grpc[k] for k in shared} == {k: http[k] for k in shared}
+    assert grpc["failure_mode_allow"] is False and grpc["status_on_error"] == {"code": 503}
+    assert grpc["clear_route_cache"] is True
+    # the body: as bytes in the gRPC message; as the HTTP request's own body
+    assert grpc["with_request_body"] == dict(http["with_request_body"], pack_as_bytes=True)
+    boot = [journal.BOOT_HEADER, BOOT]
+    origin = grpc["grpc_service"]["initial_metadata"]
+    added = http["http_service"]["authorization_request"]["headers_to_add"]
+    for sent in (origin, added):
+        assert [[h["key"], h["value"]] for h in sent] == [boot, [journal.GATEWAY_HEADER, "gateway"]]
+    service = http["http_service"]
+    assert service["server_uri"]["cluster"] == "extauthz"
+    assert service["server_uri"]["timeout"] == grpc["grpc_service"]["timeout"]
+    assert service["retry_policy"]["retry_on"] == "connect-failure,reset"
+    assert (
+        "http2_protocol_options"
+        in extauthz_cluster(config("authz", "grpc"))["explicit_http_config"]
+    )
+    assert (
+        "http_protocol_options" in extauthz_cluster(config("authz", "http"))["explicit_http_config"]
+    )
+
+
+def test_over_http_envoy_takes_every_header_and_metadata_key_ext_authz_answers() -> None:
+    response = ext_authz("http")["http_service"]["authorization_response"]
+    upstream = response["allowed_upstream_headers"]["patterns"]
+    to_metadata = response["dynamic_metadata_from_headers"]["patterns"]
+    assert {p["exact"] for p in to_metadata} == metadata.AUTHZ_KEYS
+    on_success = response["allowed_client_headers_on_success"]["patterns"]
+    on_denial = response["allowed_client_headers"]["patterns"]
+    row = LimitRow(scope="key", subject="k1", layer="key", tokens_per_minute=100)
+    limits = interpret(limits_for([LayerLimits("key", "k1", row)], tokens=30), [1, 0, 0, 70, 9])
+    assert limits.headers() and limits.reservation()
+    answers = HttpAnswers()
+    for decision in (
+        allowed_model_request(),
+        Allow(key=key_record(), model=None, force_include_usage=False),
+    ):
+        text = answers.answer(Admitted(decision, "abc", limits)).decode()
+        head = [line.split(": ", 1) for line in text.split("\r\n")[1:] if ": " in line]
+        for name, _ in head:
+            if name.startswith(routing.INTERNAL_HEADER_PREFIX):
+                assert matches(upstream, name), name
+            elif name in metadata.AUTHZ_KEYS:
+                assert matches(to_metadata, name) and not matches(upstream, name)
+            elif name.startswith("x-ratelimit-"):
+                assert matches(on_success, name)
+            else:
+                assert name in (REMOVE_HEADER, "content-length"), name
+        assert [REMOVE_HEADER, "authorization"] in head
+    quota = refused(authz_decision_error("insufficient_quota"), [("retry-after", "1")])
+    for refusal in (
+        quota,
+        Refused(authz_decision_error("x"), (("x-ratelimit-limit-requests", "1"),)),
+    ):
+        text = answers.answer(refusal).decode()
+        names = [line.split(": ", 1)[0] for line in text.split("\r\n\r\n")[0].split("\r\n")[1:]]
+        for name in names:
+            assert name == "content-length" or matches(on_denial, name), name
+
+
+def authz_decision_error(code: str) -> Any:
+    return ApiError(429, "no", code, code)

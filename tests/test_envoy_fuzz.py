@@ -24,8 +24,11 @@ import pytest
 
 from crosslogic.stack import Stack
 from tests.support.metrics import node_requests
+from tests.support.protocols import over_both_protocols
 from tests.support.system import MODEL
 from tests.support.tenants import demo_key
+
+stack = over_both_protocols()  # every test here runs over gRPC, then HTTP
 
 SEED = 20261129
 REQUESTS = 10_000

@@ -17,9 +17,13 @@ def ask(client: openai.OpenAI) -> openai.types.chat.ChatCompletion:
     )
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_authorization_down_fails_closed_with_a_clear_503(
-    stack: Stack, client: openai.OpenAI
+    request: pytest.FixtureRequest, protocol: str
 ) -> None:
+    stack: Stack = request.getfixturevalue("stack" if protocol == "grpc" else "http_stack")
+    assert stack.demo is not None
+    client = openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)
     count = stop_service(stack, "extauthz")
     try:
         wait_until("ext_authz to stop", lambda: not port_in_use(stack.settings.extauthz_port))

@@ -25,10 +25,13 @@ from crosslogic.settings import load
 from crosslogic.stack import Stack
 from tests.support.db import run_db
 from tests.support.metrics import node_requests
+from tests.support.protocols import over_both_protocols
 from tests.support.ratelimits import set_limit
 from tests.support.system import MODEL
 from tests.support.tenants import fresh_tenant, key_in
 from tests.support.waiting import wait_until
+
+stack = over_both_protocols()  # every test here runs over gRPC, then HTTP
 
 CHAT = "/v1/chat/completions"
 

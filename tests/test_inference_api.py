@@ -12,8 +12,11 @@ import pytest
 from crosslogic.stack import Stack
 from tests.support.db import usage_row
 from tests.support.metrics import node_generated_tokens
+from tests.support.protocols import over_both_protocols
 from tests.support.system import MODEL
 from tests.support.tenants import demo_key
+
+stack = over_both_protocols()
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:

@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.errors import Unavailable
 from crosslogic.extauthz import keys
+from crosslogic.extauthz.authorizer import Authorizer, AuthzMetrics
 from crosslogic.extauthz.decision import KeyRecord
-from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
+from crosslogic.extauthz.service import AuthorizationService
 from crosslogic.extauthz.store import KeyCache
 from tests.support.key_records import key_record
 
@@ -128,7 +129,9 @@ def test_authz_answers_503_when_the_key_store_is_down() -> None:
         raise Unavailable("PostgreSQL", "connection refused")
 
     registry = CollectorRegistry()
-    service = AuthorizationService(cache=KeyCache(fetch, ttl=1.0), metrics=AuthzMetrics(registry))
+    service = AuthorizationService(
+        Authorizer(cache=KeyCache(fetch, ttl=1.0), metrics=AuthzMetrics(registry))
+    )
     request = external_auth_pb2.CheckRequest()
     http = request.attributes.request.http
     http.headers["authorization"] = f"Bearer {keys.generate().plaintext}"

@@ -22,8 +22,11 @@ from crosslogic.stack import Stack
 from tests.support.admin import Admin, new_key, ok
 from tests.support.db import run_db
 from tests.support.inference import ask, wait_refused
+from tests.support.protocols import over_both_protocols
 from tests.support.system import MODEL
 from tests.support.waiting import wait_until
+
+stack = over_both_protocols()  # every test here runs over gRPC, then HTTP
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -20,9 +20,12 @@ from tests.support.admin import Admin, ok
 from tests.support.cli import Cli, cli_ok
 from tests.support.db import run_db
 from tests.support.metrics import metric
+from tests.support.protocols import over_both_protocols
 from tests.support.system import MODEL
 from tests.support.tenants import CreatedKey, fresh_tenant, key_in
 from tests.support.waiting import wait_until
+
+stack = over_both_protocols()  # every test here runs over gRPC, then HTTP
 
 REFUSED = 'crosslogic_authz_decisions_total{outcome="insufficient_quota"}'
 

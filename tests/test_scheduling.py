@@ -145,10 +145,11 @@ class Fleet:
         )
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
     # heartbeats outlive a frozen node here: Envoy's health checks alone take it out
-    with own_system(nodes=0, node_heartbeat_timeout=60.0) as stack:
+    # (the placement is ext_authz's: each test runs over both of its protocols)
+    with own_system(nodes=0, node_heartbeat_timeout=60.0, extauthz_protocol=request.param) as stack:
         fleet = Fleet(stack)
         for code in (EU, US):
             ok(fleet.admin("POST", "/admin/regions", {"code": code, "name": code}))

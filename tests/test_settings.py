@@ -36,6 +36,7 @@ def test_durations() -> None:
         ("BILLING_EXPORT_INTERVAL", "0s"),
         ("LOG_LEVEL", "verbose"),
         ("EXTAUTHZ_WORKERS", "many"),
+        ("EXTAUTHZ_PROTOCOL", "http2"),
         ("PROMETHEUS_PORT", "0"),
         ("ENVOY_REQUEST_HEADERS_TIMEOUT", "0s"),
         ("ENVOY_REQUEST_TIMEOUT", "soon"),

@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.admin.errors import error_middleware
 from crosslogic.extauthz import keys
-from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
+from crosslogic.extauthz.authorizer import Authorizer, AuthzMetrics
+from crosslogic.extauthz.service import AuthorizationService
 from crosslogic.extauthz.store import KeyCache
 from crosslogic.ratelimit.service import RateLimitService
 from crosslogic.unexpected import UnexpectedErrors
@@ -81,8 +82,10 @@ def test_authz_service_refuses_what_it_chokes_on() -> None:
 
     registry = CollectorRegistry()
     service = AuthorizationService(
-        cache=KeyCache(fetch, ttl=1.0),  # type: ignore[arg-type]
-        metrics=AuthzMetrics(registry),
+        Authorizer(
+            cache=KeyCache(fetch, ttl=1.0),  # type: ignore[arg-type]
+            metrics=AuthzMetrics(registry),
+        )
     )
     request = external_auth_pb2.CheckRequest()
     http = request.attributes.request.http

@@ -113,6 +113,11 @@ def settlement(entry: dict[str, Any], usage: Counted) -> Settlement | None:
     """
     # from the rate-limit service, or from ext_authz when it decides (RATELIMIT_AT=authz)
     reservation = entry.get("reservation") or entry.get("authz_reservation")
+    if isinstance(reservation, str):  # ext_authz over HTTP: metadata from a header, as JSON
+        try:
+            reservation = json.loads(reservation)
+        except ValueError:
+            return None
     if not isinstance(reservation, dict) or not reservation.get("counters"):
         return None
     if usage is not None:

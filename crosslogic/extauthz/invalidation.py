@@ -20,7 +20,7 @@ from crosslogic.db.budget import application_name, listen_name
 from crosslogic.db.connection import connect
 from crosslogic.db.errors import postgres_errors
 from crosslogic.errors import Unavailable
-from crosslogic.extauthz.service import AuthorizationService
+from crosslogic.extauthz.authorizer import Authorizer
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.settings import Settings
 
@@ -74,9 +74,7 @@ async def flush_last_used(cache: KeyCache, store: PostgresKeys, *, every: float)
                 cache.touch(api_key_id, at=at)
 
 
-async def refresh_catalog(
-    service: AuthorizationService, store: PostgresKeys, *, every: float
-) -> None:
+async def refresh_catalog(service: Authorizer, store: PostgresKeys, *, every: float) -> None:
     """Keep the model catalog and the regions current; a failed refresh keeps the last good
     ones."""
     while True:

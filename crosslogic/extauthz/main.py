@@ -1,4 +1,5 @@
-"""One ext_authz process: Postgres pool, caches, gRPC server on a shared port."""
+"""One ext_authz process: Postgres pool, caches, and the gRPC or HTTP server
+(EXTAUTHZ_PROTOCOL) on a shared port."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.db.budget import application_name
 from crosslogic.db.connection import create_pool
+from crosslogic.extauthz.authorizer import Authorizer, AuthzMetrics
+from crosslogic.extauthz.http_server import serve_http
 from crosslogic.extauthz.invalidation import flush_last_used, follow_changes, refresh_catalog
-from crosslogic.extauthz.service import AuthorizationService, AuthzMetrics
+from crosslogic.extauthz.service import AuthorizationService
 from crosslogic.extauthz.store import KeyCache, PostgresKeys
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.journal.writer import AdmissionWriter, JournalMetrics
@@ -38,28 +41,32 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     redis = (
         limits.redis if limits else open_redis(settings, timeout=settings.ratelimit_redis_timeout)
     )
-    service = AuthorizationService(
+    authorizer = Authorizer(
         cache=cache,
         metrics=AuthzMetrics(registry),
         limiter=limits.limiter if limits else None,
         journal=AdmissionWriter(redis, JournalMetrics(registry)),
     )
-    service.catalog = await store.fetch_catalog()
-    service.regions = await store.fetch_regions()
+    authorizer.catalog = await store.fetch_catalog()
+    authorizer.regions = await store.fetch_regions()
     tasks = (
         *((limits.task,) if limits else ()),
-        asyncio.create_task(refresh_catalog(service, store, every=2.0), name="catalog"),
+        asyncio.create_task(refresh_catalog(authorizer, store, every=2.0), name="catalog"),
         asyncio.create_task(follow_changes(settings, cache), name="key-changes"),
         asyncio.create_task(
             flush_last_used(cache, store, every=settings.key_last_used_flush), name="last-used"
         ),
     )
-    server = new_server()
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
+    host, port = settings.server_host, settings.extauthz_port
     try:
-        await serve_until_signalled(
-            server, host=settings.server_host, port=settings.extauthz_port, tasks=tasks
-        )
+        if settings.extauthz_protocol == "http":
+            await serve_http(authorizer, host=host, port=port, tasks=tasks)
+        else:
+            server = new_server()
+            external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+                AuthorizationService(authorizer), server
+            )
+            await serve_until_signalled(server, host=host, port=port, tasks=tasks)
     finally:
         if limits is not None:
             await limits.close()
