@@ -115,7 +115,7 @@ def settlement(entry: dict[str, Any], usage: Counted) -> Settlement | None:
     reservation = entry.get("reservation") or entry.get("authz_reservation")
     if isinstance(reservation, str):  # ext_authz over HTTP: metadata from a header, as JSON
         try:
-            reservation = json.loads(reservation)
+            reservation = orjson.loads(reservation)
         except ValueError:
             return None
     if not isinstance(reservation, dict) or not reservation.get("counters"):
