@@ -126,6 +126,12 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
     in_authz = Gateway(
         work_dir / "stack-authz", envoy_concurrency=envoy_concurrency, ratelimit_at="authz"
     )
+    over_http = Gateway(
+        work_dir / "stack-http",
+        envoy_concurrency=envoy_concurrency,
+        ratelimit_at="authz",
+        extauthz_protocol="http",
+    )
     failed = False
 
     def tidy() -> None:
@@ -139,11 +145,12 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
         cleanup.callback(envoys.stop)
         cleanup.callback(gateway.stop)
         cleanup.callback(in_authz.stop)
+        cleanup.callback(over_http.stop)
         try:
             run_targets(
                 load,
                 envoys=envoys,
-                gateways=(gateway, in_authz),
+                gateways=(gateway, in_authz, over_http),
                 envoy_concurrency=envoy_concurrency,
             )
         except Exception:
@@ -155,7 +162,7 @@ def run_targets(
     load: Load,
     *,
     envoys: BaselineEnvoys,
-    gateways: tuple[Gateway, Gateway],
+    gateways: tuple[Gateway, ...],
     envoy_concurrency: int,
 ) -> None:
     note = machine_note(load, envoy_concurrency=envoy_concurrency)
@@ -170,8 +177,9 @@ def run_targets(
     b = run_baseline("(b) plain Envoy (router only) → upstream", b_url, load=load)
     upstream_pid = resources.supervised(envoys.supervisor)["upstream"]
     figures = []
-    for name, gateway in zip(("c", "d"), gateways, strict=True):
-        where = gateway.stack.settings.ratelimit_at
+    for name, gateway in zip("cde", gateways, strict=False):
+        settings = gateway.stack.settings
+        where = f"{settings.ratelimit_at}, ext_authz over {settings.extauthz_protocol}"
         label = f"({name}) gateway, limits decided in {where} → upstream"
         announce(f"({name}) starting the whole system, RATELIMIT_AT={where}...")
         gateway.start(upstream_port=upstream_port)
