@@ -17,15 +17,19 @@ import psutil
 from crosslogic.supervisor import Supervisor
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid``, its descendants and the children they reaped; 0 if gone."""
+def _tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants; empty if it is gone."""
     try:
         top = psutil.Process(pid)
-        tree = [top, *top.children(recursive=True)]
+        return [top, *top.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system time of ``pid``, its descendants and the children they reaped; 0 if gone."""
     total = 0.0
-    for process in tree:
+    for process in _tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             t = process.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
@@ -35,13 +39,8 @@ def tree_cpu_seconds(pid: int) -> float:
 def tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and its descendants (shared pages count in each: an upper
     bound for PostgreSQL, whose backends share its buffers); 0 if gone."""
-    try:
-        top = psutil.Process(pid)
-        tree = [top, *top.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
     total = 0
-    for process in tree:
+    for process in _tree(pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
     return total
