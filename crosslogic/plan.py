@@ -29,10 +29,10 @@ class Plan:
         """Every port the stack listens on, by variable name."""
         s = self.settings
         wanted = service_ports(s)
-        for n in range(s.gateways):  # gateway n on ENVOY_PORT + n and ENVOY_ADMIN_PORT + n
-            plus = f"+{n}" if n else ""
-            wanted[f"ENVOY_PORT{plus}"] = s.envoy_port + n
-            wanted[f"ENVOY_ADMIN_PORT{plus}"] = s.envoy_admin_port + n
+        for n in range(s.gateways):  # Settings.gateway says where gateway n listens
+            plus, gateway = (f"+{n}" if n else ""), s.gateway(n)
+            wanted[f"ENVOY_PORT{plus}"] = gateway.envoy_port
+            wanted[f"ENVOY_ADMIN_PORT{plus}"] = gateway.envoy_admin_port
         if self.embedded_redis:
             wanted["REDIS_PORT"] = s.redis_port
         return wanted
