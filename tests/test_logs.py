@@ -13,6 +13,8 @@ import logging
 import re
 import secrets
 import string
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -155,6 +157,41 @@ def test_the_settings_secrets_are_masked_in_messages_and_tracebacks() -> None:
     assert operator not in json.dumps(failed) and failed["message"] == "with ***"
     assert "RuntimeError: refused ***" in failed["exception"]
     assert short["message"] == "short words stay short"
+
+
+UNCAUGHT = """
+import logging, threading, warnings
+from crosslogic import logs
+logs.configure(service="probe", level="info", secrets=["operator-secret-1"])
+logging.getLogger("crosslogic.probe").info("hello operator-secret-1")
+logging.getLogger("crosslogic.probe").debug("below the level")
+warnings.warn("a warning")
+thread = threading.Thread(target=lambda: 1 / 0, name="worker")
+thread.start()
+thread.join()
+raise RuntimeError("boom with clk_abcdefabcdef_0123456789abcdefghijKLMNOP")
+"""
+
+
+def test_a_configured_process_logs_json_only_even_when_it_dies() -> None:
+    run = subprocess.run(
+        [sys.executable, "-W", "default", "-c", UNCAUGHT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 1 and run.stdout == ""
+    lines = [json.loads(line) for line in run.stderr.splitlines()]  # every line is JSON
+    assert all(line["service"] == "probe" for line in lines)
+    hello, warned, thread, died = lines
+    assert hello["message"] == "hello ***"
+    assert warned["logger"] == "py.warnings" and "a warning" in warned["message"]
+    assert thread["level"] == "CRITICAL" and "ZeroDivisionError" in thread["exception"]
+    assert (
+        died["level"] == "CRITICAL"
+        and "RuntimeError: boom with clk_abcdefabcdef_***" in (died["exception"])
+    )
 
 
 def test_ext_authz_lines_carry_envoys_request_id() -> None:
