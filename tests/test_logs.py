@@ -28,6 +28,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from prometheus_client import CollectorRegistry
 
 from crosslogic import logs
+from crosslogic.billing.batch import read as read_batch
 from crosslogic.errors import Unavailable
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.authorizer import Authorizer, AuthzMetrics
@@ -162,6 +163,7 @@ def test_the_settings_secrets_are_masked_in_messages_and_tracebacks() -> None:
 UNCAUGHT = """
 import logging, threading, warnings
 from crosslogic import logs
+from crosslogic.billing.batch import read as read_batch
 logs.configure(service="probe", level="info", secrets=["operator-secret-1"])
 logging.getLogger("crosslogic.probe").info("hello operator-secret-1")
 logging.getLogger("crosslogic.probe").debug("below the level")
@@ -215,6 +217,16 @@ def test_ext_authz_lines_carry_envoys_request_id() -> None:
     (line,) = [x for x in lines_of(out) if x["logger"] == "crosslogic.extauthz.verdict"]
     assert line["request_id"] == "envoy-req-1" and line["level"] == "ERROR"
     assert KEY.plaintext not in out.getvalue()
+
+
+def test_billing_knows_the_request_of_a_line_it_cannot_bill() -> None:
+    # the consumer logs each malformed line with the request id it has, if any
+    bad_field = (
+        b'{"request_id": "req-bad", "api_key_id": "k", "model_id": "m", "upstream_host": "h",'
+        b' "status": 500, "start_time": "2026-01-01T00:00:00.000Z"}'
+    )
+    batch = read_batch([bad_field, b"not JSON"], last_boot=None)
+    assert [entry.request_id for entry in batch.malformed] == ["req-bad", None]
 
 
 # -- a whole session, then every log file ------------------------------------------------------
