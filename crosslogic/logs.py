@@ -80,7 +80,9 @@ class Redaction(logging.Filter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets = tuple(sorted({s for s in secrets if len(s) >= _SHORTEST_LITERAL}))
+        # the longest first: a secret that contains another is masked whole
+        found = {s for s in secrets if len(s) >= _SHORTEST_LITERAL}
+        self.secrets = tuple(sorted(found, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
         for secret in self.secrets:

@@ -124,6 +124,12 @@ def test_ordinary_words_are_left_alone() -> None:
     assert lines_of(out)[0]["message"] == text
 
 
+def test_a_secret_that_contains_another_is_masked_whole() -> None:
+    with captured("password", "password-and-more") as out:
+        logging.getLogger("crosslogic.test_logs").warning("[password-and-more]")
+    assert lines_of(out)[0]["message"] == "[***]"
+
+
 def test_the_settings_secrets_are_masked_in_messages_and_tracebacks() -> None:
     operator = secrets.token_urlsafe(24)  # the admin token's shape: no prefix to recognise
     with captured(operator, "short") as out:
