@@ -6,8 +6,8 @@ environments, keys), audit, limits, usage (reports, also ``/v1/usage`` via Envoy
 (models, regions), prices (list prices, tenant overrides), plans (and a tenant's billing
 settings), credits, reservations (reserved capacity), stripe_customers (a tenant's Stripe
 customer) and openapi each own their routes; ``context`` holds what they share, ``auth``
-decides who may call what (the operator, a registration token, a node), and ``errors``
-answers every refusal.
+decides who may call what (the operator, a registration token, a node), ``errors``
+answers every refusal, and ``request_ids`` gives every call the id its log lines carry.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from crosslogic.admin import (
 from crosslogic.admin.context import POOL, READ_POOL, REDIS, SETTINGS
 from crosslogic.admin.errors import error_middleware
 from crosslogic.admin.health import metrics
+from crosslogic.admin.request_ids import request_ids
 from crosslogic.db.budget import application_name
 from crosslogic.db.connection import create_pool, read_settings
 from crosslogic.fleet import tokens
@@ -59,7 +60,9 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
     unexpected = UnexpectedErrors(
         edge="admin", registry=registry or CollectorRegistry(), logger=log
     )
-    app = web.Application(middlewares=[error_middleware(unexpected), auth.authenticate])
+    app = web.Application(
+        middlewares=[request_ids, error_middleware(unexpected), auth.authenticate]
+    )
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

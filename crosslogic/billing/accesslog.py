@@ -16,7 +16,11 @@ CLIENT_LEFT = "DC"
 
 
 class MalformedEntry(ValueError):
-    """A line that is not an access-log entry of ours."""
+    """A line that is not an access-log entry of ours (``request_id``: its, if it has one)."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 def started_at(text: str) -> datetime:
@@ -210,4 +214,6 @@ def usage_record(entry: dict[str, Any], usage: Counted) -> UsageRecord | None:
             duration_ms=_count(get("duration_ms")),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedEntry(f"bad field in {get('request_id')}: {exc}") from exc
+        raise MalformedEntry(
+            f"bad field in {get('request_id')}: {exc}", request_id=str(get("request_id"))
+        ) from exc

@@ -25,7 +25,7 @@ class Batch:
     seen: dict[str, list[str]] = field(default_factory=dict)
     replaced: list[str] = field(default_factory=list)
     last_boot: str | None = None
-    malformed: list[str] = field(default_factory=list)
+    malformed: list[MalformedEntry] = field(default_factory=list)
 
     def inserted(self, ids: Set[str]) -> list[UsageRecord]:
         """The records whose rows the insert wrote (``ids``), each request's first line."""
@@ -58,7 +58,7 @@ def read(lines: Iterable[bytes], *, last_boot: str | None) -> Batch:
         try:
             line = parse_line(raw)
         except MalformedEntry as exc:
-            batch.malformed.append(str(exc))
+            batch.malformed.append(exc)
             continue
         if line.record is not None:
             batch.records.append(line.record)

@@ -131,9 +131,13 @@ class AccessLogConsumer:
         if consumed == 0:
             return 0
         batch = read_batch(lines, last_boot=self._last_boot)
-        for reason in batch.malformed:
+        for entry in batch.malformed:
             self._metrics.malformed.inc()
-            log.error("skipping malformed access-log line: %s", reason)
+            log.error(
+                "skipping malformed access-log line: %s",
+                entry,
+                extra={"request_id": entry.request_id},
+            )
         records = batch.records
         # the book is in memory: a query per batch at most (a reload), never one per row
         book = await self.prices.book(self._pool, node_ids={r.node_id for r in records})

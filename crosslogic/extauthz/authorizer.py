@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from crosslogic import logs
 from crosslogic.contracts.journal import Admission, encode
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import (
@@ -113,6 +114,9 @@ class Authorizer:
         """The outcome if it is known without waiting, else a coroutine that finishes it.
         Either way, counted once and never raising (see verdict.refusal)."""
         started = time.perf_counter()
+        # what this request logs says which it was (crosslogic.logs); a pending step runs in
+        # a task, which copies the context it is created in
+        logs.REQUEST_ID.set(request.request_id or None)
         try:
             step = self._begin(request)
         except Exception as exc:  # the one catch of the decision: see verdict.refusal

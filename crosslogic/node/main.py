@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from crosslogic import logs
 from crosslogic.lifecycle import TaskDied, exit_code, run_until_signalled
 from crosslogic.node.config import NodeConfig
 from crosslogic.node.registration import RegistrationConfig, run_registration
@@ -110,10 +111,8 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"crosslogic node: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     token = args.registration_token or os.environ.get("NODE_REGISTRATION_TOKEN") or None
+    logs.configure(service="node", level=args.log_level, secrets=(token,) if token else ())
     try:
         asyncio.run(_serve(args, config=config, registration_token=token))
     except OSError as exc:  # typically the port is taken
