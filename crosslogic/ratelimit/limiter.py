@@ -46,8 +46,9 @@ class RateLimitMetrics:
         # name kept from the original design: operators' dashboards use it
         self.exceeded = Counter(
             "control_plane_rate_limit_exceeded_total",
-            "requests refused by a rate limit",
-            ["layer"],
+            "requests refused by a rate limit, by layer (global, tenant, environment, key) and "
+            "limit (requests, tokens)",
+            ["layer", "limit"],
             registry=registry,
         )
         self.decisions = Counter(
@@ -109,7 +110,8 @@ class RateLimiter:
             self._metrics.decisions.labels("fail_closed").inc()
             return None
         if decision.refused_by is not None:
-            self._metrics.exceeded.labels(decision.refused_by.layer).inc()
+            refused = decision.refused_by
+            self._metrics.exceeded.labels(refused.layer, refused.kind).inc()
         result = "ok" if decision.allowed else "over_limit"
         self._metrics.decisions.labels("fail_open" if decision.degraded else result).inc()
         self._metrics.latency.observe(time.perf_counter() - started)
