@@ -98,6 +98,5 @@ class RequestMetrics:
                 self.tokens.labels(model, tenant, "prompt").inc(record.prompt_tokens)
             if record.completion_tokens:
                 self.tokens.labels(model, tenant, "completion").inc(record.completion_tokens)
-            cost = costs.get(record.request_id)
-            if cost:
-                self.cost.labels(model, tenant).inc(float(cost))
+            # a free model's requests too: the series exists once the model is used
+            self.cost.labels(model, tenant).inc(float(costs.get(record.request_id, 0)))

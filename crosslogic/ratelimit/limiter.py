@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crosslogic.errors import Unavailable
 from crosslogic.openai_errors import ApiError
-from crosslogic.ratelimit.config import Identity, LimitTable
+from crosslogic.ratelimit.config import LAYERS, Identity, LimitTable
 from crosslogic.ratelimit.gcra import Decision, Limit, LocalGcra, interpret, limits_for
 from crosslogic.ratelimit.global_budget import GlobalBudget
 from crosslogic.ratelimit.store import RedisCounters
@@ -51,6 +51,9 @@ class RateLimitMetrics:
             ["layer", "limit"],
             registry=registry,
         )
+        for layer in LAYERS:  # every series present at 0 before the first refusal
+            for limit in ("requests", "tokens"):
+                self.exceeded.labels(layer, limit)
         self.decisions = Counter(
             "crosslogic_ratelimit_decisions_total",
             "rate-limit decisions",

@@ -77,5 +77,10 @@ def total(text: str, name: str, **labels: str) -> float:
 
 
 def sample_names(text: str) -> set[str]:
-    """Every sample name in an exposition (histograms: their _bucket, _sum and _count)."""
-    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    """Every sample name in an exposition (histograms: their _bucket, _sum and _count), as
+    Prometheus stores it (prometheus_client's parser would add _total to Envoy's counters)."""
+    return {
+        re.split(r"[{\s]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
