@@ -136,3 +136,44 @@ def test_unattributed_requests_have_model_none() -> None:
     metrics.answered([Outcome(model="", path="/v1/models?x=1", status=401, duration_ms=3)])
     text = generate_latest(registry).decode()
     assert total(text, "control_plane_requests_total", model="none", endpoint="other") == 1
+
+
+def test_tokens_and_cost_are_summed_by_model_and_bounded_tenant() -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from crosslogic.billing.accesslog import UsageRecord
+
+    def row(request_id: str, tenant: str, prompt: int, completion: int) -> UsageRecord:
+        return UsageRecord(
+            request_id=request_id,
+            tenant_id=tenant,
+            environment_id="e",
+            api_key_id="k",
+            model_id=1,
+            node_id="n",
+            endpoint="/v1/chat/completions",
+            streamed=False,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            status_code=200,
+            response_flags="-",
+            usage_estimated=False,
+            started_at=datetime.now(UTC),
+            duration_ms=5,
+            model="m",
+        )
+
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry, tenants=1)
+    rows = [row("r1", "t1", 3, 4), row("r2", "t1", 1, 1), row("r3", "t2", 10, 0)]
+    metrics.billed(rows, {"r1": Decimal("0.5"), "r2": Decimal("0.25"), "r3": Decimal("1")})
+    text = generate_latest(registry).decode()
+    tokens = "crosslogic_billing_tokens_total"
+    assert total(text, tokens, model="m", tenant="t1", kind="prompt") == 4
+    assert total(text, tokens, model="m", tenant="t1", kind="completion") == 5
+    assert total(text, tokens, model="m", tenant="other", kind="prompt") == 10
+    assert total(text, "crosslogic_billing_cost_usd_total", tenant="t1") == 0.75
+    assert total(text, "crosslogic_billing_cost_usd_total", tenant="other") == 1
