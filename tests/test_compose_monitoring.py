@@ -80,26 +80,26 @@ def test_promtool_accepts_the_compose_config(services: Services, tmp_path: Path)
 
 
 def test_scrape_targets_are_the_files_services(services: Services) -> None:
-    jobs = {
-        job["job_name"]: (job.get("metrics_path", "/metrics"), job["static_configs"])
-        for job in prometheus_config(services)["scrape_configs"]
-    }
-    targets = {
-        name: {t for static in configs for t in static["targets"]}
-        for name, (_, configs) in jobs.items()
-    }
+    jobs = {job["job_name"]: job for job in prometheus_config(services)["scrape_configs"]}
+    assert set(jobs) == {"control-plane", "envoy", "nodes"}
+
+    def static(job: str) -> set[str]:
+        return {t for group in jobs[job]["static_configs"] for t in group["targets"]}
+
     control_plane = settings_of(services["control-plane"])
-    assert targets["control-plane"] == {f"control-plane:{control_plane.prometheus_port}"}
+    metrics_at = f"control-plane:{control_plane.prometheus_port}"
+    assert static("control-plane") == {metrics_at}
     envoys = {name for name, s in services.items() if is_envoy(s)}
-    assert targets["envoy"] == {f"{name}:9901" for name in envoys}  # the rendered admin port
-    assert jobs["envoy"][0] == "/stats/prometheus"
-    nodes = {}
-    for name, service in services.items():
+    assert static("envoy") == {f"{name}:9901" for name in envoys}  # the rendered admin port
+    assert jobs["envoy"]["metrics_path"] == "/stats/prometheus"
+    # the nodes: discovered from the control plane's registry, on its metrics port
+    (discovery,) = jobs["nodes"]["http_sd_configs"]
+    assert discovery["url"] == f"http://{metrics_at}/targets/nodes"
+    # which lists each node at the address it registered: one Prometheus resolves too
+    for service in services.values():
         if is_node(service):
             argv = command(service)
-            nodes[name] = argv[argv.index("--port") + 1]
-    assert nodes
-    assert targets["nodes"] == {f"{name}:{port}" for name, port in nodes.items()}
+            assert argv[argv.index("--advertise-address") + 1] in services
 
 
 def test_grafana_provisions_the_datasource_and_dashboard(services: Services) -> None:

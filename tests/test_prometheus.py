@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from crosslogic.stack import Stack
+from tests.support.admin import Admin
 from tests.support.prometheus import (
     CONFIG,
     DEPLOY,
@@ -20,6 +22,7 @@ from tests.support.prometheus import (
     promtool,
     running_prometheus,
 )
+from tests.support.system import MODEL
 from tests.support.waiting import wait_until
 
 # what the issue asks alerts for, each by the rule that covers it
@@ -48,21 +51,40 @@ def rule_groups() -> dict[str, list[str]]:
     return {g["name"]: [r["alert"] for r in g["rules"]] for g in groups}
 
 
-def test_every_target_is_up(prometheus: Prometheus, stack: Stack) -> None:
-    def health() -> dict[str, str]:
-        active = prometheus.api("targets?state=active")["activeTargets"]
-        return {t["scrapeUrl"]: t["health"] for t in active}
+def live_nodes(stack: Stack) -> set[str]:
+    """host:port of every node the registry says is live (heartbeating)."""
+    nodes = Admin(stack)("GET", "/admin/nodes")[1]["nodes"]
+    return {f"{n['address']}:{n['port']}" for n in nodes if n["live"]}
 
-    def all_up() -> dict[str, str] | None:
-        found = health()
-        return found if found and set(found.values()) == {"up"} else None
+
+def test_every_target_is_up(prometheus: Prometheus, stack: Stack) -> None:
+    control_plane = f"127.0.0.1:{stack.settings.prometheus_port}"
+    envoys = {f"127.0.0.1:{g.settings.envoy_admin_port}" for g in stack.gateways}
+    nodes = live_nodes(stack)
+    assert len(nodes) >= stack.node_count
+
+    def targets() -> dict[str, dict[str, Any]]:
+        active = prometheus.api("targets?state=active")["activeTargets"]
+        return {t["labels"]["instance"]: t for t in active}
+
+    def all_up() -> dict[str, dict[str, Any]] | None:
+        found = targets()
+        # nodes other tests registered and left are targets too, down (NodeDown fires for
+        # them, as it should); every live node, Envoy and the control plane must be up
+        wanted = {control_plane, *envoys, *nodes}
+        if not wanted <= found.keys():
+            return None
+        return found if all(found[t]["health"] == "up" for t in wanted) else None
 
     up = wait_until("every target up", all_up, timeout=60)
-    jobs = {url.split("/")[2] for url in up}
-    assert f"127.0.0.1:{stack.settings.prometheus_port}" in jobs
-    assert f"127.0.0.1:{stack.settings.envoy_admin_port}" in jobs
-    assert any(url.endswith(f":{stack.settings.envoy_admin_port}/stats/prometheus") for url in up)
-    assert sum(1 for url in up if "/metrics" in url) == 1 + stack.node_count
+    assert up[control_plane]["labels"]["job"] == "control-plane"
+    for envoy in envoys:
+        assert up[envoy]["labels"]["job"] == "envoy"
+        assert up[envoy]["scrapeUrl"].endswith("/stats/prometheus")
+    for node in nodes:
+        labels = up[node]["labels"]
+        assert labels["job"] == "nodes" and labels["model"] == MODEL and labels["node_id"]
+    assert {t["labels"]["job"] for t in up.values()} == {"control-plane", "envoy", "nodes"}
 
 
 def test_every_rule_is_loaded_and_evaluates(prometheus: Prometheus) -> None:

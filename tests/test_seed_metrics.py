@@ -177,3 +177,16 @@ def test_tokens_and_cost_are_summed_by_model_and_bounded_tenant() -> None:
     assert total(text, tokens, model="m", tenant="other", kind="prompt") == 10
     assert total(text, "crosslogic_billing_cost_usd_total", tenant="t1") == 0.75
     assert total(text, "crosslogic_billing_cost_usd_total", tenant="other") == 1
+
+
+def test_node_targets_are_http_sd_groups() -> None:
+    from crosslogic.admin.node_targets import groups
+
+    rows = [
+        {"id": "n1", "address": "10.0.0.5", "port": 8000, "model": "m", "region": "eu"},
+        {"id": "n2", "address": "fd00::7", "port": 8001, "model": "m", "region": None},
+    ]
+    assert groups(rows) == [
+        {"targets": ["10.0.0.5:8000"], "labels": {"node_id": "n1", "model": "m", "region": "eu"}},
+        {"targets": ["[fd00::7]:8001"], "labels": {"node_id": "n2", "model": "m", "region": ""}},
+    ]

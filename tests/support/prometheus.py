@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,32 +55,23 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
-def scrape_targets(stack: Stack) -> dict[str, list[str]]:
-    """The jobs of prometheus.yml, by name, with this system's addresses."""
-    return {
-        "control-plane": [f"127.0.0.1:{stack.settings.prometheus_port}"],
-        "envoy": [f"127.0.0.1:{g.settings.envoy_admin_port}" for g in stack.gateways],
-        "nodes": sorted(_node_addresses(stack)),
-    }
-
-
-def _node_addresses(stack: Stack) -> list[str]:
-    request = urllib.request.Request(
-        f"{stack.admin_url}/admin/nodes",
-        headers={"Authorization": f"Bearer {stack.settings.admin_token}"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as r:
-        return [f"{n['address']}:{n['port']}" for n in json.load(r)["nodes"] if n["live"]]
-
-
 def config_for(stack: Stack, *, rules: Path = RULES) -> dict[str, Any]:
-    """prometheus.yml with each job's targets replaced by this system's, scraped every second."""
+    """prometheus.yml with this system's addresses (static targets and the nodes' discovery
+    URL), scraped every second."""
     config = yaml.safe_load(CONFIG.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(rules)]
-    targets = scrape_targets(stack)
+    static = {
+        "control-plane": [f"127.0.0.1:{stack.settings.prometheus_port}"],
+        "envoy": [f"127.0.0.1:{g.settings.envoy_admin_port}" for g in stack.gateways],
+    }
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": targets[job["job_name"]]}]
+        if "static_configs" in job:
+            job["static_configs"] = [{"targets": static[job["job_name"]]}]
+        for sd in job.get("http_sd_configs", []):
+            path = urllib.parse.urlsplit(sd["url"]).path
+            sd["url"] = f"http://127.0.0.1:{stack.settings.prometheus_port}{path}"
+            sd["refresh_interval"] = "1s"
     return config
 
 
