@@ -22,7 +22,7 @@ from tests.support.prometheus import (
     promtool,
     running_prometheus,
 )
-from tests.support.system import MODEL
+from tests.support.system import MODEL, outage
 from tests.support.waiting import wait_until
 
 # what the issue asks alerts for, each by the rule that covers it
@@ -118,6 +118,24 @@ def test_the_series_the_alerts_need_are_scraped(prometheus: Prometheus) -> None:
             lambda n=name: prometheus.api(f"query?query={n}")["result"],  # type: ignore[misc]
             timeout=60,
         )
+
+
+def test_an_outage_reaches_its_alert(prometheus: Prometheus, stack: Stack) -> None:
+    """Redis killed: the admin process's check, the scrape and the rule see it (the alert is
+    pending at once and would fire after its minute; the unit tests cover the rest)."""
+    if stack.redis is None:
+        pytest.skip("an external Redis cannot be killed from the tests")
+
+    def alerted() -> set[str]:
+        return {a["labels"]["alertname"] for a in prometheus.api("alerts")["alerts"]}
+
+    assert "RedisDown" not in alerted()
+    outage(stack, stack.redis)
+    try:
+        wait_until("RedisDown pending", lambda: "RedisDown" in alerted(), timeout=60)
+    finally:
+        stack.start_redis()
+    wait_until("RedisDown resolved", lambda: "RedisDown" not in alerted(), timeout=60)
 
 
 def test_the_required_alerts_exist() -> None:

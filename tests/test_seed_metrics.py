@@ -78,8 +78,13 @@ def test_a_refusal_is_counted_by_layer_and_limit(stack: Stack) -> None:
 
 
 def test_fleet_and_export_series_are_present(stack: Stack) -> None:
+    def active() -> float:
+        text = control_plane_metrics(stack)
+        return total(text, "control_plane_active_nodes", model=MODEL, state="active")
+
+    # the session's two nodes, and any other test's that still heartbeats
+    wait_until("the fleet counted", lambda: active() >= 2)
     text = control_plane_metrics(stack)
-    assert total(text, "control_plane_active_nodes", model=MODEL, state="active") == 2
     # the export is off in the tests (no STRIPE_SECRET_KEY): its series exist at 0
     for meter in ("prompt_tokens", "completion_tokens", "reservation_fee"):
         assert f'billing_usage_exported_total{{meter="{meter}"}}' in text
