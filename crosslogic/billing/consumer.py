@@ -12,7 +12,6 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -23,7 +22,7 @@ from crosslogic.billing.accesslog import end_time
 from crosslogic.billing.batch import read as read_batch
 from crosslogic.billing.offsets import Offset
 from crosslogic.billing.price_store import PriceCache
-from crosslogic.billing.request_metrics import RequestMetrics
+from crosslogic.billing.request_metrics import RequestMetrics, costs
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.billing.usage_rows import insert_usage, priced
 from crosslogic.contracts.journal import DEFAULT_GATEWAY
@@ -154,10 +153,7 @@ class AccessLogConsumer:
         self._metrics.records.inc(len(fresh))
         if self._requests is not None:
             self._requests.answered(batch.outcomes)
-            costs: dict[str, Decimal] = {}
-            for record, price in zip(records, prices, strict=True):
-                costs.setdefault(record.request_id, price.cost)  # each request's first line
-            self._requests.billed(fresh, costs)
+            self._requests.billed(fresh, costs(records, prices))
         for record in fresh:
             if record.abandoned:
                 streamed = "true" if record.streamed else "false"

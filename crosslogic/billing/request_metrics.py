@@ -17,6 +17,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crosslogic.billing.accesslog import Outcome, UsageRecord
+from crosslogic.billing.pricing import Priced
 
 ENDPOINTS = {
     "/v1/chat/completions": "chat/completions",
@@ -29,6 +30,14 @@ OTHER = "other"
 NO_MODEL = "none"
 # from a refusal in a millisecond to a long stream
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def costs(records: Sequence[UsageRecord], prices: Sequence[Priced]) -> dict[str, Decimal]:
+    """Each request's cost, by request id, from its first line (``prices``: the records')."""
+    found: dict[str, Decimal] = {}
+    for record, price in zip(records, prices, strict=True):
+        found.setdefault(record.request_id, price.cost)
+    return found
 
 
 def endpoint(path: str) -> str:
