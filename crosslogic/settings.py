@@ -79,6 +79,7 @@ class Settings:
     billing_aggregation_interval: float = 3600.0
     log_level: str = "info"
     prometheus_port: int = 9090
+    metrics_tenants: int = 20  # tenants labelled by id in billing's metrics; the rest "other"
     # Ports of the services Envoy calls, and where Envoy finds them.
     extauthz_host: str = "127.0.0.1"
     extauthz_port: int = 9001
@@ -204,6 +205,7 @@ def load(env: Mapping[str, str]) -> Settings:
         ),
         log_level=level,
         prometheus_port=int_value(env, "PROMETHEUS_PORT", d.prometheus_port, **port),
+        metrics_tenants=int_value(env, "METRICS_TENANTS", d.metrics_tenants, low=0, high=1000),
         extauthz_host=env.get("EXTAUTHZ_HOST", d.extauthz_host),
         extauthz_port=int_value(env, "EXTAUTHZ_PORT", d.extauthz_port, **port),
         ratelimit_host=env.get("RATELIMIT_HOST", d.ratelimit_host),

@@ -40,6 +40,7 @@ from crosslogic.admin import (
     usage,
 )
 from crosslogic.admin.context import POOL, READ_POOL, REDIS, SETTINGS
+from crosslogic.admin.dependencies import DependencyGauge, watch_forever
 from crosslogic.admin.errors import error_middleware
 from crosslogic.admin.health import metrics
 from crosslogic.admin.request_ids import request_ids
@@ -55,11 +56,13 @@ __all__ = ["make_app", "metrics"]  # metrics: the admin process serves it on its
 
 log = logging.getLogger(__name__)
 
+DEPENDENCY_CHECK_S = 2.0  # crosslogic_dependency_up: well within a scrape interval
+
 
 def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
-    unexpected = UnexpectedErrors(
-        edge="admin", registry=registry or CollectorRegistry(), logger=log
-    )
+    registry = registry or CollectorRegistry()
+    unexpected = UnexpectedErrors(edge="admin", registry=registry, logger=log)
+    dependencies = DependencyGauge(registry)
     app = web.Application(
         middlewares=[request_ids, error_middleware(unexpected), auth.authenticate]
     )
@@ -98,10 +101,15 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
             ),
             name="node-sweeper",
         )
+        watcher = asyncio.create_task(
+            watch_forever(lambda: health.checks(app), dependencies, every=DEPENDENCY_CHECK_S),
+            name="dependency-watch",
+        )
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await client.aclose()
         if read_pool is not pool:
             await read_pool.close()

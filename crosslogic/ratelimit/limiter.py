@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from crosslogic.errors import Unavailable
 from crosslogic.metrics import Tally, Timings
 from crosslogic.openai_errors import ApiError
-from crosslogic.ratelimit.config import Identity, LimitTable
+from crosslogic.ratelimit.config import LAYERS, Identity, LimitTable
 from crosslogic.ratelimit.gcra import MAX_COST, Decision, Limit, LocalGcra, interpret, limits_for
 from crosslogic.ratelimit.global_budget import GlobalBudget
 from crosslogic.ratelimit.store import RedisCounters
@@ -48,14 +48,17 @@ class RateLimitMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # counted on every request: tallied in process (crosslogic/metrics.py)
         # name kept from the original design: operators' dashboards use it
-        self.exceeded = Tally(
-            Counter(
-                "control_plane_rate_limit_exceeded_total",
-                "requests refused by a rate limit",
-                ["layer"],
-                registry=registry,
-            )
+        exceeded = Counter(
+            "control_plane_rate_limit_exceeded_total",
+            "requests refused by a rate limit, by layer (global, tenant, environment, key) and "
+            "limit (requests, tokens)",
+            ["layer", "limit"],
+            registry=registry,
         )
+        for layer in LAYERS:  # every series present at 0 before the first refusal
+            for limit in ("requests", "tokens"):
+                exceeded.labels(layer, limit)
+        self.exceeded = Tally(exceeded)
         self.decisions = Tally(
             Counter(
                 "crosslogic_ratelimit_decisions_total",
@@ -146,7 +149,7 @@ class RateLimiter:
             self._metrics.decisions.inc("fail_closed")
             return None
         if decision.refused_by is not None:
-            self._metrics.exceeded.inc(decision.refused_by.layer)
+            self._metrics.exceeded.inc(decision.refused_by.layer, decision.refused_by.kind)
         result = "ok" if decision.allowed else "over_limit"
         self._metrics.decisions.inc("fail_open" if decision.degraded else result)
         self._metrics.latency.observe(time.perf_counter() - started)
