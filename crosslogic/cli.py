@@ -81,7 +81,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
         if len(stack.gateways) > 1:  # OPENAI_BASE_URL below is the first; these are all
             print("Gateways: " + "  ".join(g.base_url for g in stack.gateways) + "\n")
-        print("\n".join(client_lines(stack.base_url, stack.demo)))
+        print("\n".join(client_lines(stack.base_url, stack.demo, ca_file=stack.listener_ca)))
         print(f"ADMIN_TOKEN={stack.settings.admin_token}")
         # what more nodes register with: `crosslogic node --control-plane <admin API> ...`
         print(f"NODE_REGISTRATION_TOKEN={stack.settings.node_registration_token}")
@@ -175,8 +175,12 @@ def cmd_db_connections(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
-    from crosslogic.envoy_config import render
+    from crosslogic.envoy_config import default_listener_sds, render, write_listener_sds
 
+    # LISTENER_TLS=on: the listener's SDS file beside the bootstrap (both are Envoy's)
+    sds = default_listener_sds(settings)
+    if args.output != "-":
+        sds = Path(args.output).with_name("listener-sds.json")
     text = render(
         settings,
         listen_address=args.listen_address,
@@ -184,7 +188,9 @@ def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
         control_plane_host=args.control_plane_host,
         lua_path=Path(args.lua_path) if args.lua_path else None,
         boot_id=args.boot_id,
+        listener_sds=sds,
     )
+    write_listener_sds(settings, sds)
     if args.output == "-":
         sys.stdout.write(text)
     else:

@@ -27,6 +27,7 @@ from crosslogic.env_values import (
     matching_value,
     optional,
     parse_duration,
+    tls_values,
 )
 
 __all__ = [
@@ -128,6 +129,14 @@ class Settings:
     envoy_request_headers_timeout: float = 10.0
     envoy_request_timeout: float = 60.0
     envoy_max_connections: int = 10_000
+    # TLS (crosslogic/tls/): LISTENER_TLS=on serves HTTPS only, with these files (`up` issues
+    # them from the CA in TLS_CA_DIR when unset); nodes' certs are checked against NODE_CA_FILE
+    listener_tls: str = "off"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_dir: Path | None = None
+    node_ca_file: Path | None = None
+    node_client_cert_lifetime: float = 86400.0
 
     @property
     def access_log(self) -> Path:
@@ -252,6 +261,7 @@ def load(env: Mapping[str, str]) -> Settings:
         envoy_max_connections=int_value(
             env, "ENVOY_MAX_CONNECTIONS", d.envoy_max_connections, low=1, high=10**7
         ),
+        **tls_values(env, lifetime=d.node_client_cert_lifetime),
     )
     if not 0 < settings.ratelimit_redis_timeout < RATELIMIT_CALL_TIMEOUT_S:
         # the service must answer before Envoy gives up on it (and lets the request pass)
