@@ -28,6 +28,7 @@ from crosslogic.ratelimit import cli as limits_cli
 from crosslogic.seeding import migrate_and_seed, migrate_database
 from crosslogic.settings import Settings, SettingsError, from_environ
 from crosslogic.supervisor import ChildFailed
+from crosslogic.tls import cli as tls_cli
 
 
 def configure_logging(level: str) -> None:
@@ -175,12 +176,9 @@ def cmd_db_connections(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
-    from crosslogic.envoy_config import default_listener_sds, render, write_listener_sds
+    from crosslogic.envoy_config import listener_sds_path, render, write_listener_sds
 
-    # LISTENER_TLS=on: the listener's SDS file beside the bootstrap (both are Envoy's)
-    sds = default_listener_sds(settings)
-    if args.output != "-":
-        sds = Path(args.output).with_name("listener-sds.json")
+    sds = listener_sds_path(settings, beside=None if args.output == "-" else Path(args.output))
     text = render(
         settings,
         listen_address=args.listen_address,
@@ -253,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     quota_cli.add_parsers(sub)
     reservation_cli.add_parsers(sub)
     fleet_cli.add_parsers(sub)
+    tls_cli.add_parsers(sub)
     return parser
 
 
@@ -291,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             return reservation_cli.run(settings, args)
         if args.command in fleet_cli.COMMANDS:
             return fleet_cli.run(settings, args)
+        if args.command in tls_cli.COMMANDS:
+            return tls_cli.run(settings, args)
         return COMMANDS[args.command](settings, args)
     except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)

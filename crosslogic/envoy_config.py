@@ -64,7 +64,7 @@ def render(
         "REQUEST_HEADERS_TIMEOUT": f"{settings.envoy_request_headers_timeout}s",
         "REQUEST_TIMEOUT": f"{settings.envoy_request_timeout}s",
         "MAX_CONNECTIONS": settings.envoy_max_connections,
-        "LISTENER_SDS_PATH": (listener_sds or default_listener_sds(settings)).absolute(),
+        "LISTENER_SDS_PATH": (listener_sds or listener_sds_path(settings)).absolute(),
     }
     if not (folder / "envoy.yaml").exists():
         raise FileNotFoundError(
@@ -85,14 +85,16 @@ def render(
     return Template(text).substitute({k: str(v) for k, v in values.items()})
 
 
-def default_listener_sds(settings: Settings) -> Path:
-    return settings.data_dir / "listener-sds.json"
+def listener_sds_path(settings: Settings, *, beside: Path | None = None) -> Path:
+    """Where the listener's SDS file goes: beside the bootstrap, when it is a file (both
+    are read by Envoy), else in DATA_DIR."""
+    return (beside.parent if beside else settings.data_dir) / "listener-sds.json"
 
 
 def write_listener_sds(settings: Settings, path: Path | None = None) -> None:
     """With LISTENER_TLS=on, the SDS file naming the listener's certificate files."""
     if settings.listener_tls == "on":
-        target = path or default_listener_sds(settings)
+        target = path or listener_sds_path(settings)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(sds_resource(settings))
 

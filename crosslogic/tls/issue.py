@@ -49,7 +49,7 @@ def _issue(
     ca: CertificateAuthority,
     *,
     common_name: str,
-    names: Sequence[str],
+    names: Sequence[x509.GeneralName],
     usage: x509.ObjectIdentifier,
     lifetime: datetime.timedelta,
     now: datetime.datetime | None = None,
@@ -73,9 +73,7 @@ def _issue(
         )
     )
     if names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(subject_names(names)), critical=False
-        )
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca.key, hashes.SHA256())
     return Issued(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
@@ -87,12 +85,13 @@ def server_certificate(
     lifetime: datetime.timedelta = SERVER_LIFETIME,
 ) -> Issued:
     """A server certificate for ``names`` (host names and IP addresses)."""
+    names = list(dict.fromkeys(names))  # each once (a SAN list with repeats is refused)
     if not names:
         raise ValueError("a server certificate needs at least one name")
     return _issue(
         ca,
         common_name=names[0],
-        names=names,
+        names=subject_names(names),
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
         lifetime=lifetime,
     )
@@ -101,11 +100,12 @@ def server_certificate(
 def client_certificate(
     ca: CertificateAuthority, common_name: str, *, lifetime: datetime.timedelta
 ) -> Issued:
-    """A client certificate (what Envoy presents to nodes that require mTLS)."""
+    """A client certificate (what Envoy presents to nodes that require mTLS), named
+    ``spiffe://crosslogic/<common_name>`` too: a node may authorize that identity."""
     return _issue(
         ca,
         common_name=common_name,
-        names=(),
+        names=[x509.UniformResourceIdentifier(f"spiffe://crosslogic/{common_name}")],
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         lifetime=lifetime,
     )
