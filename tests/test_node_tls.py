@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 import ssl
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -16,6 +18,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from crosslogic.errors import Invalid
 from crosslogic.fleet.requests import parse_registration
@@ -23,6 +28,15 @@ from crosslogic.node.main import run as run_node
 from crosslogic.stack import Stack
 from crosslogic.tls import ca, client, issue
 from crosslogic.tls.listener import ca_dir
+from crosslogic.xds.snapshot import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    ModelEntry,
+    NodeEntry,
+    Snapshot,
+    build,
+)
+from crosslogic.xds.transport import SECRET_TYPE
 from tests.support.system import MODEL, log_tails, own_system
 from tests.support.waiting import wait_until
 
@@ -232,3 +246,63 @@ def test_a_tls_node_whose_certificate_envoy_cannot_trust_gets_no_traffic(system:
     )
     wait_until("the trusted TLS node healthy", lambda: healthy(system) == 1, timeout=60)
     assert ask(system)
+
+
+# -- the pure parts: the snapshot's transport sockets and secrets, the client certificate --
+
+
+def tls_snapshot(*, secrets: bool) -> Snapshot:
+    folder = Path(tempfile.mkdtemp(prefix="cltn-", dir="/tmp"))
+    try:
+        given = client.node_secrets(folder, lifetime=datetime.timedelta(hours=1))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    nodes = [
+        NodeEntry(id="p", model_id=1, ip="10.0.0.1", port=8000),
+        NodeEntry(id="t", model_id=1, ip="10.0.0.2", port=8000, transport="tls", host="gpu-t"),
+        NodeEntry(id="m", model_id=1, ip="10.0.0.3", port=8000, transport="mtls", host="10.0.0.3"),
+    ]
+    return build([ModelEntry(id=1, name=MODEL)], nodes, secrets=given if secrets else None)
+
+
+def test_each_tls_node_gets_its_transport_socket_and_the_secrets_are_published() -> None:
+    snapshot = tls_snapshot(secrets=True)
+    assert snapshot.consistent() and snapshot.needs_secrets
+    cluster = cluster_pb2.Cluster()
+    snapshot.resources[CLUSTER_TYPE]["model_1"].Unpack(cluster)
+    matches = {m.name: m for m in cluster.transport_socket_matches}
+    assert set(matches) == {"tls:gpu-t", "mtls:10.0.0.3"}  # plain: the default socket
+    for name, sni, client_cert in (("tls:gpu-t", "gpu-t", False), ("mtls:10.0.0.3", "", True)):
+        context = tls_pb2.UpstreamTlsContext()
+        matches[name].transport_socket.typed_config.Unpack(context)
+        assert context.sni == sni  # a host name is sent, an IP address cannot be
+        common = context.common_tls_context
+        assert bool(common.tls_certificate_sds_secret_configs) == client_cert
+        san = common.combined_validation_context.default_validation_context
+        assert san.match_typed_subject_alt_names[0].matcher.exact == name.split(":", 1)[1]
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    snapshot.resources[ENDPOINT_TYPE]["model_1"].Unpack(assignment)
+    metadata = {
+        e.endpoint.hostname: dict(e.metadata.filter_metadata["envoy.transport_socket_match"])
+        for e in assignment.endpoints[0].lb_endpoints
+    }
+    assert metadata == {"p": {}, "t": {"node": "tls:gpu-t"}, "m": {"node": "mtls:10.0.0.3"}}
+    assert set(snapshot.resources[SECRET_TYPE]) == {"node-ca", "node-client"}
+
+
+def test_without_secrets_tls_nodes_are_left_out() -> None:
+    snapshot = tls_snapshot(secrets=False)
+    assert snapshot.consistent() and not snapshot.needs_secrets
+    assert snapshot.nodes_per_cluster == {"model_1": 1}
+
+
+def test_the_client_certificate_is_kept_renewed_when_due_and_rotated(tmp_path: Path) -> None:
+    lifetime = datetime.timedelta(hours=3)
+    first = client.node_secrets(tmp_path, lifetime=lifetime)
+    assert client.node_secrets(tmp_path, lifetime=lifetime) == first  # every replica: one
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=2, minutes=1)
+    renewed = client.node_secrets(tmp_path, lifetime=lifetime, now=later)  # a third left
+    assert renewed.client_cert_pem != first.client_cert_pem
+    assert renewed.ca_pem == first.ca_pem
+    rotated = client.rotate(tmp_path, lifetime=lifetime)
+    assert client.node_secrets(tmp_path, lifetime=lifetime).client_cert_pem == rotated.cert_pem

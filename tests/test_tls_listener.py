@@ -24,6 +24,7 @@ import psutil
 import pytest
 from cryptography import x509
 
+from crosslogic.settings import SettingsError, load, to_env
 from crosslogic.tls import ca, issue
 from tests.support.waiting import wait_until
 from tests.test_up import CROSSLOGIC, log_tails, up_environment
@@ -160,6 +161,28 @@ def test_alpn_offers_http2_and_http1(up: Up) -> None:
         context.set_alpn_protocols(protocols)
         with handshake(up, context) as conn:
             assert conn.selected_alpn_protocol() == chosen
+    # and a request over HTTP/2 is answered
+    for flag, version in (("--http2", "2"), ("--http1.1", "1.1")):
+        curl = subprocess.run(
+            [
+                "curl",
+                "-s",
+                flag,
+                "--cacert",
+                up.lines["SSL_CERT_FILE"],
+                "-H",
+                f"Authorization: Bearer {up.lines['OPENAI_API_KEY']}",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                up.lines["OPENAI_BASE_URL"] + "/models",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert curl.stdout == f"{version} 200", curl.stdout + curl.stderr
 
 
 def served_serial(up: Up) -> int:
@@ -193,3 +216,17 @@ def test_a_replaced_certificate_is_served_without_a_restart(up: Up) -> None:
         timeout=10,
     ) as response:
         assert json.load(response)["data"]
+
+
+def test_tls_settings_are_validated_and_round_trip() -> None:
+    chosen = load(
+        {"LISTENER_TLS": "on", "TLS_CERT_FILE": "/c/tls.crt", "TLS_KEY_FILE": "/c/tls.key"}
+    )
+    assert (chosen.listener_tls, chosen.tls_cert_file) == ("on", Path("/c/tls.crt"))
+    assert load(to_env(chosen)) == chosen
+    with pytest.raises(SettingsError, match="TLS_CERT_FILE and TLS_KEY_FILE go together"):
+        load({"TLS_CERT_FILE": "/c/tls.crt"})
+    with pytest.raises(SettingsError, match="LISTENER_TLS='yes' must be one of off, on"):
+        load({"LISTENER_TLS": "yes"})
+    with pytest.raises(SettingsError, match="NODE_CLIENT_CERT_LIFETIME"):
+        load({"NODE_CLIENT_CERT_LIFETIME": "-1"})

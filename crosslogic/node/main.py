@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The node's TLS context (None: plain HTTP); raises ValueError for flags that do not
-    go together."""
+def server_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, str]:
+    """The node's TLS context (None: plain HTTP) and the transport it registers with;
+    ValueError for flags that do not go together."""
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.client_ca and not args.tls_cert:
@@ -119,16 +119,15 @@ def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     wanted = "mtls" if args.client_ca else "tls" if args.tls_cert else "plain"
     if args.transport is not None and args.transport != wanted:
         raise ValueError(f"--transport {args.transport} does not match the TLS flags ({wanted})")
-    args.transport = wanted
     if not args.tls_cert:
-        return None
+        return None, wanted
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(args.tls_cert, args.tls_key)
     if args.client_ca:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(args.client_ca)
-    return context
+    return context, wanted
 
 
 def run(argv: list[str]) -> int:
@@ -146,7 +145,7 @@ def run(argv: list[str]) -> int:
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
         )
-        tls = server_tls(args)
+        tls, transport = server_tls(args)
     except (ValueError, OSError) as exc:  # OSError: a certificate file missing or unreadable
         print(f"crosslogic node: {exc}", file=sys.stderr)
         return 2
@@ -155,7 +154,9 @@ def run(argv: list[str]) -> int:
     )
     token = args.registration_token or os.environ.get("NODE_REGISTRATION_TOKEN") or None
     try:
-        asyncio.run(_serve(args, config=config, registration_token=token, tls=tls))
+        asyncio.run(
+            _serve(args, config=config, registration_token=token, tls=tls, transport=transport)
+        )
     except OSError as exc:  # typically the port is taken
         print(f"crosslogic node: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -170,6 +171,7 @@ async def _serve(
     config: NodeConfig,
     registration_token: str | None,
     tls: ssl.SSLContext | None,
+    transport: str,
 ) -> None:
     app = make_app(config)
     # The access log costs more than a simulated completion; keep it for debugging only.
@@ -213,7 +215,7 @@ async def _serve(
                     gpu_count=args.gpu_count,
                     capacity=config.max_num_seqs,
                     spot=args.spot,
-                    transport=args.transport,
+                    transport=transport,
                 ),
                 load=app[NODE_STATE].load,
                 interrupted=interrupted,

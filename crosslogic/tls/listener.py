@@ -8,9 +8,9 @@ from pathlib import Path
 
 from crosslogic.settings import Settings
 from crosslogic.tls import ca, issue
+from crosslogic.xds.transport import SECRET_TYPE
 
 SECRET_NAME = "listener"  # the SDS secret the listener's TLS context names (listener-tls.yaml)
-SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 # the names a locally issued listener certificate is valid for: what `up` prints (127.0.0.1)
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
