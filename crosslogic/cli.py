@@ -23,6 +23,7 @@ from crosslogic.catalog import cli as catalog_cli
 from crosslogic.demo import client_lines
 from crosslogic.fleet import cli as fleet_cli
 from crosslogic.lifecycle import TaskDied, exit_code
+from crosslogic.orchestrator import cli as pools_cli
 from crosslogic.plan import plan
 from crosslogic.ratelimit import cli as limits_cli
 from crosslogic.seeding import migrate_and_seed, migrate_database
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     quota_cli.add_parsers(sub)
     reservation_cli.add_parsers(sub)
     fleet_cli.add_parsers(sub)
+    pools_cli.add_parsers(sub)
+    sub.add_parser("orchestrator", help="run the GPU pools' orchestrator (ORCHESTRATOR=skypilot)")
     return parser
 
 
@@ -285,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             return reservation_cli.run(settings, args)
         if args.command in fleet_cli.COMMANDS:
             return fleet_cli.run(settings, args)
+        if args.command in pools_cli.COMMANDS:
+            return pools_cli.run(settings, args)
+        if args.command == "orchestrator":  # the service, run on its own
+            return cmd_service(settings, argparse.Namespace(name="orchestrator"))
         return COMMANDS[args.command](settings, args)
     except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -128,6 +128,7 @@ class Settings:
     envoy_request_headers_timeout: float = 10.0
     envoy_request_timeout: float = 60.0
     envoy_max_connections: int = 10_000
+    orchestrator: str = ""  # "skypilot": run the GPU pools' orchestrator (crosslogic.orchestrator)
 
     @property
     def access_log(self) -> Path:
@@ -252,6 +253,7 @@ def load(env: Mapping[str, str]) -> Settings:
         envoy_max_connections=int_value(
             env, "ENVOY_MAX_CONNECTIONS", d.envoy_max_connections, low=1, high=10**7
         ),
+        orchestrator=choice_value(env, "ORCHESTRATOR", d.orchestrator, ("", "skypilot")),
     )
     if not 0 < settings.ratelimit_redis_timeout < RATELIMIT_CALL_TIMEOUT_S:
         # the service must answer before Envoy gives up on it (and lets the request pass)

@@ -23,7 +23,15 @@ def totals(**env: str) -> dict[str, int]:
 
 def test_the_default_shape() -> None:
     # admin 5; xds 2 x (2 + LISTEN); ext_authz 2 x (4 + 1); rate limit 2 x (2 + 1); billing 3 + 1
-    assert totals() == {"admin": 5, "xds": 6, "extauthz": 10, "ratelimit": 6, "billing": 4}
+    assert totals() == {
+        "admin": 5,
+        "xds": 6,
+        "extauthz": 10,
+        "ratelimit": 6,
+        "billing": 4,
+        "orchestrator": 0,  # only with ORCHESTRATOR=skypilot: one process, a pool of 3
+    }
+    assert totals(ORCHESTRATOR="skypilot")["orchestrator"] == 3
     assert budget(load(TWO_EACH)).total() == 31
     assert budget(load(TWO_EACH)).servers() == (PRIMARY,)
 
@@ -55,6 +63,7 @@ def test_scaled_out_each_gateway_adds_a_billing_and_serve_can_leave_it_out() -> 
         "extauthz": 10,
         "ratelimit": 6,
         "billing": 3 * (3 + 1),
+        "orchestrator": 0,
     }
     # a control-plane machine whose gateways run their own billing (`serve --without billing`)
     assert budget(load(TWO_EACH), without={"billing"}).total() == 31 - 4
