@@ -1,0 +1,319 @@
+"""The orchestrator against the real SkyPilot library and a real control plane.
+
+Real: PostgreSQL and the admin API (a system of its own, so no other test's pools are
+reconciled), ``sky.Task.from_yaml_config`` and ``Task.validate`` on every task, and SkyPilot's
+own optimizer and catalog choosing each replica's placement and cost, offline, from the
+committed fixture catalog (tests/fixtures/sky_catalog) under a temporary ``HOME``; the
+enabled-clouds lookup is answered (AWS), as SkyPilot's own tests do. Fake: only SkyPilot's
+remote half (tests/support/sky_fake.py), which answers with SkyPilot's own types.
+
+Shown: a pool launched with its cost estimate; a preempted replica replaced; a deleted pool
+torn down; a restarted orchestrator launching nothing twice; two orchestrators, one acting;
+reserved capacity raising a pool's size; a task SkyPilot refuses never launched.
+
+Without the ``skypilot`` extra these tests are skipped, except where
+CROSSLOGIC_REQUIRE_SKYPILOT is set (CI), where its absence fails the run. (Not
+``pytest.importorskip``: importing ``sky`` fixes its paths, so it must wait for ``HOME``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shutil
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crosslogic.db.connection import create_pool
+from crosslogic.stack import Stack
+from tests.support.admin import Admin, ok
+from tests.support.db import run_db
+from tests.support.system import own_system
+
+if importlib.util.find_spec("sky") is None:
+    if os.environ.get("CROSSLOGIC_REQUIRE_SKYPILOT"):
+        pytest.fail("CROSSLOGIC_REQUIRE_SKYPILOT is set but skypilot is not installed")
+    pytest.skip(
+        "skypilot is not installed: pip install -c constraints.txt -e '.[dev,skypilot]'",
+        allow_module_level=True,
+    )
+
+CATALOG = Path(__file__).parent / "fixtures" / "sky_catalog"
+
+
+@pytest.fixture(scope="module")
+def sky_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """SkyPilot's home: the fixture catalog in place of the downloaded one, AWS enabled."""
+    home = tmp_path_factory.mktemp("sky-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")  # no calls home from tests
+        from sky import check, clouds
+        from sky.skylet import constants
+
+        shutil.copytree(CATALOG, home / ".sky" / "catalogs" / constants.CATALOG_SCHEMA_VERSION)
+        patch.setattr(check, "get_cached_enabled_clouds_or_refresh", lambda *a, **k: [clouds.AWS()])
+        yield home
+
+
+@pytest.fixture(scope="module")
+def system() -> Iterator[Stack]:
+    with own_system(nodes=0) as running:
+        yield running
+
+
+@pytest.fixture()
+def admin(system: Stack) -> Admin:
+    return Admin(system)
+
+
+@pytest.fixture()
+def fake(sky_home: Path) -> Any:
+    from tests.support.sky_fake import FakeSky
+
+    return FakeSky()
+
+
+@asynccontextmanager
+async def orchestrator(system: Stack, api: Any) -> AsyncIterator[Any]:
+    """One orchestrator (a process of its own: its own pool) on the system's database."""
+    from crosslogic.orchestrator.orchestrator import Orchestrator
+    from crosslogic.orchestrator.tasks import Launcher
+
+    pool = await create_pool(system.settings, max_size=3, application_name="test-orchestrator")
+    running = Orchestrator(
+        pool,
+        api,
+        launcher=Launcher(control_plane=system.admin_url, registration_token="clrt_test"),
+        heartbeat_timeout=system.settings.node_heartbeat_timeout,
+    )
+    try:
+        yield running
+    finally:
+        await running.close()
+        await pool.close()
+
+
+async def rounds(running: Any, n: int = 1) -> None:
+    """``n`` rounds, each followed by the end of what it launched or tore down."""
+    for _ in range(n):
+        assert await running.tick() is not None, "this orchestrator should lead"
+        await running.settle()
+
+
+async def states(system: Stack, pool: str) -> Counter[str]:
+    async with system_conn(system) as conn:
+        rows = await conn.fetch("SELECT state FROM pool_launches WHERE pool_name = $1", pool)
+    return Counter(r["state"] for r in rows)
+
+
+def new_pool(admin: Admin, system: Stack, name: str, **spec: Any) -> dict[str, Any]:
+    run_db(system, "INSERT INTO models (name) VALUES ($1) ON CONFLICT DO NOTHING", f"m-{name}")
+    body = {
+        "name": name,
+        "model": f"m-{name}",
+        "accelerator": "A10G",
+        "replica_tokens_per_minute": 100_000,
+        **spec,
+    }
+    return dict(ok(admin("POST", "/admin/pools", body)))
+
+
+def test_a_pool_is_launched_with_skypilots_choice_and_cost(
+    system: Stack, admin: Admin, fake: Any
+) -> None:
+    import sky
+
+    new_pool(admin, system, "launch", replicas=2, spot=True)
+
+    async def go() -> None:
+        async with orchestrator(system, fake) as running:
+            await rounds(running)
+            assert len(fake.launched("launch")) == 2
+            assert await states(system, "launch") == {"up": 2}
+            await rounds(running)  # steady: nothing more
+            assert len(fake.launched("launch")) == 2
+
+    asyncio.run(go())
+    task = fake.tasks[fake.launched("launch")[0]]
+    assert isinstance(task, sky.Task)
+    # spot, with an on-demand fallback: both placements reach SkyPilot
+    assert {r.use_spot for r in task.resources} == {True, False}
+    assert "vllm.entrypoints.openai.api_server" in task.run
+    pool = ok(admin("GET", "/admin/pools/launch"))
+    # the optimizer's choice from the fixture catalog: the cheapest A10G, spot in us-west-2
+    assert pool["estimate"]["cloud"] == "AWS"
+    assert pool["estimate"]["region"] == "us-west-2"
+    assert pool["estimate"]["instance_type"] == "g5.xlarge"
+    assert pool["estimate"]["spot"] is True
+    assert pool["estimate"]["cost_per_hour_usd"] == "0.3871"
+    assert pool["estimate"]["target_cost_per_hour_usd"] == "0.7742"
+    assert pool["target_replicas"] == 2
+    assert [launch["state"] for launch in pool["launches"]] == ["up", "up"]
+    assert all(launch["cost_per_hour_usd"] == "0.3871" for launch in pool["launches"])
+    assert all(launch["request_id"] for launch in pool["launches"])
+
+
+def test_a_preempted_replica_is_replaced(system: Stack, admin: Admin, fake: Any) -> None:
+    new_pool(admin, system, "preempt", replicas=2, spot=True)
+
+    async def go() -> None:
+        async with orchestrator(system, fake) as running:
+            await rounds(running)
+            first, second = fake.launched("preempt")
+            fake.preempt(first)
+            await rounds(running)
+            assert fake.downed("preempt") == [first]
+            assert len(fake.launched("preempt")) == 3
+            assert fake.cluster(first) is None and fake.cluster(second) is not None
+            assert await states(system, "preempt") == {"up": 2, "terminated": 1}
+            async with system_conn(system) as conn:
+                reason = await conn.fetchval(
+                    "SELECT reason FROM pool_launches WHERE cluster_name = $1", first
+                )
+            assert "preempted" in reason
+
+    asyncio.run(go())
+
+
+def test_a_deleted_pool_is_torn_down(system: Stack, admin: Admin, fake: Any) -> None:
+    new_pool(admin, system, "delete", replicas=2)
+
+    async def go() -> None:
+        async with orchestrator(system, fake) as running:
+            await rounds(running)
+            ok(admin("DELETE", "/admin/pools/delete"))
+            await rounds(running)
+            assert sorted(fake.downed("delete")) == sorted(fake.launched("delete"))
+            assert await states(system, "delete") == {"terminated": 2}
+            await rounds(running)
+            assert len(fake.launched("delete")) == 2  # nothing relaunched
+
+    asyncio.run(go())
+
+
+def test_a_restarted_orchestrator_launches_nothing_twice(
+    system: Stack, admin: Admin, sky_home: Path
+) -> None:
+    from crosslogic.orchestrator import launch_store
+    from tests.support.sky_fake import FakeSky
+
+    fake = FakeSky(hold=True)  # launches stay in flight until released
+    new_pool(admin, system, "restart", replicas=2)
+
+    async def go() -> None:
+        pool = await create_pool(system.settings, max_size=3, application_name="test-crashing")
+        from crosslogic.orchestrator.orchestrator import Orchestrator
+        from crosslogic.orchestrator.tasks import Launcher
+
+        first = Orchestrator(
+            pool,
+            fake,
+            launcher=Launcher(control_plane=system.admin_url, registration_token="clrt_test"),
+            heartbeat_timeout=10,
+        )
+        assert await first.tick() is not None
+        assert len(fake.launched("restart")) == 2
+        # it dies (SIGKILL): its connections drop, its waits on SkyPilot with it
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+        pool.terminate()
+        # and a third replica's row was recorded, but the process died before submitting it
+        ok(admin("PATCH", "/admin/pools/restart", {"replicas": 3}))
+        async with system_conn(system) as conn:
+            spec_hash = await conn.fetchval(
+                "SELECT spec_hash FROM pool_launches WHERE pool_name = 'restart' LIMIT 1"
+            )
+            intent = await launch_store.record_intent(
+                conn, pool="restart", spec_hash=spec_hash, cost_per_hour=None, resources=""
+            )
+        async with orchestrator(system, fake) as second:
+            assert await second.tick() is not None
+            # the two in flight are waited for, the recorded one submitted under its name
+            assert fake.launched("restart")[2:] == [intent.cluster_name]
+            fake.release.set()
+            await rounds(second, 2)
+        launched = fake.launched("restart")
+        assert len(launched) == 3 and Counter(launched).most_common(1)[0][1] == 1
+        assert await states(system, "restart") == {"up": 3}
+
+    asyncio.run(go())
+
+
+@asynccontextmanager
+async def system_conn(system: Stack) -> AsyncIterator[Any]:
+    from crosslogic.db.connection import connect
+
+    conn = await connect(system.settings)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def test_of_two_orchestrators_one_acts(system: Stack, admin: Admin, fake: Any) -> None:
+    new_pool(admin, system, "twins", replicas=3)
+
+    async def go() -> None:
+        async with orchestrator(system, fake) as one, orchestrator(system, fake) as two:
+
+            async def run(running: Any) -> list[bool]:
+                led = []
+                for _ in range(4):
+                    led.append(await running.tick() is not None)
+                    await running.settle()
+                return led
+
+            led_one, led_two = await asyncio.gather(run(one), run(two))
+            assert all(led_one) != all(led_two)  # exactly one leads, throughout
+            assert not any(led_one) or not any(led_two)
+        assert len(fake.launched("twins")) == 3
+        assert await states(system, "twins") == {"up": 3}
+
+    asyncio.run(go())
+
+
+def test_reserved_capacity_sets_the_floor(system: Stack, admin: Admin, fake: Any) -> None:
+    new_pool(
+        admin, system, "reserved", min_replicas=1, max_replicas=2, replica_tokens_per_minute=1000
+    )
+    tenant = run_db(system, "INSERT INTO tenants (name) VALUES ('pool-buyer') RETURNING id")[0][0]
+    run_db(
+        system,
+        "INSERT INTO reservations (tenant_id, model_id, tokens_per_minute, starts_at, ends_at, "
+        "fee_usd, actor) SELECT $1, id, 3500, date_trunc('hour', now()), "
+        "date_trunc('hour', now()) + interval '1 day', 0, 'test' FROM models "
+        "WHERE name = 'm-reserved'",
+        tenant,
+    )
+
+    async def go() -> None:
+        async with orchestrator(system, fake) as running:
+            await rounds(running)
+
+    asyncio.run(go())
+    pool = ok(admin("GET", "/admin/pools/reserved"))
+    # 3500 tokens per minute sold, 1000 a replica: 4 replicas, above max_replicas
+    assert pool["target_replicas"] == 4
+    assert pool["estimate"]["reserved_floor"] == 4
+    assert len(fake.launched("reserved")) == 4
+
+
+def test_a_task_skypilot_refuses_is_never_launched(system: Stack, admin: Admin, fake: Any) -> None:
+    new_pool(admin, system, "refused", replicas=1, accelerator="H100")  # not in the catalog
+
+    async def go() -> None:
+        async with orchestrator(system, fake) as running:
+            await rounds(running)
+
+    asyncio.run(go())
+    assert fake.launched("refused") == []
+    pool = ok(admin("GET", "/admin/pools/refused"))
+    assert "H100" in pool["estimate"]["error"]
+    assert pool["launches"] == []
