@@ -305,6 +305,45 @@ def test_reserved_capacity_sets_the_floor(system: Stack, admin: Admin, fake: Any
     assert len(fake.launched("reserved")) == 4
 
 
+def test_a_pool_scales_on_the_load_its_nodes_report(system: Stack, admin: Admin, fake: Any) -> None:
+    run_db(
+        system,
+        "INSERT INTO regions (code, name, provider) VALUES ('pool-region', 'R', 'aws') "
+        "ON CONFLICT DO NOTHING",
+    )
+    new_pool(
+        admin,
+        system,
+        "loaded",
+        min_replicas=1,
+        max_replicas=3,
+        region="pool-region",
+        scale_up_cooldown_s=0,
+    )
+
+    async def go() -> None:
+        async with orchestrator(system, fake) as running:
+            await rounds(running)
+            assert len(fake.launched("loaded")) == 1
+            # two nodes of the model in the pool's region, KV caches 90% full (heartbeats)
+            async with system_conn(system) as conn:
+                for n in (1, 2):
+                    await conn.execute(
+                        "INSERT INTO nodes (id, model_id, address, port, region_code, "
+                        "kv_cache_usage_perc, requests_running, capacity) SELECT $1, id, "
+                        "'10.9.0.' || $2::text, 8000, 'pool-region', 0.9, 100, 256 FROM models "
+                        "WHERE name = 'm-loaded'",
+                        f"loaded-node-{n}",
+                        str(n),
+                    )
+            await rounds(running)
+
+    asyncio.run(go())
+    # 2 x 0.9 / 0.7 = 2.6: three replicas, the most the pool allows
+    assert ok(admin("GET", "/admin/pools/loaded"))["target_replicas"] == 3
+    assert len(fake.launched("loaded")) == 3
+
+
 def test_a_task_skypilot_refuses_is_never_launched(system: Stack, admin: Admin, fake: Any) -> None:
     new_pool(admin, system, "refused", replicas=1, accelerator="H100")  # not in the catalog
 
@@ -317,3 +356,25 @@ def test_a_task_skypilot_refuses_is_never_launched(system: Stack, admin: Admin, 
     pool = ok(admin("GET", "/admin/pools/refused"))
     assert "H100" in pool["estimate"]["error"]
     assert pool["launches"] == []
+
+
+def test_the_orchestrators_settings_name_what_is_missing() -> None:
+    from crosslogic.orchestrator import config
+    from crosslogic.settings import SettingsError, load
+
+    with_token = load({"NODE_REGISTRATION_TOKEN": "clrt_x", "ORCHESTRATOR": "skypilot"})
+    with pytest.raises(SettingsError, match="ORCHESTRATOR_CONTROL_PLANE"):
+        config.load({}, with_token)
+    with pytest.raises(SettingsError, match="ORCHESTRATOR_CONTROL_PLANE"):
+        config.load({"ORCHESTRATOR_CONTROL_PLANE": "not a url"}, with_token)
+    with pytest.raises(SettingsError, match="NODE_REGISTRATION_TOKEN"):
+        config.load({"ORCHESTRATOR_CONTROL_PLANE": "https://cp.example.com"}, load({}))
+    with pytest.raises(SettingsError, match="ORCHESTRATOR="):
+        load({"ORCHESTRATOR": "kubernetes"})
+    loaded = config.load(
+        {"ORCHESTRATOR_CONTROL_PLANE": "https://cp.example.com/", "ORCHESTRATOR_INTERVAL": "30s"},
+        with_token,
+    )
+    assert loaded.interval == 30.0
+    assert loaded.launcher.control_plane == "https://cp.example.com"
+    assert loaded.launcher.registration_token == "clrt_x"

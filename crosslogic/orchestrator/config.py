@@ -4,6 +4,7 @@ with messages that name the variable."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +22,11 @@ class OrchestratorConfig:
 def load(env: Mapping[str, str], settings: Settings) -> OrchestratorConfig:
     """ORCHESTRATOR_CONTROL_PLANE (the admin API's URL as the GPU nodes reach it) and
     NODE_REGISTRATION_TOKEN are required: every replica registers with them."""
+    if importlib.util.find_spec("sky") is None:
+        raise SettingsError(
+            "ORCHESTRATOR=skypilot needs the skypilot extra: "
+            "pip install -c constraints.txt 'crosslogic[skypilot]' (or -e '.[skypilot]')"
+        )
     control_plane = env.get("ORCHESTRATOR_CONTROL_PLANE", "").strip()
     if not control_plane:
         raise SettingsError(
