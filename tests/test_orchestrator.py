@@ -346,16 +346,22 @@ def test_a_pool_scales_on_the_load_its_nodes_report(system: Stack, admin: Admin,
 
 def test_a_task_skypilot_refuses_is_never_launched(system: Stack, admin: Admin, fake: Any) -> None:
     new_pool(admin, system, "refused", replicas=1, accelerator="H100")  # not in the catalog
+    new_pool(admin, system, "badupdate", replicas=1)
 
     async def go() -> None:
         async with orchestrator(system, fake) as running:
             await rounds(running)
+            # a bad update of a serving pool: refused by SkyPilot, its replica kept
+            ok(admin("PATCH", "/admin/pools/badupdate", {"accelerator": "H100", "replicas": 2}))
+            await rounds(running, 2)
 
     asyncio.run(go())
     assert fake.launched("refused") == []
     pool = ok(admin("GET", "/admin/pools/refused"))
     assert "H100" in pool["estimate"]["error"]
     assert pool["launches"] == []
+    assert len(fake.launched("badupdate")) == 1 and fake.downed("badupdate") == []
+    assert "H100" in ok(admin("GET", "/admin/pools/badupdate"))["estimate"]["error"]
 
 
 def test_the_orchestrators_settings_name_what_is_missing() -> None:

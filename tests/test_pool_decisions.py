@@ -258,6 +258,16 @@ def test_a_new_spec_replaces_the_old_replicas_once_enough_are_up() -> None:
     assert rec.decide([pool], [old, up]) == [rec.Teardown(old, "replaced by a new spec", down=True)]
 
 
+def test_a_pool_skypilot_refused_keeps_what_serves() -> None:
+    serving = launch(1, digest="old")
+    held = rec.Declared("p", "refused", 2, hold=True)
+    assert rec.decide([held], [serving]) == []
+    lost = launch(2, digest="old", seen=rec.Seen.STOPPED)
+    assert rec.decide([held], [lost]) == [
+        rec.Teardown(lost, "lost: the cluster stopped (preempted)", down=True)
+    ]
+
+
 def test_scaling_down_ends_launches_not_yet_up_first() -> None:
     pool = rec.Declared("p", "d", 1)
     up, starting = launch(1), launch(2, state="launching", seen=rec.Seen.STARTING)

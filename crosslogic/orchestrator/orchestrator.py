@@ -101,7 +101,7 @@ class Orchestrator:
                     estimate=plan.state(),
                 )
         declared = [
-            rec.Declared(name, plan.spec.digest(), plan.target if plan.launchable else 0)
+            rec.Declared(name, plan.spec.digest(), plan.target, hold=not plan.launchable)
             for name, plan in plans.items()
         ]
         launches = [

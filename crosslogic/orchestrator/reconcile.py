@@ -13,7 +13,8 @@ cluster the orchestrator ever asked for has a row; SkyPilot's status says what b
 
 Per pool, launches of the current spec (``digest``) are counted against the replicas
 wanted: fewer, launch more; more, tear down the surplus (those not yet up first). Launches
-of an older spec are torn down once enough current ones are up (a rolling replacement).
+of an older spec are torn down once enough current ones are up (a rolling replacement). A
+pool whose spec SkyPilot refused is held: what it has keeps running, nothing is added.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Declared:
     name: str
     digest: str
     replicas: int
+    # SkyPilot refused its current spec: nothing launched, nothing torn down for the count
+    # (a bad update must not take down the replicas that serve)
+    hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,8 @@ def _serving(launch: Launch) -> bool:
 
 
 def _count(pool: Declared, live: list[Launch]) -> list[Action]:
+    if pool.hold:
+        return []
     current = [launch for launch in live if launch.digest == pool.digest]
     stale = [launch for launch in live if launch.digest != pool.digest]
     actions: list[Action] = [Submit(pool.name)] * max(pool.replicas - len(current), 0)
