@@ -233,9 +233,19 @@ def test_a_preempted_replica_is_torn_down_and_replaced() -> None:
     assert actions.count(rec.Submit("p")) == 1
 
 
-def test_what_is_no_longer_declared_is_torn_down() -> None:
+def test_what_is_no_longer_declared_is_torn_down_once_no_launch_is_in_flight() -> None:
     orphan = launch(1, pool="gone")
     assert rec.decide([], [orphan]) == [rec.Teardown(orphan, "pool deleted", down=True)]
+    in_flight = launch(2, pool="gone", state="launching", seen=rec.Seen.STARTING)
+    assert rec.decide([], [in_flight]) == []
+
+
+def test_a_launch_stalled_in_init_is_torn_down_and_replaced() -> None:
+    stalled = launch(1, state="launching", seen=rec.Seen.STALLED)
+    assert rec.decide([rec.Declared("p", "d", 1)], [stalled]) == [
+        rec.Teardown(stalled, "lost: the cluster is stuck in INIT", down=True),
+        rec.Submit("p"),
+    ]
 
 
 def test_a_recorded_launch_never_submitted_is_submitted_under_its_name() -> None:
@@ -268,10 +278,16 @@ def test_a_pool_skypilot_refused_keeps_what_serves() -> None:
     ]
 
 
-def test_scaling_down_ends_launches_not_yet_up_first() -> None:
+def test_scaling_down_ends_launches_not_yet_up_first_once_they_have_landed() -> None:
     pool = rec.Declared("p", "d", 1)
     up, starting = launch(1), launch(2, state="launching", seen=rec.Seen.STARTING)
-    assert rec.decide([pool], [up, starting]) == [rec.Teardown(starting, "scaled down", down=True)]
+    assert rec.decide([pool], [up, starting]) == []  # not half way through its launch
+    stalled = launch(2, state="launching", seen=rec.Seen.STALLED)
+    assert rec.decide([pool], [up, stalled]) == [
+        rec.Teardown(stalled, "lost: the cluster is stuck in INIT", down=True)
+    ]
+    newer = launch(3)
+    assert rec.decide([pool], [up, newer]) == [rec.Teardown(newer, "scaled down", down=True)]
 
 
 def test_a_spec_is_a_value() -> None:

@@ -3,12 +3,14 @@
 A launch (one replica, one SkyPilot cluster) is recorded before it is submitted, so every
 cluster the orchestrator ever asked for has a row; SkyPilot's status says what became of it:
 
-- launching, and the cluster is UP: it is up. Still INIT, or a SkyPilot request for it still
-  running: wait. Gone with no request ever stored (the process died between recording the
-  intent and submitting it): submit it now, under the same name. Gone after a request:
-  the launch failed; it stops counting and is replaced.
-- up, and the cluster is STOPPED or gone: lost (a spot preemption; SkyPilot polls for
-  them): torn down and replaced.
+- launching, and the cluster is UP: it is up. A SkyPilot request for it still running:
+  wait (a launch in flight is never torn down; the round after it ends decides). INIT with
+  nothing in flight: stalled, torn down and replaced. Gone with no request ever stored
+  (the process died between recording the intent and submitting it): submit it now, under
+  the same name. Gone after a request: the launch failed; it stops counting and is
+  replaced.
+- up, and the cluster is STOPPED, stalled in INIT or gone: lost (a spot preemption;
+  SkyPilot polls for them): torn down and replaced.
 - a pool no longer declared: every launch of it is torn down.
 
 Per pool, launches of the current spec (``digest``) are counted against the replicas
@@ -32,6 +34,8 @@ class Seen(enum.Enum):
     RUNNING = "running"  # ClusterStatus.UP
     STARTING = "starting"  # ClusterStatus.INIT, or a request for it not finished
     STOPPED = "stopped"  # ClusterStatus.STOPPED: preempted (or stopped by hand)
+    STALLED = "stalled"  # ClusterStatus.INIT with nothing in flight: a launch that failed
+    # half way, or a cluster SkyPilot found abnormal (a node gone)
     MISSING = "missing"  # no such cluster and nothing in flight
 
 
@@ -102,6 +106,8 @@ def _ending(launch: Launch) -> Action | None:
         return Teardown(launch, "teardown", down=launch.seen is not Seen.MISSING)
     if launch.seen is Seen.STOPPED:
         return Teardown(launch, "lost: the cluster stopped (preempted)", down=True)
+    if launch.seen is Seen.STALLED:
+        return Teardown(launch, "lost: the cluster is stuck in INIT", down=True)
     if launch.seen is not Seen.MISSING:
         return None
     if launch.state == UP:
@@ -122,7 +128,8 @@ def decide(pools: Sequence[Declared], launches: Sequence[Launch]) -> list[Action
             actions.append(ending)
             continue
         if launch.pool not in declared:
-            actions.append(Teardown(launch, "pool deleted", down=True))
+            if launch.seen is not Seen.STARTING:  # one in flight: once it has ended
+                actions.append(Teardown(launch, "pool deleted", down=True))
             continue
         if launch.state == LAUNCHING and launch.seen is Seen.RUNNING:
             actions.append(MarkUp(launch))
@@ -147,7 +154,18 @@ def _count(pool: Declared, live: list[Launch]) -> list[Action]:
     # the surplus: not yet serving first, then the newest
     surplus = sorted(current, key=lambda launch: (_serving(launch), -launch.id))
     for launch in surplus[: max(len(current) - pool.replicas, 0)]:
-        actions.append(Teardown(launch, "scaled down", down=True))
+        if _settled(launch):
+            actions.append(Teardown(launch, "scaled down", down=True))
     if sum(map(_serving, current)) >= pool.replicas:
-        actions.extend(Teardown(launch, "replaced by a new spec", down=True) for launch in stale)
+        actions.extend(
+            Teardown(launch, "replaced by a new spec", down=True)
+            for launch in stale
+            if _settled(launch)
+        )
     return actions
+
+
+def _settled(launch: Launch) -> bool:
+    """Not in flight: a launch is never torn down half way (SkyPilot would finish it into a
+    cluster nobody tracks); the round after it ends does."""
+    return launch.seen is not Seen.STARTING

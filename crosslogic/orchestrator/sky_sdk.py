@@ -154,7 +154,7 @@ class Sky:
 
 
 def observe(api: SkyApi, cluster_names: list[str]) -> dict[str, Seen]:
-    """What became of each cluster: its status, or whether a request for it is in flight."""
+    """What became of each cluster: its status, and whether a request for it is in flight."""
     with api_errors():
         records = {record.name: record.status for record in api.status(cluster_names)}
         seen = {}
@@ -164,7 +164,11 @@ def observe(api: SkyApi, cluster_names: list[str]) -> dict[str, Seen]:
                 seen[name] = Seen.RUNNING
             elif status is sky.ClusterStatus.STOPPED:
                 seen[name] = Seen.STOPPED
-            elif status is not None or in_flight(api, name):
+            elif in_flight(api, name):
+                seen[name] = Seen.STARTING
+            elif status is sky.ClusterStatus.INIT:
+                seen[name] = Seen.STALLED
+            elif status is not None:  # autostopping, pending: SkyPilot is at it
                 seen[name] = Seen.STARTING
             else:
                 seen[name] = Seen.MISSING
