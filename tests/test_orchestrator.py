@@ -368,12 +368,18 @@ def test_the_orchestrators_settings_name_what_is_missing() -> None:
     from crosslogic.orchestrator import config
     from crosslogic.settings import SettingsError, load
 
-    with_token = load({"NODE_REGISTRATION_TOKEN": "clrt_x", "ORCHESTRATOR": "skypilot"})
+    with_token = load(
+        {"NODE_REGISTRATION_TOKEN": "clrt_x", "ORCHESTRATOR": "skypilot", "DB_HOST": "db"}
+    )
     with pytest.raises(SettingsError, match="ORCHESTRATOR_CONTROL_PLANE"):
         config.load({}, with_token)
     with pytest.raises(SettingsError, match="ORCHESTRATOR_CONTROL_PLANE"):
         config.load({"ORCHESTRATOR_CONTROL_PLANE": "not a url"}, with_token)
     with pytest.raises(SettingsError, match="NODE_REGISTRATION_TOKEN"):
+        config.load(
+            {"ORCHESTRATOR_CONTROL_PLANE": "https://cp.example.com"}, load({"DB_HOST": "db"})
+        )
+    with pytest.raises(SettingsError, match="DB_HOST"):
         config.load({"ORCHESTRATOR_CONTROL_PLANE": "https://cp.example.com"}, load({}))
     with pytest.raises(SettingsError, match="ORCHESTRATOR="):
         load({"ORCHESTRATOR": "kubernetes"})

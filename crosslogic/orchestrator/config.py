@@ -22,6 +22,11 @@ class OrchestratorConfig:
 def load(env: Mapping[str, str], settings: Settings) -> OrchestratorConfig:
     """ORCHESTRATOR_CONTROL_PLANE (the admin API's URL as the GPU nodes reach it) and
     NODE_REGISTRATION_TOKEN are required: every replica registers with them."""
+    if settings.db_host is None:
+        raise SettingsError(
+            "the orchestrator needs DB_HOST (and DB_PORT, DB_USER, DB_PASSWORD, DB_NAME) of "
+            "the control plane's PostgreSQL"
+        )
     if importlib.util.find_spec("sky") is None:
         raise SettingsError(
             "ORCHESTRATOR=skypilot needs the skypilot extra: "

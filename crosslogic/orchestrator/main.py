@@ -27,10 +27,11 @@ POOL_SIZE = 2  # a round's queries, one at a time, and a background launch's upd
 
 
 async def run(settings: Settings, registry: CollectorRegistry) -> None:
+    cfg = config.load(os.environ, settings)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # SkyPilot's import logs its setup
     from crosslogic.orchestrator.orchestrator import Orchestrator
     from crosslogic.orchestrator.sky_sdk import Sky  # imports skypilot: the optional extra
 
-    cfg = config.load(os.environ, settings)
     pool = await create_pool(
         settings, max_size=POOL_SIZE + 1, application_name=application_name("orchestrator")
     )
