@@ -257,7 +257,9 @@ async def system_conn(system: Stack) -> AsyncIterator[Any]:
         await conn.close()
 
 
-def test_of_two_orchestrators_one_acts(system: Stack, admin: Admin, fake: Any) -> None:
+def test_of_two_orchestrators_one_acts_and_the_other_takes_over(
+    system: Stack, admin: Admin, fake: Any
+) -> None:
     new_pool(admin, system, "twins", replicas=3)
 
     async def go() -> None:
@@ -273,6 +275,9 @@ def test_of_two_orchestrators_one_acts(system: Stack, admin: Admin, fake: Any) -
             led_one, led_two = await asyncio.gather(run(one), run(two))
             assert all(led_one) != all(led_two)  # exactly one leads, throughout
             assert not any(led_one) or not any(led_two)
+            leader, standby = (one, two) if all(led_one) else (two, one)
+            await leader.close()  # it stops: its connection, and the lock, go
+            assert await standby.tick() is not None
         assert len(fake.launched("twins")) == 3
         assert await states(system, "twins") == {"up": 3}
 

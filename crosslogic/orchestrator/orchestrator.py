@@ -11,6 +11,7 @@ The orchestrator is its own process: it is never on a request's path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -68,7 +69,11 @@ class Orchestrator:
     async def _drop_leader(self) -> None:
         leader, self._leader = self._leader, None
         if leader is not None:
-            await self._pool.release(leader, timeout=1)
+            # a broken connection is closed by the release, and with it the lock
+            with contextlib.suppress(
+                OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError
+            ):
+                await self._pool.release(leader, timeout=1)
 
     async def close(self) -> None:
         await self.settle()
