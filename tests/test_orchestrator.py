@@ -395,3 +395,54 @@ def test_the_orchestrators_settings_name_what_is_missing() -> None:
     assert loaded.interval == 30.0
     assert loaded.launcher.control_plane == "https://cp.example.com"
     assert loaded.launcher.registration_token == "clrt_x"
+
+
+@pytest.mark.parametrize(
+    ("change", "chosen"),
+    [
+        ({"spot": True}, ("us-west-2", True, "0.3871")),
+        ({"spot": False}, ("us-east-1", False, "1.006")),
+        (
+            {"spot": True, "clouds": ["aws"], "cloud_regions": ["us-east-1"]},
+            ("us-east-1", True, "0.4097"),
+        ),
+        ({"accelerator": "A100", "gpu_count": 8}, ("us-east-1", False, "32.7726")),
+    ],
+)
+def test_skypilot_validates_and_prices_each_task_from_its_catalog(
+    sky_home: Path, change: dict[str, Any], chosen: tuple[str, bool, str]
+) -> None:
+    from crosslogic.orchestrator import sky_sdk
+    from crosslogic.orchestrator.pools import pool_spec
+    from crosslogic.orchestrator.tasks import Launcher, task_config
+
+    spec = pool_spec(
+        {"name": "p", "model": "m", "accelerator": "A10G", "replica_tokens_per_minute": 1,
+         "replicas": 1, **change}
+    )  # fmt: skip
+    config = task_config(spec, name="cl-p-1", launcher=Launcher("https://cp", "clrt_x"))
+    found = sky_sdk.estimate(sky_sdk.validated_task(config))
+    assert (found.region, found.spot, str(found.cost_per_hour)) == chosen
+    assert found.cloud == "AWS"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"clouds": ["aws"], "cloud_regions": ["mars-1"]},  # no such region
+        {"accelerator": "H100"},  # not in the catalog
+        {"accelerator": "A10G", "gpu_count": 3},  # no such instance
+    ],
+)
+def test_skypilot_refuses_what_it_cannot_place(sky_home: Path, change: dict[str, Any]) -> None:
+    from crosslogic.orchestrator import sky_sdk
+    from crosslogic.orchestrator.pools import pool_spec
+    from crosslogic.orchestrator.tasks import Launcher, task_config
+
+    spec = pool_spec(
+        {"name": "p", "model": "m", "accelerator": "A10G", "replica_tokens_per_minute": 1,
+         "replicas": 1, **change}
+    )  # fmt: skip
+    config = task_config(spec, name="cl-p-1", launcher=Launcher("https://cp", "clrt_x"))
+    with pytest.raises(sky_sdk.TaskRejected):
+        sky_sdk.estimate(sky_sdk.validated_task(config))
