@@ -18,11 +18,10 @@ from typing import Any
 import asyncpg
 
 from crosslogic.orchestrator.autoscale import NodeLoad
-from crosslogic.orchestrator.pool_store import _FROM, POOL, _out
+from crosslogic.orchestrator.pool_store import FROM_POOLS, LIVE, POOL, pool_out
 from crosslogic.orchestrator.tasks import cluster_name
 
 LEADER_LOCK = 0x43524F50  # "CROP": the orchestrators' leader lock
-LIVE = ("launching", "up", "terminating")
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ async def try_lead(conn: asyncpg.Connection) -> bool:
 
 
 async def declared(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    return [_out(r) for r in await conn.fetch(f"SELECT {POOL} {_FROM} ORDER BY p.name")]
+    return [pool_out(r) for r in await conn.fetch(f"SELECT {POOL} {FROM_POOLS} ORDER BY p.name")]
 
 
 async def live_launches(conn: asyncpg.Connection) -> list[LaunchRow]:

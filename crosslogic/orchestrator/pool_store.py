@@ -30,7 +30,7 @@ POOL = (
     f"{_SPEC}, p.created_by, p.created_at, p.updated_at, p.target_replicas, p.last_scaled_at, "
     "p.estimate, p.observed_at"
 )
-_FROM = "FROM pools p JOIN models m ON m.id = p.model_id"
+FROM_POOLS = "FROM pools p JOIN models m ON m.id = p.model_id"
 LAUNCH = (
     "id, pool_name AS pool, cluster_name, spec_hash, state, request_id, cost_per_hour::text "
     "AS cost_per_hour_usd, resources, reason, created_at, up_at, ended_at"
@@ -38,7 +38,7 @@ LAUNCH = (
 LIVE = ("launching", "up", "terminating")
 
 
-def _out(row: asyncpg.Record) -> dict[str, Any]:
+def pool_out(row: asyncpg.Record) -> dict[str, Any]:
     pool = as_dict(row)
     for name in ("clouds", "cloud_regions", "vllm_args"):
         if pool[name] is not None:
@@ -91,11 +91,11 @@ _COLUMNS = (
 
 async def _fetch(conn: asyncpg.Connection, name: str, *, lock: bool = False) -> dict[str, Any]:
     row = await conn.fetchrow(
-        f"SELECT {POOL} {_FROM} WHERE p.name = $1{' FOR UPDATE OF p' if lock else ''}", name
+        f"SELECT {POOL} {FROM_POOLS} WHERE p.name = $1{' FOR UPDATE OF p' if lock else ''}", name
     )
     if row is None:
         raise NotFound("pool", name, code="pool_not_found")
-    return _out(row)
+    return pool_out(row)
 
 
 async def create(conn: asyncpg.Connection, *, actor: str, spec: PoolSpec) -> dict[str, Any]:
@@ -129,9 +129,9 @@ async def list_pools(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         f"SELECT {POOL}, (SELECT count(*) FROM pool_launches l WHERE l.pool_name = p.name "
         "AND l.state = 'up') AS replicas_up, (SELECT count(*) FROM pool_launches l WHERE "
         "l.pool_name = p.name AND l.state = 'launching') AS replicas_launching "
-        f"{_FROM} ORDER BY p.name"
+        f"{FROM_POOLS} ORDER BY p.name"
     )
-    return [_out(r) for r in rows]
+    return [pool_out(r) for r in rows]
 
 
 async def launches(conn: asyncpg.Connection, pool: str) -> list[dict[str, Any]]:
