@@ -40,7 +40,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
-	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	.lock-venv/bin/pip install --quiet -e '.[dev,skypilot]'
 	head -3 constraints.txt > constraints.new
 	.lock-venv/bin/pip freeze --exclude-editable >> constraints.new
 	mv constraints.new constraints.txt

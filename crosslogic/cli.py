@@ -23,6 +23,7 @@ from crosslogic.catalog import cli as catalog_cli
 from crosslogic.demo import client_lines
 from crosslogic.fleet import cli as fleet_cli
 from crosslogic.lifecycle import TaskDied, exit_code
+from crosslogic.orchestrator import cli as pools_cli
 from crosslogic.plan import plan
 from crosslogic.ratelimit import cli as limits_cli
 from crosslogic.seeding import migrate_and_seed, migrate_database
@@ -139,8 +140,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_service(settings: Settings, args: argparse.Namespace) -> int:
-    import os
-
     from prometheus_client import CollectorRegistry, start_http_server
 
     from crosslogic.metrics import MULTIPROC_ENV
@@ -251,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for group in GROUPS:
         group.add_parsers(sub)
+    pools = sub.add_parser("orchestrator", help="run the GPU pools' orchestrator (needs skypilot)")
+    pools.set_defaults(name="orchestrator")
     return parser
 
 
@@ -264,6 +265,7 @@ GROUPS = (
     reservation_cli,
     fleet_cli,
     tls_cli,
+    pools_cli,
 )
 
 COMMANDS = {
@@ -274,6 +276,7 @@ COMMANDS = {
     "db-connections": cmd_db_connections,
     "demo": cmd_demo,
     "envoy-config": cmd_envoy_config,
+    "orchestrator": cmd_service,  # `crosslogic service orchestrator`, the GPU pools'
 }
 
 

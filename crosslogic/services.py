@@ -112,6 +112,13 @@ SERVICES = (
         processes=lambda settings: settings.gateways,
         each=lambda settings, n: settings.gateway(n),
     ),
+    # GPU pools on SkyPilot: only with ORCHESTRATOR=skypilot (never in the default `up`)
+    Service(
+        "orchestrator",
+        "crosslogic.orchestrator.main",
+        (),
+        processes=lambda settings: 1 if settings.orchestrator == "skypilot" else 0,
+    ),
 )
 NAMES = tuple(service.name for service in SERVICES)
 

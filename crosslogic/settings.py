@@ -138,6 +138,7 @@ class Settings:
     tls_ca_dir: Path | None = None
     node_ca_file: Path | None = None
     node_client_cert_lifetime: float = 86400.0
+    orchestrator: str = ""  # "skypilot": run the GPU pools' orchestrator (crosslogic.orchestrator)
 
     @property
     def access_log(self) -> Path:
@@ -264,6 +265,7 @@ def load(env: Mapping[str, str]) -> Settings:
             env, "ENVOY_MAX_CONNECTIONS", d.envoy_max_connections, low=1, high=10**7
         ),
         **tls_values(env, lifetime=d.node_client_cert_lifetime),
+        orchestrator=choice_value(env, "ORCHESTRATOR", d.orchestrator, ("", "skypilot")),
     )
     if not 0 < settings.ratelimit_redis_timeout < RATELIMIT_CALL_TIMEOUT_S:
         # the service must answer before Envoy gives up on it (and lets the request pass)

@@ -24,6 +24,7 @@ from crosslogic.catalog import requests as catalog
 from crosslogic.errors import Invalid
 from crosslogic.fleet.requests import parse_heartbeat, parse_registration, parse_token_spec
 from crosslogic.openai_errors import ApiError
+from crosslogic.orchestrator.pools import PoolSpec, pool_spec, updated
 from crosslogic.ratelimit.config import parse_limit
 from crosslogic.settings import Settings
 
@@ -140,7 +141,19 @@ PARSERS: dict[str, Callable[[Any], object]] = {
     "BillingChange": plans.billing_change,
     "CreditGrantCreate": lambda body: credits.grant_spec(body, now=NOW),
     "StripeCustomerChange": customer_change,
+    "PoolCreate": pool_spec,
+    "PoolUpdate": lambda body: updated(A_POOL, body),
 }
+A_POOL = PoolSpec(
+    name="p",
+    model="m",
+    accelerator="A100",
+    gpu_count=1,
+    min_replicas=1,
+    max_replicas=1,
+    replica_tokens_per_minute=1000,
+)
+POOL = {"name": "llama", "model": "m", "accelerator": "A100", "replica_tokens_per_minute": 9}
 PRICES = {"prompt_per_mtok": "0.2", "completion_per_mtok": 0.6}
 LATER = "2999-01-01T00:00:00Z"
 NODE = {"model": "m", "address": "10.0.0.1", "port": 8000}
@@ -360,6 +373,51 @@ TENANT_RPM = {"scope": "tenant", "subject": "t1", "requests_per_minute": 60}
         ("StripeCustomerChange", {"stripe_customer_id": "cus_a b"}),
         ("StripeCustomerChange", {"stripe_customer_id": 5}),
         ("StripeCustomerChange", {"stripe_customer_id": "cus_1", "plan": "pro"}),
+        ("PoolCreate", {**POOL, "replicas": 2}),
+        ("PoolCreate", {**POOL, "min_replicas": 1, "max_replicas": 4, "replicas": None}),
+        ("PoolCreate", {**POOL, "min_replicas": 0, "max_replicas": 0, "gpu_count": 8}),
+        ("PoolCreate", {**POOL, "replicas": 1, "clouds": ["aws", "gcp"], "spot": True}),
+        ("PoolCreate", {**POOL, "replicas": 1, "clouds": ["aws"], "cloud_regions": ["us-east-1"]}),
+        ("PoolCreate", {**POOL, "replicas": 1, "clouds": None, "cloud_regions": None}),
+        ("PoolCreate", {**POOL, "replicas": 1, "region": "eu-west", "model_source": "org/m"}),
+        ("PoolCreate", {**POOL, "replicas": 1, "vllm_args": ["--max-model-len", "8192"]}),
+        ("PoolCreate", {**POOL, "replicas": 1, "on_demand_fallback": False}),
+        ("PoolCreate", {**POOL, "replicas": 1, "scale_up_cooldown_s": 0}),
+        ("PoolCreate", {**POOL, "replicas": 1, "scale_down_cooldown_s": 86401}),
+        ("PoolCreate", {**POOL, "replicas": 1, "cloud_regions": ["us-east-1"]}),
+        ("PoolCreate", {**POOL, "replicas": 1, "clouds": ["aws", "gcp"], "cloud_regions": ["x"]}),
+        ("PoolCreate", {**POOL, "replicas": 1, "clouds": ["aws", "aws"]}),
+        ("PoolCreate", {**POOL, "replicas": 1, "clouds": ["mars"]}),
+        ("PoolCreate", {**POOL, "replicas": 1, "clouds": []}),
+        ("PoolCreate", {**POOL, "replicas": 1, "min_replicas": 1, "max_replicas": 2}),
+        ("PoolCreate", {**POOL, "min_replicas": 1}),
+        ("PoolCreate", POOL),
+        ("PoolCreate", {**POOL, "replicas": 101}),
+        ("PoolCreate", {**POOL, "replicas": -1}),
+        ("PoolCreate", {**POOL, "replicas": "2"}),
+        ("PoolCreate", {**POOL, "replicas": True}),
+        ("PoolCreate", {**POOL, "replicas": 1, "gpu_count": 0}),
+        ("PoolCreate", {**POOL, "replicas": 1, "gpu_count": 17}),
+        ("PoolCreate", {**POOL, "replicas": 1, "name": "Llama"}),
+        ("PoolCreate", {**POOL, "replicas": 1, "name": "llama-"}),
+        ("PoolCreate", {**POOL, "replicas": 1, "name": "l" * 32}),
+        ("PoolCreate", {**POOL, "replicas": 1, "name": "l" * 33}),
+        ("PoolCreate", {**POOL, "replicas": 1, "accelerator": "A100:8"}),
+        ("PoolCreate", {**POOL, "replicas": 1, "replica_tokens_per_minute": 0}),
+        ("PoolCreate", {**POOL, "replicas": 1, "spot": "yes"}),
+        ("PoolCreate", {**POOL, "replicas": 1, "vllm_args": "--enforce-eager"}),
+        ("PoolCreate", {**POOL, "replicas": 1, "vllm_args": [""]}),
+        ("PoolCreate", {**POOL, "replicas": 1, "region": "EU"}),
+        ("PoolCreate", {**POOL, "replicas": 1, "colour": "red"}),
+        ("PoolCreate", {"name": "llama", "replicas": 1}),
+        ("PoolUpdate", {"replicas": 3}),
+        ("PoolUpdate", {"min_replicas": 0, "max_replicas": 5}),
+        ("PoolUpdate", {"spot": True, "vllm_args": []}),
+        ("PoolUpdate", {"model": "other", "region": None}),
+        ("PoolUpdate", {}),
+        ("PoolUpdate", {"name": "other"}),
+        ("PoolUpdate", {"gpu_count": 0}),
+        ("PoolUpdate", {"replicas": 1000}),
     ],
 )
 def test_request_schemas_agree_with_the_parsers(

@@ -24,7 +24,15 @@ def totals(**env: str) -> dict[str, int]:
 def test_the_default_shape() -> None:
     # admin 5; xds 2 x (2 + LISTEN); ext_authz 2 x (4 + 1 + the limiter's 2 + 1), deciding the
     # limits (RATELIMIT_AT=authz): no rate-limit service; billing 3 + 1
-    assert totals() == {"admin": 5, "xds": 6, "extauthz": 16, "ratelimit": 0, "billing": 4}
+    assert totals() == {
+        "admin": 5,
+        "xds": 6,
+        "extauthz": 16,
+        "ratelimit": 0,
+        "billing": 4,
+        "orchestrator": 0,  # only with ORCHESTRATOR=skypilot: one process, a pool of 3
+    }
+    assert totals(ORCHESTRATOR="skypilot")["orchestrator"] == 3
     assert budget(load(TWO_EACH)).total() == 31
     assert budget(load(TWO_EACH)).servers() == (PRIMARY,)
 
@@ -59,6 +67,7 @@ def test_scaled_out_each_gateway_adds_a_billing_and_serve_can_leave_it_out() -> 
         "extauthz": 16,
         "ratelimit": 0,
         "billing": 3 * (3 + 1),
+        "orchestrator": 0,
     }
     # a control-plane machine whose gateways run their own billing (`serve --without billing`)
     assert budget(load(TWO_EACH), without={"billing"}).total() == 31 - 4

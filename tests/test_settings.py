@@ -156,7 +156,14 @@ def test_every_service_port_is_named_once() -> None:
         "EXTAUTHZ_PORT": 9001,
         "RATELIMIT_PORT": 9002,
     }
-    assert [s.name for s in SERVICES] == ["admin", "xds", "extauthz", "ratelimit", "billing"]
+    assert [s.name for s in SERVICES] == [
+        "admin",
+        "xds",
+        "extauthz",
+        "ratelimit",
+        "billing",
+        "orchestrator",
+    ]
     assert all(callable(s.main()) for s in SERVICES)  # each module has its run
 
 
@@ -170,7 +177,9 @@ def test_process_counts_follow_the_settings() -> None:
         "extauthz": 3,
         "ratelimit": 2,
         "billing": 1,
+        "orchestrator": 0,  # GPU pools: only with ORCHESTRATOR=skypilot
     }
+    assert counts(ORCHESTRATOR="skypilot")["orchestrator"] == 1
     # nobody calls the rate-limit service when ext_authz decides: it is not started
     assert counts(RATELIMIT_AT="authz")["ratelimit"] == counts()["ratelimit"] == 0
     # scaled out: ADMIN_WORKERS admin processes, one billing per gateway
@@ -180,6 +189,7 @@ def test_process_counts_follow_the_settings() -> None:
         "extauthz": 0,
         "ratelimit": 0,
         "billing": 3,
+        "orchestrator": 0,
     }
 
 

@@ -5,9 +5,10 @@ health (``/health``, ``/ready``, ``/metrics``), nodes (the node registry), node_
 environments, keys), audit, limits, usage (reports, also ``/v1/usage`` via Envoy), catalog
 (models, regions), prices (list prices, tenant overrides), plans (and a tenant's billing
 settings), credits, reservations (reserved capacity), stripe_customers (a tenant's Stripe
-customer) and openapi each own their routes; ``context`` holds what they share, ``auth``
-decides who may call what (the operator, a registration token, a node), ``errors``
-answers every refusal, and ``request_ids`` gives every call the id its log lines carry.
+customer), pools (GPU pools) and openapi each own their routes; ``context`` holds what
+they share, ``auth`` decides who may call what (the operator, a registration token, a
+node), ``errors`` answers every refusal, and ``request_ids`` gives every call the id its
+log lines carry.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from crosslogic.admin import (
     nodes,
     openapi,
     plans,
+    pools,
     prices,
     reservations,
     stripe_customers,
@@ -131,6 +133,7 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
         credits,
         reservations,
         stripe_customers,
+        pools,
         openapi,
     ):
         app.router.add_routes(module.routes)

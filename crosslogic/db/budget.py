@@ -108,6 +108,7 @@ def _holders(service: str, settings: Settings) -> tuple[Holder, ...]:
         "extauthz": settings.extauthz_db_pool,
         "ratelimit": settings.ratelimit_db_pool,
         "billing": settings.billing_db_pool,
+        "orchestrator": 3,  # crosslogic.orchestrator.main's pool, its leader's connection in it
     }
     name = application_name(service)
     if service == "admin":  # no LISTEN: it only NOTIFYs, on its pool's connections
@@ -119,6 +120,8 @@ def _holders(service: str, settings: Settings) -> tuple[Holder, ...]:
         return (Holder(name, pooled[service]), *read)
     if service == "ratelimit":
         return limiter_holders(name, settings)
+    if service == "orchestrator":  # no LISTEN
+        return (Holder(name, pooled[service]),)
     held = (Holder(name, pooled[service]), Holder(listen_name(name), 1, dedicated=True))
     if service == "extauthz" and settings.ratelimit_at == "authz":
         # ext_authz then runs the rate limiter itself, with the limiter's own connections
