@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from crosslogic.agent.registration import RegistrationConfig, backoff_delay, run_registration
 from crosslogic.node.config import NodeLoad
 from crosslogic.node.main import run
-from crosslogic.node.registration import RegistrationConfig, backoff_delay, run_registration
 from crosslogic.ports import free_port
 from tests.support.serving import http_call, serving
 from tests.support.system import MODEL

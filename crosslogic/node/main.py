@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from crosslogic.agent.registration import RegistrationConfig, run_registration
 from crosslogic.lifecycle import TaskDied, exit_code, run_until_signalled
 from crosslogic.node.config import NodeConfig
-from crosslogic.node.registration import RegistrationConfig, run_registration
 from crosslogic.node.server import NODE_STATE, make_app
 
 log = logging.getLogger(__name__)
