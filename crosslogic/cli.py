@@ -240,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "node", help="run a simulated GPU node (see `crosslogic node --help`)", add_help=False
     )
+    sub.add_parser(
+        "agent",
+        help="run the node agent beside vLLM (see `crosslogic agent --help`)",
+        add_help=False,
+    )
     accounts_cli.add_parsers(sub)
     limits_cli.add_parsers(sub)
     billing_cli.add_parsers(sub)
@@ -267,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         from crosslogic.node.main import run
 
         return run(argv[1:])
+    if argv[:1] == ["agent"]:
+        from crosslogic.agent.main import run as run_agent
+
+        return run_agent(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = from_environ()
