@@ -8,7 +8,7 @@ import pytest
 from crosslogic.agent.load import LoadUnavailable, NodeLoad, parse_vllm_metrics
 from crosslogic.agent.main import run
 from crosslogic.agent.notices import MetadataError, Notice
-from crosslogic.agent.notices.aws import parse_instance_action
+from crosslogic.agent.notices.aws import parse_instance_action, parse_rebalance
 from crosslogic.agent.notices.azure import parse_events
 from crosslogic.agent.notices.gcp import parse_preempted
 
@@ -103,8 +103,18 @@ def test_the_command_line_refuses_bad_flags_and_the_admin_token(
         ["--poll-interval", "0"],
         ["--metadata-url", "169.254.169.254"],
         ["--cloud", "kubernetes", "--metadata-url", "http://127.0.0.1:1"],
+        ["--cloud", "gcp", "--drain-on-rebalance"],
         ["--capacity", "0"],
         ["--advertise-port", "70000"],
     ):
         assert run(base + extra) == 2, extra
     assert run(["--vllm-url", "http://0.0.0.0:8000", *base[2:]]) == 2  # nowhere to route
+
+
+def test_aws_rebalance_recommendation() -> None:
+    assert parse_rebalance(404, "") is None
+    notice = parse_rebalance(200, '{"noticeTime": "2026-11-30T04:58:00Z"}')
+    assert notice is not None and notice.reason.endswith("2026-11-30T04:58:00Z")
+    for status, body in ((500, ""), (200, "{}"), (200, "x")):
+        with pytest.raises(MetadataError):
+            parse_rebalance(status, body)

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=AgentConfig.grace_period_s,
         help="Kubernetes: seconds a drain may take after SIGTERM (default %(default)s)",
     )
+    parser.add_argument(
+        "--drain-on-rebalance",
+        action="store_true",
+        help="AWS: drain at a rebalance recommendation, before the interruption notice",
+    )
     parser.add_argument("--node-id", help="node id to register with (default: assigned)")
     parser.add_argument(
         "--advertise-address", help="address Envoy should route to (default: --vllm-url's host)"
@@ -111,6 +116,7 @@ def config_from(args: argparse.Namespace, *, token: str) -> AgentConfig:
         metadata_url=args.metadata_url,
         poll_interval_s=args.poll_interval,
         grace_period_s=args.grace_period,
+        drain_on_rebalance=args.drain_on_rebalance,
     )
 
 

@@ -33,6 +33,7 @@ class AgentConfig:
     cloud: str = "none"
     metadata_url: str | None = None  # None: the cloud's own metadata endpoint
     poll_interval_s: float = 0.5
+    drain_on_rebalance: bool = False  # AWS: drain at a rebalance recommendation already
     # after a final notice (Kubernetes' SIGTERM): the longest wait for in-flight requests;
     # under the pod's terminationGracePeriodSeconds (30 s by default)
     grace_period_s: float = 25.0
@@ -40,6 +41,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.cloud not in CLOUDS:
             raise ValueError(f"cloud must be one of {', '.join(CLOUDS)}, not {self.cloud!r}")
+        if self.drain_on_rebalance and self.cloud != "aws":
+            raise ValueError("drain_on_rebalance is for AWS only")
         if self.poll_interval_s <= 0 or self.grace_period_s < 0:
             raise ValueError("poll_interval_s must be positive and grace_period_s not negative")
 
@@ -50,15 +53,18 @@ def watchers_for(config: AgentConfig, session: aiohttp.ClientSession) -> list[Wa
     if config.cloud == "kubernetes":
         watchers.append(SignalWatcher(signal.SIGTERM, source="kubernetes", final=True))
     elif config.cloud != "none":
-        kind: dict[str, type[aws.AwsWatcher | gcp.GcpWatcher | azure.AzureWatcher]] = {
-            "aws": aws.AwsWatcher,
-            "gcp": gcp.GcpWatcher,
-            "azure": azure.AzureWatcher,
-        }
         base_url = config.metadata_url or DEFAULT_METADATA_URLS[config.cloud]
-        watchers.append(
-            kind[config.cloud](session, base_url=base_url, interval_s=config.poll_interval_s)
-        )
+        interval_s = config.poll_interval_s
+        if config.cloud == "aws":
+            rebalance = config.drain_on_rebalance
+            watchers.append(
+                aws.AwsWatcher(
+                    session, base_url=base_url, interval_s=interval_s, rebalance=rebalance
+                )
+            )
+        else:
+            kind = gcp.GcpWatcher if config.cloud == "gcp" else azure.AzureWatcher
+            watchers.append(kind(session, base_url=base_url, interval_s=interval_s))
     return watchers
 
 

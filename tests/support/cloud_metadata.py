@@ -20,6 +20,7 @@ AZURE_VM = "vm-gpu-0"
 @dataclass
 class MetadataStub:
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    rebalance: asyncio.Event = field(default_factory=asyncio.Event)  # AWS' early signal
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # ends held long polls
     tokens: set[str] = field(default_factory=set)
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -35,11 +36,15 @@ class MetadataStub:
         app.on_shutdown.append(shutting_down)
         app.router.add_put("/latest/api/token", self._aws_token)
         app.router.add_get("/latest/meta-data/spot/instance-action", self._aws_action)
+        app.router.add_get(
+            "/latest/meta-data/events/recommendations/rebalance", self._aws_rebalance
+        )
         app.router.add_get("/computeMetadata/v1/instance/preempted", self._gcp_preempted)
         app.router.add_get("/metadata/instance/compute/name", self._azure_name)
         app.router.add_get("/metadata/scheduledevents", self._azure_events)
         app.router.add_post("/metadata/scheduledevents", self._azure_approve)
         app.router.add_post("/_test/interrupt", self._interrupt)
+        app.router.add_post("/_test/rebalance", self._recommend)
         app.router.add_get("/_test/calls", self._calls)
         return app
 
@@ -53,6 +58,10 @@ class MetadataStub:
     async def _interrupt(self, request: web.Request) -> web.Response:
         self.interrupted.set()
         return web.json_response({"interrupted": True})
+
+    async def _recommend(self, request: web.Request) -> web.Response:
+        self.rebalance.set()
+        return web.json_response({"rebalance": True})
 
     async def _calls(self, request: web.Request) -> web.Response:
         return web.json_response({"calls": self.calls, "approved": self.approved})
@@ -73,6 +82,14 @@ class MetadataStub:
         if not self.interrupted.is_set():
             return self._reply(request, 404, text="<html>Not Found</html>")
         body = {"action": "terminate", "time": "2026-11-30T05:00:00Z"}
+        return self._reply(request, 200, text=json.dumps(body), content_type="text/plain")
+
+    async def _aws_rebalance(self, request: web.Request) -> web.Response:
+        if request.headers.get("X-aws-ec2-metadata-token") not in self.tokens:
+            return self._reply(request, 401, text="")
+        if not self.rebalance.is_set():
+            return self._reply(request, 404, text="<html>Not Found</html>")
+        body = {"noticeTime": "2026-11-30T04:58:00Z"}
         return self._reply(request, 200, text=json.dumps(body), content_type="text/plain")
 
     # --- GCP --------------------------------------------------------------------------------

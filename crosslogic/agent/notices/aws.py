@@ -5,7 +5,9 @@ token; ``GET /latest/meta-data/spot/instance-action`` with ``X-aws-ec2-metadata-
 answers 404 until EC2 decides to interrupt the instance, then ``{"action": "terminate" |
 "stop" | "hibernate", "time": "2026-11-30T05:00:00Z"}`` (about two minutes ahead, except
 for hibernation). AWS suggests polling every 5 s; the agent polls faster to drain within a
-second. A 401 means the token expired: a new one is fetched.
+second. A 401 means the token expired: a new one is fetched. Optionally the agent also
+drains on a rebalance recommendation (``/latest/meta-data/events/recommendations/
+rebalance``: 404, then ``{"noticeTime": ...}``), an earlier, less certain signal.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from crosslogic.agent.notices.polling import poll
 DEFAULT_URL = "http://169.254.169.254"
 TOKEN_PATH = "/latest/api/token"
 ACTION_PATH = "/latest/meta-data/spot/instance-action"
+REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TOKEN_TTL_S = 21600  # the longest IMDS grants
@@ -43,11 +46,39 @@ def parse_instance_action(status: int, body: str) -> Notice | None:
     return Notice(source="aws", reason=f"spot instance {action} at {data.get('time')}")
 
 
-class AwsWatcher:
-    """Polls the spot instance-action with an IMDSv2 session token."""
+def parse_rebalance(status: int, body: str) -> Notice | None:
+    """The notice in a rebalance recommendation answer; None while there is none (404)."""
+    if status == 404:
+        return None
+    if status != 200:
+        raise MetadataError(f"rebalance recommendation answered HTTP {status}")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise MetadataError(f"rebalance recommendation is not JSON: {body[:200]!r}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("noticeTime"), str):
+        raise MetadataError(f"rebalance recommendation without a noticeTime: {body[:200]!r}")
+    return Notice(source="aws", reason=f"rebalance recommendation at {data['noticeTime']}")
 
-    def __init__(self, session: aiohttp.ClientSession, *, base_url: str, interval_s: float) -> None:
+
+# what each poll reads, in order: the notice, then (if asked) the recommendation
+_READS = ((ACTION_PATH, parse_instance_action), (REBALANCE_PATH, parse_rebalance))
+
+
+class AwsWatcher:
+    """Polls the spot instance-action (and the rebalance recommendation, if asked) with an
+    IMDSv2 session token."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        interval_s: float,
+        rebalance: bool = False,
+    ) -> None:
         self._session = session
+        self._reads = _READS if rebalance else _READS[:1]
         self._base = base_url.rstrip("/")
         self._interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=2.0)
@@ -62,12 +93,16 @@ class AwsWatcher:
 
     async def _check(self) -> Notice | None:
         headers = {TOKEN_HEADER: await self._session_token()}
-        url = self._base + ACTION_PATH
-        async with self._session.get(url, headers=headers, timeout=self._timeout) as response:
-            body = await response.text()
-            if response.status == 401:
-                self._token = None  # expired or revoked: the next poll fetches a new one
-            return parse_instance_action(response.status, body)
+        for path, parse in self._reads:
+            url = self._base + path
+            async with self._session.get(url, headers=headers, timeout=self._timeout) as reply:
+                body = await reply.text()
+                if reply.status == 401:
+                    self._token = None  # expired or revoked: the next poll fetches a new one
+                notice = parse(reply.status, body)
+            if notice is not None:
+                return notice
+        return None
 
     async def _session_token(self) -> str:
         if self._token is None or time.monotonic() >= self._token_until:
