@@ -29,6 +29,11 @@ class BaselineEnvoys:
         )
         config = self.work_dir / f"{name}.yaml"
         config.write_text(text)
+        self.run(name, config, admin_port=admin_port)
+        return port
+
+    def run(self, name: str, config: Path, *, admin_port: int) -> None:
+        """Start an Envoy from a config file; returns once its admin ``/ready`` answers."""
         self.supervisor.spawn(
             name,
             [
@@ -48,7 +53,6 @@ class BaselineEnvoys:
             lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready"),
             check=self.supervisor.check,
         )
-        return port
 
     def start_upstream(self) -> int:
         return self.start("upstream", "upstream.yaml")

@@ -122,9 +122,18 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
     # short: PostgreSQL's Unix socket lives below it and socket paths are limited to ~107 bytes
     work_dir = Path(tempfile.mkdtemp(prefix="clb-", dir="/tmp"))
     envoys = BaselineEnvoys(work_dir, concurrency=envoy_concurrency)
-    gateway = Gateway(work_dir / "stack", envoy_concurrency=envoy_concurrency)
+    # the three shapes, the default last: each named in full, whatever the defaults are
+    gateway = Gateway(
+        work_dir / "stack",
+        envoy_concurrency=envoy_concurrency,
+        ratelimit_at="service",
+        extauthz_protocol="grpc",
+    )
     in_authz = Gateway(
-        work_dir / "stack-authz", envoy_concurrency=envoy_concurrency, ratelimit_at="authz"
+        work_dir / "stack-authz",
+        envoy_concurrency=envoy_concurrency,
+        ratelimit_at="authz",
+        extauthz_protocol="grpc",
     )
     over_http = Gateway(
         work_dir / "stack-http",

@@ -3,12 +3,14 @@ saturation, and at half of it (open-loop pacing) against the seed's p99 budgets.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from bench import targets
 from bench.gateway import Gateway
 from bench.histogram import Histogram, scrape
 from bench.wrk import Load, WrkResult, run_wrk
+from crosslogic.metrics import FLUSH_EVERY_S
 
 AUTHZ_HISTOGRAM = "crosslogic_authz_check_seconds"
 RATELIMIT_HISTOGRAM = "crosslogic_ratelimit_decision_seconds"
@@ -77,4 +79,5 @@ def half_load(gateway: Gateway, *, saturated_rps: float, load: Load) -> HalfLoad
         authorization=f"Bearer {gateway.api_key}",
         rate=rate,
     )
+    time.sleep(2 * FLUSH_EVERY_S)  # the services' last tallies reach /metrics
     return HalfLoad(rate, result, grown(before, scrape(gateway.metrics_url)))

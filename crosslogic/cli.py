@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import threading
@@ -14,7 +13,7 @@ from types import FrameType
 
 import uvloop
 
-from crosslogic import services
+from crosslogic import logs, services
 from crosslogic.accounts import cli as accounts_cli
 from crosslogic.accounts import quota_cli
 from crosslogic.billing import cli as billing_cli
@@ -30,11 +29,14 @@ from crosslogic.settings import Settings, SettingsError, from_environ
 from crosslogic.supervisor import ChildFailed
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+def configure_logging(settings: Settings, args: argparse.Namespace) -> None:
+    """JSON lines on stderr (crosslogic.logs), named for the service a process runs or for
+    the command (``up``, ``keys``...); the settings' secrets are masked wherever they appear."""
+    logs.configure(
+        service=args.name if args.command == "service" else args.command,
+        level=settings.log_level,
+        secrets=logs.secrets_of(settings),
     )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs
 
 
 def _interrupt_on_sigterm() -> None:
@@ -62,6 +64,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from crosslogic.stack import Stack
 
     stack = Stack(plan(settings), nodes=args.nodes)
+    configure_logging(stack.settings, args)  # the admin and registration tokens plan() made
     print("starting CrossLogic (Postgres, Redis, services, Envoy, nodes)...", flush=True)
     _interrupt_on_sigterm()
     try:
@@ -118,6 +121,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     stack = Stack(plan(settings), nodes=0, log_to_files=False)
+    configure_logging(stack.settings, args)
     _interrupt_on_sigterm()
     try:
         stack.start_services(without=frozenset(args.without))
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = from_environ()
-        configure_logging(settings.log_level)
+        configure_logging(settings, args)
         if args.command in accounts_cli.COMMANDS:
             return accounts_cli.run(settings, args)
         if args.command in limits_cli.COMMANDS:

@@ -25,9 +25,11 @@ _NOT_FOR_NODES = ("ADMIN_TOKEN", "DB_PASSWORD", "REDIS_PASSWORD", "STRIPE_SECRET
 
 
 def node_env(settings: Settings, *, metrics_dir: Path) -> dict[str, str]:
-    """A simulated node's environment: ``child_env`` without the control plane's secrets."""
+    """A simulated node's environment: ``child_env`` without the control plane's secrets, and
+    without the control plane's metrics directory: a node serves its own ``/metrics`` (its
+    ``vllm:`` series would otherwise be summed into the control plane's)."""
     env = child_env(settings, metrics_dir=metrics_dir)
-    for name in _NOT_FOR_NODES:
+    for name in (*_NOT_FOR_NODES, MULTIPROC_ENV):
         env.pop(name, None)
     return env
 

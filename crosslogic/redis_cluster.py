@@ -12,14 +12,13 @@ a programming error (:class:`CrossSlot`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 
 from crosslogic.errors import Unavailable
-from crosslogic.redis_pipe import PipelinedRedis, unavailable
+from crosslogic.redis_pipe import PipelinedRedis, script_sha, unavailable
 
 SLOTS = 16384
 MAX_REDIRECTS = 5
@@ -252,7 +251,7 @@ class ClusterRedis:
     async def eval_script(self, script: str, keys: list[str], args: list[int]) -> Any:
         """EVALSHA on the master of the keys' one slot (several slots: :class:`CrossSlot`),
         loading the script there when that master does not know it."""
-        sha = hashlib.sha1(script.encode()).hexdigest()
+        sha = script_sha(script)
         slot = one_slot(keys)
         command: tuple[str | int, ...] = ("EVALSHA", sha, len(keys), *keys, *args)
         reply = await self._on_slot(slot, *command)

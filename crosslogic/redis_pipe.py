@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -31,6 +32,12 @@ def unavailable(detail: str) -> Unavailable:
 def read_script(package: str, name: str) -> str:
     """The text of a Lua script shipped in ``package`` (``"crosslogic.billing"``)."""
     return (resources.files(package) / name).read_text()
+
+
+@functools.cache
+def script_sha(script: str) -> str:
+    """EVALSHA's name of a script (hashed once: scripts run on every request)."""
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def encode(*args: str | bytes | int) -> bytes:
@@ -200,7 +207,7 @@ class PipelinedRedis:
 
     async def eval_script(self, script: str, keys: list[str], args: list[int]) -> Any:
         """EVALSHA, loading the script once when Redis does not know it (NOSCRIPT)."""
-        sha = hashlib.sha1(script.encode()).hexdigest()
+        sha = script_sha(script)
         reply = await self.reply("EVALSHA", sha, len(keys), *keys, *args)
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             await self.call("SCRIPT", "LOAD", script)

@@ -24,39 +24,47 @@ from tests.support.system import log_tails, own_system
 
 @pytest.fixture(scope="session")
 def session_stack() -> Iterator[Stack]:
+    """The session's system, in the default shape: ext_authz over HTTP decides auth and
+    every rate-limit layer in one call."""
     with own_system(nodes=2) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
 def stack(session_stack: Stack) -> Stack:
-    """The session's system (ext_authz over gRPC). A module may run its tests over both
-    protocols instead (tests/support/protocols.py); the fixtures below never follow that."""
+    """The session's system. A module may run its tests over both protocols instead
+    (tests/support/protocols.py); the fixtures below never follow that."""
     return session_stack
+
+
+@pytest.fixture(scope="session")
+def http_stack(session_stack: Stack) -> Stack:
+    """ext_authz over HTTP deciding the rate limits: the default shape, the session's."""
+    return session_stack
+
+
+@pytest.fixture(scope="session")
+def grpc_stack() -> Iterator[Stack]:
+    """The other supported shape, for the whole session: Envoy asks ext_authz over gRPC and
+    its rate-limit filter asks the rate-limit service (RATELIMIT_AT=service), shared by every
+    module that runs its tests over both protocols (tests/support/protocols.py)."""
+    with own_system(nodes=2, ratelimit_at="service", extauthz_protocol="grpc") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def authz_stack() -> Iterator[Stack]:
-    """A second system whose ext_authz makes the rate-limit decisions (RATELIMIT_AT=authz)."""
-    with own_system(nodes=1, ratelimit_at="authz") as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-def http_stack() -> Iterator[Stack]:
-    """A system whose Envoy asks ext_authz over HTTP (EXTAUTHZ_PROTOCOL=http), which also
-    decides the rate limits: one for the whole session, shared by every module that runs its
-    tests over both protocols (tests/support/protocols.py)."""
-    with own_system(nodes=2, ratelimit_at="authz", extauthz_protocol="http") as running:
+    """ext_authz over gRPC making the rate-limit decisions (RATELIMIT_AT=authz)."""
+    with own_system(nodes=1, ratelimit_at="authz", extauthz_protocol="grpc") as running:
         yield running
 
 
 @pytest.fixture(params=["service", "authz", "http"])
 def limited(request: pytest.FixtureRequest) -> Stack:
-    """The test runs with the rate-limit decision in the rate-limit service, then in ext_authz
-    over gRPC, then in ext_authz over HTTP."""
-    name = {"service": "session_stack", "authz": "authz_stack", "http": "http_stack"}[request.param]
-    chosen: Stack = request.getfixturevalue(name)
+    """The test runs with the rate-limit decision in the rate-limit service (over gRPC),
+    then in ext_authz over gRPC, then in ext_authz over HTTP (the default)."""
+    name = {"service": "grpc_stack", "authz": "authz_stack", "http": "session_stack"}
+    chosen: Stack = request.getfixturevalue(name[request.param])
     return chosen
 
 

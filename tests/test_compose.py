@@ -426,7 +426,8 @@ def plain() -> Services:
 
 
 def test_plain_file_runs_one_of_everything(plain: Services) -> None:
-    assert set(plain) == {"postgres", "redis", "envoy", *crosslogic_services(plain)}
+    monitoring = {"prometheus", "grafana"}  # their own shape: test_compose_monitoring.py
+    assert set(plain) == {"postgres", "redis", "envoy", *monitoring, *crosslogic_services(plain)}
     assert plain["postgres"]["image"] == "postgres:16"
     assert plain["redis"]["image"] == "redis:7"
     roles = {name: only_invocation(svc)[1] for name, svc in crosslogic_services(plain).items()}

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from crosslogic.contracts.counters import MAX_AHEAD_US
 from crosslogic.extauthz.decision import Allow, Model, decide, endpoint_of
-from crosslogic.extauthz.request_body import MAX_DEPTH, MAX_TOKEN_ESTIMATE, parse_object
+from crosslogic.extauthz.request_body import (
+    MAX_DEPTH,
+    MAX_TOKEN_ESTIMATE,
+    _parsed_by_json,
+    _too_deep,
+    parse_object,
+)
 from crosslogic.openai_errors import ApiError
 from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable
 from crosslogic.ratelimit.gcra import MAX_COST, LocalGcra, limits_for
@@ -172,3 +178,27 @@ def test_limits_keep_costs_and_counters_bounded(tokens: int) -> None:
     for _ in range(3):
         reply = gcra.evaluate(limits)
         assert all(abs(x) <= MAX_AHEAD_US + 86400 * 10**6 for x in reply)
+
+
+# what JSON a client sends, within 64-bit integers (orjson reads larger ones as floats; the
+# decision refuses both alike, naming the parameter: test_huge_budgets_are_a_400_naming_the_param)
+SMALL_INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+PLAIN_JSON = st.recursive(
+    st.none() | st.booleans() | SMALL_INTS | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+
+
+@given(PLAIN_JSON.map(encoded) | st.binary(max_size=60))
+@example(b'{"a": "\\ud800"}')  # a lone surrogate: json reads it, orjson does not
+@example(b'{"a": 1e400}')  # json's infinity
+@example(b'{"a": NaN}')
+@example(b"[" * 2000 + b"]" * 2000)
+def test_the_fast_parser_answers_what_json_answers(body: bytes) -> None:
+    ours = parse_object(body)
+    reference = _parsed_by_json(body)
+    if isinstance(reference, dict) and not _too_deep(reference):
+        assert ours == reference
+    else:
+        assert isinstance(ours, ApiError)

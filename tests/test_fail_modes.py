@@ -21,7 +21,7 @@ def ask(client: openai.OpenAI) -> openai.types.chat.ChatCompletion:
 def test_authorization_down_fails_closed_with_a_clear_503(
     request: pytest.FixtureRequest, protocol: str
 ) -> None:
-    stack: Stack = request.getfixturevalue("stack" if protocol == "grpc" else "http_stack")
+    stack: Stack = request.getfixturevalue(f"{protocol}_stack")
     assert stack.demo is not None
     client = openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)
     count = stop_service(stack, "extauthz")
@@ -37,7 +37,11 @@ def test_authorization_down_fails_closed_with_a_clear_503(
     wait_until("requests to pass again", lambda: _passes(client), timeout=10)
 
 
-def test_rate_limit_service_down_fails_open(stack: Stack, client: openai.OpenAI) -> None:
+def test_rate_limit_service_down_fails_open(grpc_stack: Stack) -> None:
+    """Only where the rate-limit service decides (RATELIMIT_AT=service)."""
+    stack = grpc_stack
+    assert stack.demo is not None
+    client = openai.OpenAI(base_url=stack.base_url, api_key=stack.demo.api_key, max_retries=0)
     count = stop_service(stack, "ratelimit")
     try:
         wait_until("ratelimit to stop", lambda: not port_in_use(stack.settings.ratelimit_port))

@@ -129,9 +129,8 @@ def test_authz_answers_503_when_the_key_store_is_down() -> None:
         raise Unavailable("PostgreSQL", "connection refused")
 
     registry = CollectorRegistry()
-    service = AuthorizationService(
-        Authorizer(cache=KeyCache(fetch, ttl=1.0), metrics=AuthzMetrics(registry))
-    )
+    metrics = AuthzMetrics(registry)
+    service = AuthorizationService(Authorizer(cache=KeyCache(fetch, ttl=1.0), metrics=metrics))
     request = external_auth_pb2.CheckRequest()
     http = request.attributes.request.http
     http.headers["authorization"] = f"Bearer {keys.generate().plaintext}"
@@ -141,6 +140,7 @@ def test_authz_answers_503_when_the_key_store_is_down() -> None:
     assert response.denied_response.status.code == 503
     error = json.loads(response.denied_response.body)["error"]
     assert (error["type"], error["code"]) == ("service_unavailable", "authorization_unavailable")
+    metrics.flush()  # tallied in process until then
     samples = {
         (s.name, tuple(s.labels.values())): s.value for m in registry.collect() for s in m.samples
     }

@@ -28,6 +28,7 @@ from crosslogic.services import service
 from crosslogic.settings import Settings, to_env
 from crosslogic.stack import Stack
 from crosslogic.supervisor import ChildFailed, RestartPolicy, Supervisor
+from tests.support.logs import records
 from tests.support.waiting import wait_until
 
 
@@ -140,7 +141,11 @@ def test_a_service_whose_main_task_dies_exits_with_an_error(
     assert f"{name}-1 keeps crashing: 1 exits within 60s, the last with 1" in str(failed.value)
     assert child.log_path is not None
     said = child.log_path.read_text()
-    assert f"ERROR crosslogic.lifecycle[{child.proc.pid}] {name} task {task} ended" in said, said
+    assert any(
+        (r["level"], r["logger"], r["pid"]) == ("ERROR", "crosslogic.lifecycle", child.proc.pid)
+        and r["message"].startswith(f"{name} task {task} ended")
+        for r in records(child.log_path)
+    ), said
     assert "UndefinedTableError" in said, said
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import openai
 import pytest
 
+from crosslogic.ratelimit.limiter import BREAKER_OPEN_S
 from crosslogic.stack import Stack
 from tests.support.db import run_db
 from tests.support.metrics import metric
@@ -17,6 +18,9 @@ from tests.support.ratelimits import notify_and_wait, set_limit
 from tests.support.system import MODEL, outage
 from tests.support.tenants import fresh_tenant, key_in
 from tests.support.waiting import wait_until
+
+REDIS_ERRORS = "crosslogic_ratelimit_redis_errors_total"
+DECIDERS = ("extauthz-", "ratelimit-")  # the processes that may decide limits
 
 SETTLED = 'crosslogic_billing_token_settlements_total{result="ok"}'
 
@@ -132,19 +136,19 @@ def test_redis_outage_fails_open_fast_and_closed_layers_refuse(limited: Stack) -
     closed_key = key_in(stack, tenant, env)
     set_limit(stack, "key", closed_key.api_key_id, requests_per_minute=1000, fail_mode="closed")
     assert ask(stack, closed_key.plaintext).parse().choices
+    errors_before = metric(stack, REDIS_ERRORS)
     outage(stack, stack.redis)
+    started = time.monotonic()
     try:
-        slowest = 0.0
         for _ in range(20):
-            started = time.monotonic()
             assert ask(stack, open_key.plaintext).parse().choices  # fails open
-            slowest = max(slowest, time.monotonic() - started)
-        assert slowest < 0.5, f"a request took {slowest:.3f} s during the outage"
-        started = time.monotonic()
         with pytest.raises(openai.RateLimitError) as caught:
             ask(stack, closed_key.plaintext)
         assert caught.value.code == "rate_limit_unavailable"
-        assert time.monotonic() - started < 0.5
+        # fast: Redis was tried once per breaker period per process, not once per request
+        periods = (time.monotonic() - started) / BREAKER_OPEN_S + 1
+        deciders = len([c for c in stack.supervisor.children if c.name.startswith(DECIDERS)])
+        assert metric(stack, REDIS_ERRORS) - errors_before <= deciders * periods
     finally:
         stack.start_redis()
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from crosslogic.errors import Invalid
 from crosslogic.ratelimit.config import Identity, LimitRow, LimitTable, parse_limit
@@ -22,6 +26,8 @@ from crosslogic.ratelimit.gcra import (
     limits_for,
     script_args,
 )
+from crosslogic.ratelimit.limiter import RateLimiter, RateLimitMetrics
+from crosslogic.ratelimit.store import RedisCounters
 from crosslogic.redis_pipe import read_script
 from crosslogic.stack import Stack
 
@@ -209,3 +215,44 @@ def test_a_huge_cost_keeps_counters_exact_and_bounded(evaluate: Evaluate, cost: 
     assert 0 < first.states[0].reset_after_s * 1e6 <= MAX_AHEAD_US
     refused = decide(evaluate, [budget])
     assert not refused.allowed and 0 < refused.retry_after_s * 1e6 <= MAX_AHEAD_US
+
+
+ROWS = st.lists(
+    st.builds(
+        LimitRow,
+        scope=st.sampled_from(["plan", "tenant", "environment", "key"]),
+        subject=st.sampled_from(["free", "t1", "e1", "k1"]),
+        layer=st.sampled_from(["tenant", "environment", "key"]),
+        requests_per_minute=st.none() | st.integers(1, 10**6),
+        tokens_per_minute=st.none() | st.integers(1, 10**6),
+        tokens_per_day=st.none() | st.integers(1, 10**9),
+    ),
+    max_size=6,
+)
+IDENTITIES = st.builds(
+    Identity,
+    tenant_id=st.sampled_from(["t1", "t2"]),
+    environment_id=st.sampled_from(["e1", "e2"]),
+    api_key_id=st.sampled_from(["k1", "k2"]),
+    plan=st.sampled_from(["free", "pro"]),
+    key_rpm=st.none() | st.integers(1, 1000),
+)
+
+
+@given(ROWS, ROWS, st.lists(st.tuples(IDENTITIES, st.integers(-5, 2**30)), max_size=8))
+def test_resolved_limits_are_what_the_table_resolves(
+    rows: list[LimitRow], later: list[LimitRow], asks: list[tuple[Identity, int]]
+) -> None:
+    """The limiter's per-identity cache answers what resolving anew would, before and after
+    the table is replaced."""
+    limiter = RateLimiter(
+        counters=cast(RedisCounters, None),
+        metrics=RateLimitMetrics(CollectorRegistry()),
+        table=LimitTable(rows, default_key_rpm=600),
+    )
+    for table in (LimitTable(rows, default_key_rpm=600), LimitTable(later, default_key_rpm=60)):
+        limiter.table = table
+        for who, tokens in asks + asks:  # the second time from the cache
+            assert limiter.limits(who, tokens=tokens) == limits_for(
+                table.resolve(who), tokens=tokens
+            )

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from crosslogic.billing.quota_store import QuotaKeeper
 from crosslogic.db.connection import create_pool
+from crosslogic.metrics import FLUSH_EVERY_S
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.cli import Cli, cli_ok
@@ -70,7 +71,9 @@ def test_prepaid_tenant_at_zero_balance_is_refused_and_a_grant_restores_it(
     assert error.code == "insufficient_quota" and error.type == "insufficient_quota"
     assert error.response.headers["x-should-retry"] == "false"
     assert "credits" in error.message
-    assert metric(stack, REFUSED) - before == 1  # one request reached ext_authz: no retry
+    # one request reached ext_authz: no retry (counted within crosslogic.metrics.FLUSH_EVERY_S)
+    time.sleep(2 * FLUSH_EVERY_S)
+    assert metric(stack, REFUSED) - before == 1
     balance = ok(admin("GET", f"/admin/tenants/{tenant}/balance"))
     assert (balance["billing_mode"], balance["quota_reason"]) == ("prepaid", "credits_exhausted")
 

@@ -164,7 +164,7 @@ def test_process_counts_follow_the_settings() -> None:
     def counts(**env: str) -> dict[str, int]:
         return {s.name: s.processes(load(env)) for s in SERVICES}
 
-    assert counts(EXTAUTHZ_WORKERS="3", RATELIMIT_WORKERS="2") == {
+    assert counts(EXTAUTHZ_WORKERS="3", RATELIMIT_WORKERS="2", RATELIMIT_AT="service") == {
         "admin": 1,
         "xds": 2,
         "extauthz": 3,
@@ -172,7 +172,7 @@ def test_process_counts_follow_the_settings() -> None:
         "billing": 1,
     }
     # nobody calls the rate-limit service when ext_authz decides: it is not started
-    assert counts(RATELIMIT_AT="authz")["ratelimit"] == 0
+    assert counts(RATELIMIT_AT="authz")["ratelimit"] == counts()["ratelimit"] == 0
     # scaled out: ADMIN_WORKERS admin processes, one billing per gateway
     assert counts(ADMIN_WORKERS="2", GATEWAYS="3") | {"extauthz": 0, "ratelimit": 0} == {
         "admin": 2,

@@ -6,8 +6,8 @@ environments, keys), audit, limits, usage (reports, also ``/v1/usage`` via Envoy
 (models, regions), prices (list prices, tenant overrides), plans (and a tenant's billing
 settings), credits, reservations (reserved capacity), stripe_customers (a tenant's Stripe
 customer) and openapi each own their routes; ``context`` holds what they share, ``auth``
-decides who may call what (the operator, a registration token, a node), and ``errors``
-answers every refusal.
+decides who may call what (the operator, a registration token, a node), ``errors``
+answers every refusal, and ``request_ids`` gives every call the id its log lines carry.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ from crosslogic.admin import (
     usage,
 )
 from crosslogic.admin.context import POOL, READ_POOL, REDIS, SETTINGS
+from crosslogic.admin.dependencies import DependencyGauge, watch_forever
 from crosslogic.admin.errors import error_middleware
 from crosslogic.admin.health import metrics
+from crosslogic.admin.request_ids import request_ids
 from crosslogic.db.budget import application_name
 from crosslogic.db.connection import create_pool, read_settings
 from crosslogic.fleet import tokens
@@ -54,12 +56,16 @@ __all__ = ["make_app", "metrics"]  # metrics: the admin process serves it on its
 
 log = logging.getLogger(__name__)
 
+DEPENDENCY_CHECK_S = 2.0  # crosslogic_dependency_up: well within a scrape interval
+
 
 def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
-    unexpected = UnexpectedErrors(
-        edge="admin", registry=registry or CollectorRegistry(), logger=log
+    registry = registry or CollectorRegistry()
+    unexpected = UnexpectedErrors(edge="admin", registry=registry, logger=log)
+    dependencies = DependencyGauge(registry)
+    app = web.Application(
+        middlewares=[request_ids, error_middleware(unexpected), auth.authenticate]
     )
-    app = web.Application(middlewares=[error_middleware(unexpected), auth.authenticate])
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -95,10 +101,15 @@ def make_app(settings: Settings, *, registry: CollectorRegistry | None = None) -
             ),
             name="node-sweeper",
         )
+        watcher = asyncio.create_task(
+            watch_forever(lambda: health.checks(app), dependencies, every=DEPENDENCY_CHECK_S),
+            name="dependency-watch",
+        )
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await client.aclose()
         if read_pool is not pool:
             await read_pool.close()

@@ -19,23 +19,29 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-@routes.get("/ready")
-async def ready(request: web.Request) -> web.Response:
-    checks: dict[str, str] = {}
+async def checks(app: web.Application) -> dict[str, str]:
+    """ "ok" or "error: <why>" for PostgreSQL and Redis (readiness and their up gauge)."""
+    found: dict[str, str] = {}
     try:
         with postgres_errors():
-            await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), timeout=2)
-        checks["postgres"] = "ok"
+            await asyncio.wait_for(app[POOL].fetchval("SELECT 1"), timeout=2)
+        found["postgres"] = "ok"
     except Unavailable as exc:
-        checks["postgres"] = f"error: {exc}"
+        found["postgres"] = f"error: {exc}"
     try:
-        await asyncio.wait_for(request.app[REDIS].ping(), timeout=2)
-        checks["redis"] = "ok"
+        await asyncio.wait_for(app[REDIS].ping(), timeout=2)
+        found["redis"] = "ok"
     except Exception as exc:  # any Redis failure means "not ready"; the reason is reported
-        checks["redis"] = f"error: {exc}"
-    ok = all(v == "ok" for v in checks.values())
+        found["redis"] = f"error: {exc}"
+    return found
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    found = await checks(request.app)
+    ok = all(v == "ok" for v in found.values())
     return web.json_response(
-        {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
+        {"status": "ready" if ok else "not ready", "checks": found}, status=200 if ok else 503
     )
 
 

@@ -18,6 +18,7 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
+from crosslogic import logs
 from crosslogic.agent import flags
 from crosslogic.agent.runner import CLOUDS, AgentConfig, RegistrationEnded, run_agent
 
@@ -142,9 +143,7 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"crosslogic agent: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(service="agent", level=args.log_level, secrets=(token,))
     try:
         asyncio.run(_until_stopped(config))
     except RegistrationEnded as exc:

@@ -16,7 +16,11 @@ CLIENT_LEFT = "DC"
 
 
 class MalformedEntry(ValueError):
-    """A line that is not an access-log entry of ours."""
+    """A line that is not an access-log entry of ours (``request_id``: its, if it has one)."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 def started_at(text: str) -> datetime:
@@ -49,6 +53,7 @@ class UsageRecord(NamedTuple):
     started_at: datetime
     duration_ms: int
     source: str = "access_log"  # or "journal": recovered from the admission journal
+    model: str = ""  # the catalog name ext_authz attributed (metrics; the row has model_id)
 
     @property
     def abandoned(self) -> bool:
@@ -134,15 +139,41 @@ def settlement(entry: dict[str, Any], usage: Counted) -> Settlement | None:
     return Settlement(str(entry["request_id"]), counters, real - reserved)
 
 
+class Outcome(NamedTuple):
+    """What the client saw of one request, billable or not (the request metrics): the model
+    ext_authz attributed ("" if none), the path without its query, the status Envoy sent (0:
+    the client left first) and the duration."""
+
+    model: str
+    path: str
+    status: int
+    duration_ms: int
+
+
 class Line(NamedTuple):
     """One access-log line: its usage record (None when not billable), the reservation it
-    settles (None when there is nothing to settle), and the Envoy process that wrote it
-    (whose admission journal entry the line makes redundant)."""
+    settles (None when there is nothing to settle), the Envoy process that wrote it (whose
+    admission journal entry the line makes redundant), and what the client saw."""
 
     request_id: str
     boot: str | None
     record: UsageRecord | None
     settlement: Settlement | None
+    outcome: Outcome | None = None
+
+
+def outcome(entry: dict[str, Any]) -> Outcome:
+    model = entry.get("model")
+    try:
+        status = int(entry.get("status") or 0)
+    except (TypeError, ValueError):
+        status = 0
+    return Outcome(
+        model=model if isinstance(model, str) and model != "-" else "",
+        path=str(entry.get("path") or "").split("?", 1)[0],
+        status=status,
+        duration_ms=_count(entry.get("duration_ms")),
+    )
 
 
 def parse_line(line: bytes) -> Line:
@@ -159,6 +190,7 @@ def parse_line(line: bytes) -> Line:
         boot=boot if isinstance(boot, str) and boot not in ("", "-") else None,
         record=usage_record(entry, usage),
         settlement=settlement(entry, usage),
+        outcome=outcome(entry),
     )
 
 
@@ -208,6 +240,9 @@ def usage_record(entry: dict[str, Any], usage: Counted) -> UsageRecord | None:
             response_flags=str(get("flags") or "-"),
             started_at=started_at(entry["start_time"]),
             duration_ms=_count(get("duration_ms")),
+            model=str(get("model") or ""),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedEntry(f"bad field in {get('request_id')}: {exc}") from exc
+        raise MalformedEntry(
+            f"bad field in {get('request_id')}: {exc}", request_id=str(get("request_id"))
+        ) from exc

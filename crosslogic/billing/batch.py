@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 
-from crosslogic.billing.accesslog import MalformedEntry, Settlement, UsageRecord, parse_line
+from crosslogic.billing.accesslog import (
+    MalformedEntry,
+    Outcome,
+    Settlement,
+    UsageRecord,
+    parse_line,
+)
 
 
 @dataclass
@@ -25,7 +31,8 @@ class Batch:
     seen: dict[str, list[str]] = field(default_factory=dict)
     replaced: list[str] = field(default_factory=list)
     last_boot: str | None = None
-    malformed: list[str] = field(default_factory=list)
+    malformed: list[MalformedEntry] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)  # every line's, for the metrics
 
     def inserted(self, ids: Set[str]) -> list[UsageRecord]:
         """The records whose rows the insert wrote (``ids``), each request's first line."""
@@ -58,8 +65,10 @@ def read(lines: Iterable[bytes], *, last_boot: str | None) -> Batch:
         try:
             line = parse_line(raw)
         except MalformedEntry as exc:
-            batch.malformed.append(str(exc))
+            batch.malformed.append(exc)
             continue
+        if line.outcome is not None:
+            batch.outcomes.append(line.outcome)
         if line.record is not None:
             batch.records.append(line.record)
         if line.settlement is not None:

@@ -22,8 +22,9 @@ from crosslogic.billing.accesslog import end_time
 from crosslogic.billing.batch import read as read_batch
 from crosslogic.billing.offsets import Offset
 from crosslogic.billing.price_store import PriceCache
+from crosslogic.billing.request_metrics import RequestMetrics, costs
 from crosslogic.billing.settlement import TokenSettler
-from crosslogic.billing.usage_rows import insert_usage
+from crosslogic.billing.usage_rows import insert_usage, priced
 from crosslogic.contracts.journal import DEFAULT_GATEWAY
 from crosslogic.errors import Unavailable
 from crosslogic.journal.store import JournalStore
@@ -92,8 +93,10 @@ class AccessLogConsumer:
         prices: PriceCache | None = None,
         committed: Callable[[set[str]], None] | None = None,
         gateway: str = DEFAULT_GATEWAY,
+        requests: RequestMetrics | None = None,
     ) -> None:
         self._pool = pool
+        self._requests = requests  # the seed's request metrics, counted from each batch
         self.gateway = gateway  # whose log this is (GATEWAY_ID): its offset and boots
         self.prices = prices or PriceCache()
         self._committed = committed  # told the tenants of the rows each batch inserted
@@ -131,22 +134,30 @@ class AccessLogConsumer:
         if consumed == 0:
             return 0
         batch = read_batch(lines, last_boot=self._last_boot)
-        for reason in batch.malformed:
+        for entry in batch.malformed:
             self._metrics.malformed.inc()
-            log.error("skipping malformed access-log line: %s", reason)
+            log.error(
+                "skipping malformed access-log line: %s",
+                entry,
+                extra={"request_id": entry.request_id},
+            )
         records = batch.records
         # the book is in memory: a query per batch at most (a reload), never one per row
         book = await self.prices.book(self._pool, node_ids={r.node_id for r in records})
+        prices = [priced(r, book) for r in records]  # priced once: the rows and the metrics
         inserted: set[str] = set()
         after = Offset(position.inode, position.offset + consumed)
         async with self._pool.acquire() as conn, conn.transaction():
             if records:
-                inserted = await insert_usage(conn, records, book)
+                inserted = await insert_usage(conn, records, book, prices=prices)
             await offsets.commit(conn, self.gateway, self._path, after)
         self.committed = after
         self._last_boot = batch.last_boot
         fresh = batch.inserted(inserted)
         self._metrics.records.inc(len(fresh))
+        if self._requests is not None:
+            self._requests.answered(batch.outcomes)
+            self._requests.billed(fresh, costs(records, prices))
         for record in fresh:
             if record.abandoned:
                 streamed = "true" if record.streamed else "false"

@@ -24,7 +24,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from crosslogic.billing import export_store as store
 from crosslogic.billing.export_store import DueEvent
 from crosslogic.billing.stripe_export import (
+    FEE,
     LOOKBACK,
+    METERS,
     MeterNames,
     cents,
     fee_description,
@@ -69,6 +71,15 @@ class ExportMetrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+
+    def present(self) -> None:
+        """Every series at 0 before the first export (or with the export off): alerts and
+        dashboards see a value, not an absent series."""
+        for meter in (*METERS, FEE):
+            self.exported.labels(meter)
+        for reason in ("unreachable", "refused"):
+            self.failures.labels(reason)
+        self.oldest.set(0)  # nothing known to wait until the first run says otherwise
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from crosslogic.billing.exporter import ExportMetrics, StripeExporter, meter_nam
 from crosslogic.billing.price_store import PriceCache, listen_forever
 from crosslogic.billing.quota_store import QuotaKeeper
 from crosslogic.billing.recovery import JournalReconciler, RecoveryMetrics, live_boot
+from crosslogic.billing.request_metrics import RequestMetrics
 from crosslogic.billing.settlement import TokenSettler
 from crosslogic.billing.stripe_meter import StripeMeterEvents
 from crosslogic.db.connection import connect, create_pool
@@ -54,6 +55,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         prices=prices,
         committed=keeper.mark,
         gateway=settings.gateway_id,
+        requests=RequestMetrics(registry, tenants=settings.metrics_tenants),
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
     envoy_admin = f"http://{settings.envoy_admin_host}:{settings.envoy_admin_port}"
@@ -79,13 +81,15 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
         ),
         asyncio.create_task(keeper.run(), name="quota"),
     ]
+    export_metrics = ExportMetrics(registry)
+    export_metrics.present()
     stripe_events = None
     if settings.stripe_secret_key:
         stripe_events = StripeMeterEvents(
             settings.stripe_secret_key, api_base=settings.stripe_api_base
         )
         exporter = StripeExporter(
-            pool.acquire, stripe_events, ExportMetrics(registry), names=meter_names(settings)
+            pool.acquire, stripe_events, export_metrics, names=meter_names(settings)
         )
         tasks.append(
             asyncio.create_task(

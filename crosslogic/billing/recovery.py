@@ -168,7 +168,12 @@ class JournalReconciler:
                 book = await self._consumer.prices.book(conn, node_ids={r.node_id for r in records})
                 inserted = await insert_usage(conn, records, book)
         for request_id in bad:
-            log.error("journal of boot %s: unreadable entry for %s", boot, request_id)
+            log.error(
+                "journal of boot %s: unreadable entry for %s",
+                boot,
+                request_id,
+                extra={"request_id": request_id},
+            )
         await self._journal.drop(boot, self._gateway)
         await self._pool.execute(
             "UPDATE envoy_boots SET reconciled_at = now(), recovered = $2 WHERE boot_id = $1",

@@ -63,10 +63,15 @@ _INSERT = (
 
 
 async def insert_usage(
-    conn: asyncpg.Connection, records: Sequence[UsageRecord], book: PriceBook
+    conn: asyncpg.Connection,
+    records: Sequence[UsageRecord],
+    book: PriceBook,
+    *,
+    prices: Sequence[Priced] | None = None,
 ) -> set[str]:
-    """Insert rows that do not exist yet (by request_id); returns the ids inserted."""
-    rows = await conn.fetch(_INSERT, *columns(records, book))
+    """Insert rows that do not exist yet (by request_id); returns the ids inserted.
+    ``prices``: each record's, if the caller priced them already (``priced``)."""
+    rows = await conn.fetch(_INSERT, *columns(records, book, prices=prices))
     return {r["request_id"] for r in rows}
 
 
@@ -82,12 +87,15 @@ def priced(record: UsageRecord, book: PriceBook) -> Priced:
     )
 
 
-def columns(records: Sequence[UsageRecord], book: PriceBook) -> list[Sequence[object]]:
+def columns(
+    records: Sequence[UsageRecord], book: PriceBook, *, prices: Sequence[Priced] | None = None
+) -> list[Sequence[object]]:
     """One array per column of ``COLUMNS``, in its order (records and prices are tuples:
     transposed by zip, not attribute by attribute)."""
     if not records:
         return [() for _ in COLUMNS]
-    prices = [priced(r, book) for r in records]
+    if prices is None:
+        prices = [priced(r, book) for r in records]
     fields = dict(zip(UsageRecord._fields, zip(*records, strict=True), strict=True))
     computed = dict(zip(Priced._fields, zip(*prices, strict=True), strict=True))
     for column, field in PRICED.items():

@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from crosslogic import logs
 from crosslogic.contracts.journal import Admission, encode
 from crosslogic.extauthz import keys
 from crosslogic.extauthz.decision import (
@@ -32,6 +33,7 @@ from crosslogic.extauthz.decision import (
 from crosslogic.extauthz.store import KeyCache
 from crosslogic.extauthz.verdict import Admitted, CheckInput, Outcome, refusal, refused
 from crosslogic.journal.writer import AdmissionWriter
+from crosslogic.metrics import Tally, Timings
 from crosslogic.ratelimit.config import Identity
 from crosslogic.ratelimit.limiter import UNAVAILABLE as RL_UNAVAILABLE
 from crosslogic.ratelimit.limiter import RateLimiter
@@ -44,22 +46,36 @@ Pending = Coroutine[Any, Any, Outcome]
 
 class AuthzMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.decisions = Counter(
-            "crosslogic_authz_decisions_total",
-            "ext_authz decisions by outcome",
-            ["outcome"],
-            registry=registry,
+        # counted on every request: tallied in process (crosslogic/metrics.py)
+        self.decisions = Tally(
+            Counter(
+                "crosslogic_authz_decisions_total",
+                "ext_authz decisions by outcome",
+                ["outcome"],
+                registry=registry,
+            )
         )
-        self.cache = Counter(
-            "crosslogic_authz_key_cache_total", "key cache lookups", ["result"], registry=registry
+        self.cache = Tally(
+            Counter(
+                "crosslogic_authz_key_cache_total",
+                "key cache lookups",
+                ["result"],
+                registry=registry,
+            )
         )
-        self.latency = Histogram(
-            "crosslogic_authz_check_seconds",
-            "ext_authz check latency",
-            registry=registry,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
+        self.latency = Timings(
+            Histogram(
+                "crosslogic_authz_check_seconds",
+                "ext_authz check latency",
+                registry=registry,
+                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
+            )
         )
         self.unexpected = UnexpectedErrors(edge="extauthz", registry=registry, logger=log)
+
+    def flush(self) -> None:
+        for tallied in (self.decisions, self.cache, self.latency):
+            tallied.flush()
 
 
 def identity_of(key: KeyRecord) -> Identity:
@@ -98,6 +114,9 @@ class Authorizer:
         """The outcome if it is known without waiting, else a coroutine that finishes it.
         Either way, counted once and never raising (see verdict.refusal)."""
         started = time.perf_counter()
+        # what this request logs says which it was (crosslogic.logs); a pending step runs in
+        # a task, which copies the context it is created in
+        logs.REQUEST_ID.set(request.request_id or None)
         try:
             step = self._begin(request)
         except Exception as exc:  # the one catch of the decision: see verdict.refusal
@@ -118,7 +137,7 @@ class Authorizer:
         return self._counted(outcome, started)
 
     def _counted(self, outcome: Outcome, started: float) -> Outcome:
-        self._metrics.decisions.labels(outcome[0]).inc()
+        self._metrics.decisions.inc(outcome[0])
         self._metrics.latency.observe(time.perf_counter() - started)
         return outcome
 
@@ -128,7 +147,7 @@ class Authorizer:
             return "missing_key", refused(MISSING_KEY)
         key_hash = keys.hash_key(token)
         entry = self._cache.cached(key_hash)
-        self._metrics.cache.labels("miss" if entry is None else "hit").inc()
+        self._metrics.cache.inc("miss" if entry is None else "hit")
         if entry is None:
             return self._looked_up(request, key_hash)
         return self._decide(request, entry.record)
@@ -182,10 +201,13 @@ class Authorizer:
             limits = await deciding
             journaled = False
         else:
-            # issued in one event-loop turn, so both leave in one write: one round trip
-            limits, journaled = await asyncio.gather(
-                deciding, journal.admit(boot, request_id, record, gateway=request.gateway)
+            # both leave in one write, one round trip: the journal's task is scheduled before
+            # the flush that the limiter's EVALSHA schedules (one task: gather made two)
+            journaling = asyncio.ensure_future(
+                journal.admit(boot, request_id, record, gateway=request.gateway)
             )
+            limits = await deciding
+            journaled = await journaling
         if limits is None or not limits.allowed:
             if journal is not None and journaled and boot:
                 await journal.withdraw(boot, request_id)

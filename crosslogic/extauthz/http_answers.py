@@ -11,9 +11,10 @@ added to it.
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 from typing import Any
+
+import orjson
 
 from crosslogic.contracts import routing
 from crosslogic.extauthz.decision import Allow
@@ -93,7 +94,7 @@ class HttpAnswers:
         if verdict.limits is not None:
             parts += [header_line(k, v) for k, v in verdict.limits.headers()]
             for key, value in limits_metadata(verdict.limits).items():
-                parts.append(header_line(key, json.dumps(value, separators=(",", ":"))))
+                parts.append(header_line(key, orjson.dumps(value).decode()))
         parts.append(_EMPTY)
         if close:
             parts.append(_CLOSE)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from crosslogic.openai_errors import ApiError, invalid_request
 from crosslogic.ratelimit.gcra import MAX_COST
 
@@ -54,15 +56,14 @@ def parse_object(body: bytes) -> dict[str, object] | ApiError:
             "The request body must be UTF-8 JSON without a byte order mark.", code="invalid_json"
         )
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return invalid_request("The request body must be UTF-8 encoded JSON.", code="invalid_json")
-    try:
-        payload = json.loads(text, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        # ValueError covers integers over Python's digit limit; RecursionError, nesting
-        # deeper than the C parser's stack
-        return INVALID_JSON
+        # orjson first: several times faster, and it accepts a subset of what json does
+        # (UTF-8 only, no NaN/Infinity, no lone surrogates, nesting within 1024); whatever it
+        # refuses is read by json as before, for the same answer and the same error
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = _parsed_by_json(body)
+        if isinstance(payload, ApiError):
+            return payload
     if not isinstance(payload, dict):
         return invalid_request("The request body must be a JSON object.", code="invalid_json")
     # cheap first: a body with few brackets cannot nest deeply (the usual request)
@@ -70,6 +71,20 @@ def parse_object(body: bytes) -> dict[str, object] | ApiError:
         return invalid_request(
             f"The request body nests deeper than {MAX_DEPTH} levels.", code="invalid_json"
         )
+    return payload
+
+
+def _parsed_by_json(body: bytes) -> object | ApiError:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return invalid_request("The request body must be UTF-8 encoded JSON.", code="invalid_json")
+    try:
+        payload: object = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        # ValueError covers integers over Python's digit limit; RecursionError, nesting
+        # deeper than the C parser's stack
+        return INVALID_JSON
     return payload
 
 

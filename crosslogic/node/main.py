@@ -11,6 +11,7 @@ import sys
 
 from aiohttp import web
 
+from crosslogic import logs
 from crosslogic.agent import flags
 from crosslogic.agent.runner import AgentConfig, run_agent
 from crosslogic.lifecycle import TaskDied, exit_code, run_until_signalled
@@ -81,10 +82,8 @@ def run(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"crosslogic node: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     token = args.registration_token or os.environ.get("NODE_REGISTRATION_TOKEN") or None
+    logs.configure(service="node", level=args.log_level, secrets=(token,) if token else ())
     try:
         asyncio.run(_serve(args, config=config, registration_token=token))
     except OSError as exc:  # typically the port is taken

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from crosslogic.errors import Invalid
 
@@ -40,9 +40,9 @@ class LimitRow:
     fail_mode: str = "open"
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who is asking, as ext_authz attributed the request."""
+class Identity(NamedTuple):
+    """Who is asking, as ext_authz attributed the request (a tuple: built and hashed per
+    request, the key of the limiter's resolved limits)."""
 
     tenant_id: str
     environment_id: str

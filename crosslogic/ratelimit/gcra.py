@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from crosslogic.contracts.counters import MAX_AHEAD_US, Reservation, counter_key
 from crosslogic.openai_errors import ApiError
@@ -23,9 +24,9 @@ from crosslogic.ratelimit.config import WINDOWS, LayerLimits
 MAX_COST = 2**28
 
 
-@dataclass(frozen=True)
-class Limit:
-    """One counter: ``limit`` units per ``period_s``; this request costs ``cost`` of them."""
+class Limit(NamedTuple):
+    """One counter: ``limit`` units per ``period_s``; this request costs ``cost`` of them.
+    (Tuples, as LimitState: several are built per request, a frozen dataclass costs more.)"""
 
     layer: str
     kind: str  # "requests" or "tokens" (tokens are debited: see gcra.lua)
@@ -40,8 +41,7 @@ class Limit:
         return self.period_s * 1e6 / self.limit
 
 
-@dataclass(frozen=True)
-class LimitState:
+class LimitState(NamedTuple):
     limit: Limit
     remaining: int
     reset_after_s: float

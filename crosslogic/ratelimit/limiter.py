@@ -23,9 +23,10 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crosslogic.errors import Unavailable
+from crosslogic.metrics import Tally, Timings
 from crosslogic.openai_errors import ApiError
-from crosslogic.ratelimit.config import Identity, LimitTable
-from crosslogic.ratelimit.gcra import Decision, Limit, LocalGcra, interpret, limits_for
+from crosslogic.ratelimit.config import LAYERS, Identity, LimitTable
+from crosslogic.ratelimit.gcra import MAX_COST, Decision, Limit, LocalGcra, interpret, limits_for
 from crosslogic.ratelimit.global_budget import GlobalBudget
 from crosslogic.ratelimit.store import RedisCounters
 
@@ -39,22 +40,32 @@ UNAVAILABLE = ApiError(
     "rate_limit_unavailable",
 )
 UNLIMITED = Decision(allowed=True, states=())
+# identities whose limits are kept resolved (a few hundred bytes each); past it, all dropped
+CACHED_IDENTITIES = 10_000
 
 
 class RateLimitMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        # counted on every request: tallied in process (crosslogic/metrics.py)
         # name kept from the original design: operators' dashboards use it
-        self.exceeded = Counter(
+        exceeded = Counter(
             "control_plane_rate_limit_exceeded_total",
-            "requests refused by a rate limit",
-            ["layer"],
+            "requests refused by a rate limit, by layer (global, tenant, environment, key) and "
+            "limit (requests, tokens)",
+            ["layer", "limit"],
             registry=registry,
         )
-        self.decisions = Counter(
-            "crosslogic_ratelimit_decisions_total",
-            "rate-limit decisions",
-            ["result"],
-            registry=registry,
+        for layer in LAYERS:  # every series present at 0 before the first refusal
+            for limit in ("requests", "tokens"):
+                exceeded.labels(layer, limit)
+        self.exceeded = Tally(exceeded)
+        self.decisions = Tally(
+            Counter(
+                "crosslogic_ratelimit_decisions_total",
+                "rate-limit decisions",
+                ["result"],
+                registry=registry,
+            )
         )
         self.redis_errors = Counter(
             "crosslogic_ratelimit_redis_errors_total",
@@ -67,12 +78,18 @@ class RateLimitMetrics:
             ["result"],  # granted, refused
             registry=registry,
         )
-        self.latency = Histogram(
-            "crosslogic_ratelimit_decision_seconds",
-            "rate-limit decision latency",
-            registry=registry,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+        self.latency = Timings(
+            Histogram(
+                "crosslogic_ratelimit_decision_seconds",
+                "rate-limit decision latency",
+                registry=registry,
+                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+            )
         )
+
+    def flush(self) -> None:
+        for tallied in (self.exceeded, self.decisions, self.latency):
+            tallied.flush()
 
 
 class RateLimiter:
@@ -94,24 +111,47 @@ class RateLimiter:
             refilled=lambda result: metrics.global_leases.labels(result).inc(),
         )
         self._metrics = metrics
-        self.table = table
+        self.table = table  # also empties the limits resolved under the previous one
         self._local = LocalGcra()
         self._clock = clock
         self._redis_down_until = 0.0
 
+    @property
+    def table(self) -> LimitTable:
+        return self._table
+
+    @table.setter
+    def table(self, table: LimitTable) -> None:
+        self._table = table
+        self._resolved: dict[Identity, tuple[Limit, ...]] = {}
+
+    def limits(self, who: Identity, *, tokens: int) -> list[Limit]:
+        """``limits_for(table.resolve(who), tokens=tokens)``, resolved once per identity and
+        table (resolving built a dozen objects per request): only the token cost varies."""
+        resolved = self._resolved.get(who)
+        if resolved is None:
+            if len(self._resolved) >= CACHED_IDENTITIES:
+                self._resolved.clear()
+            resolved = tuple(limits_for(self._table.resolve(who), tokens=0))
+            self._resolved[who] = resolved
+        cost = min(max(tokens, 0), MAX_COST)
+        return [
+            limit._replace(cost=cost) if limit.kind == "tokens" else limit for limit in resolved
+        ]
+
     async def decide(self, who: Identity, *, tokens: int) -> Decision | None:
         started = time.perf_counter()
-        limits = limits_for(self.table.resolve(who), tokens=tokens)
+        limits = self.limits(who, tokens=tokens)
         if not limits:
             return UNLIMITED
         decision = await self._evaluate(limits)
         if decision is None:
-            self._metrics.decisions.labels("fail_closed").inc()
+            self._metrics.decisions.inc("fail_closed")
             return None
         if decision.refused_by is not None:
-            self._metrics.exceeded.labels(decision.refused_by.layer).inc()
+            self._metrics.exceeded.inc(decision.refused_by.layer, decision.refused_by.kind)
         result = "ok" if decision.allowed else "over_limit"
-        self._metrics.decisions.labels("fail_open" if decision.degraded else result).inc()
+        self._metrics.decisions.inc("fail_open" if decision.degraded else result)
         self._metrics.latency.observe(time.perf_counter() - started)
         return decision
 

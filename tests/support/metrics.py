@@ -6,6 +6,8 @@ import json
 import re
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from crosslogic.stack import Stack
 
 
@@ -50,3 +52,35 @@ def node_requests(stack: Stack) -> float:
         for value in re.findall(r"^crosslogic_node_requests_total\{[^}]*\} (\S+)$", text, re.M):
             total += float(value)
     return total
+
+
+def exposition(url: str) -> str:
+    """The text of one Prometheus endpoint."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def control_plane_metrics(stack: Stack) -> str:
+    return exposition(f"http://127.0.0.1:{stack.settings.prometheus_port}/metrics")
+
+
+def total(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (any order, any other
+    labels), 0 if none."""
+    found = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                found += sample.value
+    return found
+
+
+def sample_names(text: str) -> set[str]:
+    """Every sample name in an exposition (histograms: their _bucket, _sum and _count), as
+    Prometheus stores it (prometheus_client's parser would add _total to Envoy's counters)."""
+    return {
+        re.split(r"[{\s]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
