@@ -29,8 +29,10 @@ RUN pip install -c /app/constraints.txt /app \
 RUN groupadd --system --gid 10001 crosslogic \
     && useradd --system --uid 10001 --gid crosslogic --create-home --home-dir /home/crosslogic \
         --shell /usr/sbin/nologin crosslogic \
-    && mkdir -p /var/lib/crosslogic /var/log/crosslogic /etc/crosslogic-envoy \
-    && chown crosslogic:crosslogic /var/lib/crosslogic /var/log/crosslogic /etc/crosslogic-envoy
+    && mkdir -p /var/lib/crosslogic /var/lib/crosslogic/tls /var/log/crosslogic \
+        /etc/crosslogic-envoy /etc/crosslogic-tls \
+    && chown crosslogic:crosslogic /var/lib/crosslogic /var/lib/crosslogic/tls \
+        /var/log/crosslogic /etc/crosslogic-envoy /etc/crosslogic-tls
 
 ENV ENVOY_TEMPLATE_DIR=/app/envoy \
     DATA_DIR=/var/lib/crosslogic

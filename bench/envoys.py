@@ -20,13 +20,15 @@ class BaselineEnvoys:
         self.work_dir = work_dir
         self.concurrency = concurrency
         self.supervisor = Supervisor(work_dir / "logs")
+        self.ports: dict[str, int] = {}  # by name, of those started
 
-    def start(self, name: str, template: str, **values: int) -> int:
+    def start(self, name: str, template: str, **values: int | str) -> int:
         """Render ``template`` with a free PORT and ADMIN_PORT, start it, return its PORT."""
         port, admin_port = free_ports(2)
         text = Template((HERE / template).read_text()).substitute(
             {"PORT": port, "ADMIN_PORT": admin_port, **values}
         )
+        self.ports[name] = port
         config = self.work_dir / f"{name}.yaml"
         config.write_text(text)
         self.run(name, config, admin_port=admin_port)
@@ -57,8 +59,12 @@ class BaselineEnvoys:
     def start_upstream(self) -> int:
         return self.start("upstream", "upstream.yaml")
 
-    def start_plain(self, *, upstream_port: int) -> int:
-        return self.start("plain-envoy", "plain-envoy.yaml", UPSTREAM_PORT=upstream_port)
+    def start_plain(self, *, upstream_port: int, listener_tls: str = "") -> int:
+        """The router-only Envoy; ``listener_tls``: its listener's TLS (bench/tls.py)."""
+        name = "plain-envoy-tls" if listener_tls else "plain-envoy"
+        return self.start(
+            name, "plain-envoy.yaml", UPSTREAM_PORT=upstream_port, LISTENER_TLS=listener_tls
+        )
 
     def stop(self) -> None:
         self.supervisor.stop_all()

@@ -1,4 +1,5 @@
-"""One benchmark run: (a) the upstream alone, (b) plain Envoy, (c) the whole gateway."""
+"""One benchmark run: (a) the upstream alone, (b) plain Envoy, (c)-(e) the whole gateway in
+three configurations, then (b') plain Envoy and (f) the gateway with TLS on the listener."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from bench.report import Billing, GatewayRun, Target, comparison, line, machine_
 from bench.scale import scale_figures
 from bench.services import grown, half_load
 from bench.summary import GatewayFigures, markdown
+from bench.tls import TlsFigures, start_plain_tls
 from bench.unloaded import unloaded_latency
 from bench.wrk import Load, WrkResult, measure, run_wrk
 from bench.xds import build_figures
@@ -141,6 +143,13 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
         ratelimit_at="authz",
         extauthz_protocol="http",
     )
+    over_tls = Gateway(
+        work_dir / "stack-tls",
+        envoy_concurrency=envoy_concurrency,
+        ratelimit_at="authz",
+        extauthz_protocol="http",
+        listener_tls="on",
+    )
     failed = False
 
     def tidy() -> None:
@@ -155,11 +164,13 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
         cleanup.callback(gateway.stop)
         cleanup.callback(in_authz.stop)
         cleanup.callback(over_http.stop)
+        cleanup.callback(over_tls.stop)
         try:
             run_targets(
                 load,
                 envoys=envoys,
                 gateways=(gateway, in_authz, over_http),
+                over_tls=over_tls,
                 envoy_concurrency=envoy_concurrency,
             )
         except Exception:
@@ -167,11 +178,39 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
             raise
 
 
+def run_tls_pair(
+    load: Load, *, envoys: BaselineEnvoys, gateway: Gateway, b: Target, e: GatewayRun | None
+) -> TlsFigures:
+    """(b') plain Envoy and (f) the gateway as (e), both with TLS on the listener."""
+    upstream_port = envoys.ports["upstream"]
+    plain_tls_port = start_plain_tls(envoys, upstream_port=upstream_port)
+    announce("(b') loading a plain Envoy with TLS on its listener...")
+    plain_tls = run_baseline(
+        "(b') plain Envoy over TLS → upstream",
+        f"https://127.0.0.1:{plain_tls_port}{CHAT}",
+        load=load,
+    )
+    announce("(f) starting the whole system as (e), with TLS on the listener (LISTENER_TLS=on)...")
+    gateway.start(upstream_port=upstream_port)
+    upstream_pid = resources.supervised(envoys.supervisor)["upstream"]
+    saturated = run_gateway(
+        gateway, load=load, label="(f) gateway over TLS → upstream", upstream_pid=upstream_pid
+    )
+    announce(line(saturated.target))
+    check_errors(saturated.target.label, saturated.target.result)
+    gateway.stop()
+    figures = TlsFigures(plain=b, plain_tls=plain_tls, gateway=e, gateway_tls=saturated)
+    for text in figures.lines():
+        announce(text)
+    return figures
+
+
 def run_targets(
     load: Load,
     *,
     envoys: BaselineEnvoys,
     gateways: tuple[Gateway, ...],
+    over_tls: Gateway,
     envoy_concurrency: int,
 ) -> None:
     note = machine_note(load, envoy_concurrency=envoy_concurrency)
@@ -211,10 +250,14 @@ def run_targets(
         announce(f"({name}) unloaded: {unloaded.targets_text()}")
         figures.append(GatewayFigures(name, saturated, half, unloaded))
         gateway.stop()  # one system at a time: they share two cores
+    tls = run_tls_pair(
+        load, envoys=envoys, gateway=over_tls, b=b, e=figures[-1].run if figures else None
+    )
     announce("measuring the key cache's memory (a million keys, in a process of its own)...")
     key_cache = measure_apart()
     announce(key_cache.line())
     announce("\n" + markdown(a, b, figures, key_cache=key_cache, note=note))
+    announce("\n" + tls.markdown())
     announce("\nxDS (the rest, with the apply time: python -m bench.xds)")
     build_figures(nodes=1000, models=50)
     announce("\nscale-out (python -m bench.scale)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -25,8 +26,9 @@ from crosslogic.lifecycle import TaskDied, exit_code
 from crosslogic.plan import plan
 from crosslogic.ratelimit import cli as limits_cli
 from crosslogic.seeding import migrate_and_seed, migrate_database
-from crosslogic.settings import Settings, SettingsError, from_environ
+from crosslogic.settings import Settings, SettingsError, load
 from crosslogic.supervisor import ChildFailed
+from crosslogic.tls import cli as tls_cli
 
 
 def configure_logging(settings: Settings, args: argparse.Namespace) -> None:
@@ -84,7 +86,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         )
         if len(stack.gateways) > 1:  # OPENAI_BASE_URL below is the first; these are all
             print("Gateways: " + "  ".join(g.base_url for g in stack.gateways) + "\n")
-        print("\n".join(client_lines(stack.base_url, stack.demo)))
+        print("\n".join(client_lines(stack.base_url, stack.demo, ca_file=stack.listener_ca)))
         print(f"ADMIN_TOKEN={stack.settings.admin_token}")
         # what more nodes register with: `crosslogic node --control-plane <admin API> ...`
         print(f"NODE_REGISTRATION_TOKEN={stack.settings.node_registration_token}")
@@ -179,8 +181,9 @@ def cmd_db_connections(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
-    from crosslogic.envoy_config import render
+    from crosslogic.envoy_config import listener_sds_path, render, write_listener_sds
 
+    sds = listener_sds_path(settings, beside=None if args.output == "-" else Path(args.output))
     text = render(
         settings,
         listen_address=args.listen_address,
@@ -188,7 +191,9 @@ def cmd_envoy_config(settings: Settings, args: argparse.Namespace) -> int:
         control_plane_host=args.control_plane_host,
         lua_path=Path(args.lua_path) if args.lua_path else None,
         boot_id=args.boot_id,
+        listener_sds=sds,
     )
+    write_listener_sds(settings, sds)
     if args.output == "-":
         sys.stdout.write(text)
     else:
@@ -244,20 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "node", help="run a simulated GPU node (see `crosslogic node --help`)", add_help=False
     )
-    sub.add_parser(
-        "agent",
-        help="run the node agent beside vLLM (see `crosslogic agent --help`)",
-        add_help=False,
-    )
-    accounts_cli.add_parsers(sub)
-    limits_cli.add_parsers(sub)
-    billing_cli.add_parsers(sub)
-    catalog_cli.add_parsers(sub)
-    quota_cli.add_parsers(sub)
-    reservation_cli.add_parsers(sub)
-    fleet_cli.add_parsers(sub)
+    sub.add_parser("agent", help="run the node agent beside vLLM (see --help)", add_help=False)
+    for group in GROUPS:
+        group.add_parsers(sub)
     return parser
 
+
+# the operator command groups, each a module with add_parsers(sub), COMMANDS and run()
+GROUPS = (
+    accounts_cli,
+    limits_cli,
+    billing_cli,
+    catalog_cli,
+    quota_cli,
+    reservation_cli,
+    fleet_cli,
+    tls_cli,
+)
 
 COMMANDS = {
     "up": cmd_up,
@@ -272,32 +280,18 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["node"]:
-        from crosslogic.node.main import run
+    if argv[:1] in (["node"], ["agent"]):  # their own parsers, settings and logging
+        from crosslogic.agent import main as agent
+        from crosslogic.node import main as node
 
-        return run(argv[1:])
-    if argv[:1] == ["agent"]:
-        from crosslogic.agent.main import run as run_agent
-
-        return run_agent(argv[1:])
+        return int((node if argv[0] == "node" else agent).run(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
-        settings = from_environ()
+        settings = load(os.environ)
         configure_logging(settings, args)
-        if args.command in accounts_cli.COMMANDS:
-            return accounts_cli.run(settings, args)
-        if args.command in limits_cli.COMMANDS:
-            return limits_cli.run(settings, args)
-        if args.command in billing_cli.COMMANDS:
-            return billing_cli.run(settings, args)
-        if args.command in catalog_cli.COMMANDS:
-            return catalog_cli.run(settings, args)
-        if args.command in quota_cli.COMMANDS:
-            return quota_cli.run(settings, args)
-        if args.command in reservation_cli.COMMANDS:
-            return reservation_cli.run(settings, args)
-        if args.command in fleet_cli.COMMANDS:
-            return fleet_cli.run(settings, args)
+        for group in GROUPS:
+            if args.command in group.COMMANDS:
+                return int(group.run(settings, args))
         return COMMANDS[args.command](settings, args)
     except SettingsError as exc:  # bad variables, or ports the system cannot have
         print(f"configuration error: {exc}", file=sys.stderr)

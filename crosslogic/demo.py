@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 
@@ -64,12 +65,17 @@ async def seed(conn: asyncpg.Connection, *, model: str = DEMO_MODEL) -> Demo:
     )
 
 
-def client_lines(base_url: str, demo: Demo) -> list[str]:
+def client_lines(base_url: str, demo: Demo, *, ca_file: Path | None = None) -> list[str]:
+    """The lines to paste; ``ca_file``: the CA that issued the listener's certificate, which
+    a client must trust (``SSL_CERT_FILE=``, read by the OpenAI SDKs and most HTTP clients)."""
     body = json.dumps({"model": demo.model, "messages": [{"role": "user", "content": "Hello"}]})
+    trust = [f"SSL_CERT_FILE={ca_file}"] if ca_file else []
+    cacert = f"--cacert {ca_file} " if ca_file else ""
     return [
         f"OPENAI_BASE_URL={base_url}",
         f"OPENAI_API_KEY={demo.api_key}",
         f"MODEL={demo.model}",
-        f"curl -s {base_url}/chat/completions -H 'Authorization: Bearer {demo.api_key}' "
+        *trust,
+        f"curl -s {cacert}{base_url}/chat/completions -H 'Authorization: Bearer {demo.api_key}' "
         f"-H 'Content-Type: application/json' -d '{body}'",
     ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TypedDict
 
 
 class SettingsError(ValueError):
@@ -58,6 +60,11 @@ def optional(env: Mapping[str, str], name: str) -> str | None:
     return raw or None
 
 
+def path_value(env: Mapping[str, str], name: str) -> Path | None:
+    raw = optional(env, name)
+    return Path(raw) if raw else None
+
+
 URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 # a gateway's name goes into Redis keys and file names: plain lower-case words
@@ -72,3 +79,27 @@ def matching_value(
     if not pattern.match(value):
         raise SettingsError(f"{name}={value!r} must match {pattern.pattern}")
     return value
+
+
+class TlsValues(TypedDict):
+    listener_tls: str
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_ca_dir: Path | None
+    node_ca_file: Path | None
+    node_client_cert_lifetime: float
+
+
+def tls_values(env: Mapping[str, str], *, lifetime: float) -> TlsValues:
+    """The TLS settings (``Settings.listener_tls`` ...), by field name."""
+    values: TlsValues = {
+        "listener_tls": choice_value(env, "LISTENER_TLS", "off", ("off", "on")),
+        "tls_cert_file": path_value(env, "TLS_CERT_FILE"),
+        "tls_key_file": path_value(env, "TLS_KEY_FILE"),
+        "tls_ca_dir": path_value(env, "TLS_CA_DIR"),
+        "node_ca_file": path_value(env, "NODE_CA_FILE"),
+        "node_client_cert_lifetime": duration_value(env, "NODE_CLIENT_CERT_LIFETIME", lifetime),
+    }
+    if (values["tls_cert_file"] is None) != (values["tls_key_file"] is None):
+        raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
+    return values

@@ -9,6 +9,7 @@ from string import Template
 
 from crosslogic.contracts.journal import new_boot_id, valid_boot_id
 from crosslogic.settings import RATELIMIT_CALL_TIMEOUT_S, Settings
+from crosslogic.tls.listener import sds_resource
 
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -28,9 +29,12 @@ def render(
     node_id: str = "crosslogic-envoy",
     lua_path: Path | None = None,
     boot_id: str | None = None,
+    listener_sds: Path | None = None,
 ) -> str:
     """The bootstrap for one Envoy process; ``boot_id`` names that process (generated when
-    not given). Use :func:`fresh_config` to start a new Envoy: each process needs its own."""
+    not given). Use :func:`fresh_config` to start a new Envoy: each process needs its own.
+    With LISTENER_TLS=on the listener reads its certificate through ``listener_sds`` (the
+    file :func:`write_listener_sds` writes; default DATA_DIR/listener-sds.json)."""
     boot_id = boot_id or new_boot_id()
     if not valid_boot_id(boot_id):
         raise ValueError(f"boot id must be 16-64 lower-case hex digits: {boot_id!r}")
@@ -60,6 +64,7 @@ def render(
         "REQUEST_HEADERS_TIMEOUT": f"{settings.envoy_request_headers_timeout}s",
         "REQUEST_TIMEOUT": f"{settings.envoy_request_timeout}s",
         "MAX_CONNECTIONS": settings.envoy_max_connections,
+        "LISTENER_SDS_PATH": (listener_sds or listener_sds_path(settings)).absolute(),
     }
     if not (folder / "envoy.yaml").exists():
         raise FileNotFoundError(
@@ -72,10 +77,26 @@ def render(
         lines = (folder / "ratelimit-filter.yaml").read_text().splitlines(keepends=True)
         fragment = "".join(line for line in lines if not line.startswith("#"))
     text = text.replace("${RATELIMIT_FILTER}\n", fragment)
+    tls = fragments(folder / "listener-tls.yaml") if settings.listener_tls == "on" else {}
+    text = text.replace("${LISTENER_TLS}\n", tls.get("LISTENER_TLS", ""))
     # how Envoy asks ext_authz: the protocol's parts of its filter and cluster
     for name, part in fragments(folder / f"extauthz-{settings.extauthz_protocol}.yaml").items():
         text = text.replace(f"${{{name}}}\n", part)
     return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def listener_sds_path(settings: Settings, *, beside: Path | None = None) -> Path:
+    """Where the listener's SDS file goes: beside the bootstrap, when it is a file (both
+    are read by Envoy), else in DATA_DIR."""
+    return (beside.parent if beside else settings.data_dir) / "listener-sds.json"
+
+
+def write_listener_sds(settings: Settings, path: Path | None = None) -> None:
+    """With LISTENER_TLS=on, the SDS file naming the listener's certificate files."""
+    if settings.listener_tls == "on":
+        target = path or listener_sds_path(settings)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(sds_resource(settings))
 
 
 def fragments(path: Path) -> dict[str, str]:

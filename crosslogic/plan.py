@@ -3,7 +3,9 @@
 Every process of a stack is given the same final settings: where the embedded PostgreSQL
 and Redis will be is known before they start (a socket below DATA_DIR, REDIS_PORT), and an
 admin token is made up when none is set (the admin API is locked without one), as is the
-nodes' registration token (the stack's nodes are given it, never the admin token).
+nodes' registration token (the stack's nodes are given it, never the admin token). With
+LISTENER_TLS=on and no TLS_CERT_FILE, the listener's certificate files are named below the
+CA's directory and issued at start.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from crosslogic import embedded
 from crosslogic.fleet.credentials import new_registration_token
 from crosslogic.services import service_ports
 from crosslogic.settings import Settings
+from crosslogic.tls import listener
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Plan:
     settings: Settings
     embedded_postgres: bool
     embedded_redis: bool
+    issue_listener_cert: bool = False  # LISTENER_TLS=on without TLS_CERT_FILE
 
     def ports(self) -> dict[str, int]:
         """Every port the stack listens on, by variable name."""
@@ -50,8 +54,11 @@ def plan(settings: Settings) -> Plan:
         final = final.with_overrides(admin_token=secrets.token_urlsafe(24))
     if not final.node_registration_token:
         final = final.with_overrides(node_registration_token=new_registration_token())
+    issue_listener_cert = final.listener_tls == "on" and final.tls_cert_file is None
+    final = listener.with_local_files(final)
     return Plan(
         settings=final,
+        issue_listener_cert=issue_listener_cert,
         embedded_postgres=settings.db_host is None,
         embedded_redis=settings.redis_host is None and not settings.redis_cluster,
     )

@@ -27,6 +27,7 @@ from crosslogic.env_values import (
     matching_value,
     optional,
     parse_duration,
+    tls_values,
 )
 
 __all__ = [
@@ -130,6 +131,13 @@ class Settings:
     envoy_request_headers_timeout: float = 10.0
     envoy_request_timeout: float = 60.0
     envoy_max_connections: int = 10_000
+    # TLS (crosslogic/tls/, env_values.tls_values; the README's Configuration says more)
+    listener_tls: str = "off"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_dir: Path | None = None
+    node_ca_file: Path | None = None
+    node_client_cert_lifetime: float = 86400.0
 
     @property
     def access_log(self) -> Path:
@@ -255,13 +263,13 @@ def load(env: Mapping[str, str]) -> Settings:
         envoy_max_connections=int_value(
             env, "ENVOY_MAX_CONNECTIONS", d.envoy_max_connections, low=1, high=10**7
         ),
+        **tls_values(env, lifetime=d.node_client_cert_lifetime),
     )
     if not 0 < settings.ratelimit_redis_timeout < RATELIMIT_CALL_TIMEOUT_S:
         # the service must answer before Envoy gives up on it (and lets the request pass)
         raise SettingsError(
             f"RATELIMIT_REDIS_TIMEOUT must be above 0 and below {RATELIMIT_CALL_TIMEOUT_S}s, "
-            "Envoy's timeout for a rate-limit call "
-            f"({settings.ratelimit_redis_timeout}s)"
+            f"Envoy's timeout for a rate-limit call ({settings.ratelimit_redis_timeout}s)"
         )
     if settings.xds_ports[-1] > 65535:
         raise SettingsError(f"XDS_PORT + XDS_REPLICAS - 1 = {settings.xds_ports[-1]} > 65535")
@@ -277,10 +285,6 @@ def load(env: Mapping[str, str]) -> Settings:
             f"({settings.node_heartbeat_timeout}s <= {settings.node_heartbeat_interval}s)"
         )
     return settings
-
-
-def from_environ() -> Settings:
-    return load(os.environ)
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -23,6 +23,8 @@ from crosslogic.seeding import migrate_and_seed
 from crosslogic.services import SERVICES, service, service_ports
 from crosslogic.settings import Settings
 from crosslogic.supervisor import Child, Supervisor
+from crosslogic.tls import ca as tls_ca
+from crosslogic.tls import listener
 
 
 @dataclass
@@ -37,7 +39,8 @@ class Gateway:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.envoy_port}/v1"
+        scheme = "https" if self.settings.listener_tls == "on" else "http"
+        return f"{scheme}://127.0.0.1:{self.settings.envoy_port}/v1"
 
     @property
     def admin_url(self) -> str:
@@ -46,7 +49,9 @@ class Gateway:
     def render_config(self) -> None:
         """A fresh config, under a new boot id, for the gateway's next Envoy process (the
         usage journal of a dead Envoy is told apart by it: see journal/)."""
-        config = envoy_config.fresh_config(self.settings)
+        sds = self.config.with_name(f"{self.config.stem}-listener-sds.json")
+        envoy_config.write_listener_sds(self.settings, sds)
+        config = envoy_config.fresh_config(self.settings, listener_sds=sds)
         self.config.write_text(config.text)
         self.boot_id = config.boot_id
 
@@ -81,6 +86,8 @@ class Stack:
             for n in range(plan.settings.gateways)
         ]
         self.demo: Demo | None = None
+        # the CA file a client trusts the listener's certificate with, when `up` issued it
+        self.listener_ca: Path | None = None
 
     # -- addresses (of the first gateway; the others: ``stack.gateways``) ------------------
     @property
@@ -117,6 +124,10 @@ class Stack:
     def _start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         refuse_busy_ports(self.plan.ports())
+        # the CA before any process that issues from it (xDS replicas, the listener)
+        tls_ca.load_or_create(listener.ca_dir(self.settings))
+        if self.plan.issue_listener_cert:
+            self.listener_ca = listener.issue_local(self.settings)
         if self.plan.embedded_postgres:
             self.start_postgres()
         if self.plan.embedded_redis:
@@ -134,7 +145,9 @@ class Stack:
         wait_until(
             "the demo key to be accepted through Envoy",
             lambda: http_ok(
-                f"{self.base_url}/models", headers={"Authorization": f"Bearer {seeded.api_key}"}
+                f"{self.base_url}/models",
+                headers={"Authorization": f"Bearer {seeded.api_key}"},
+                cafile=self.listener_ca,
             ),
             check=self.supervisor.check,
         )

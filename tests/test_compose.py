@@ -195,8 +195,8 @@ def test_services_find_postgres_and_redis(services: Services) -> None:
     redis_servers = {n for n, s in services.items() if command(s)[:1] == ["redis-server"]}
     for name, service in crosslogic_services(services).items():
         role = only_invocation(service)[1]
-        if role in ("node", "envoy-config"):
-            continue  # neither talks to Postgres or Redis
+        if role in ("node", "envoy-config", "tls"):
+            continue  # none talks to Postgres or Redis
         s = settings_of(service)
         assert s.db_host == "postgres" and s.db_port == 5432, name
         assert (s.db_user, s.db_password, s.db_name) == (
@@ -435,11 +435,12 @@ def test_plain_file_runs_one_of_everything(plain: Services) -> None:
         "migrate": "migrate",
         "control-plane": "serve",
         "envoy-config": "envoy-config",
+        "certificates": "tls",
         "node-1": "node",
         "node-2": "node",
     }
     assert gateways(plain) == [Gateway("envoy", "envoy-config", "control-plane")]
-    assert one_shot_jobs(plain) == {"migrate", "envoy-config"}
+    assert one_shot_jobs(plain) == {"migrate", "envoy-config", "certificates"}
     assert depends_on(plain["migrate"]) == {"postgres": "service_healthy"}
     assert depends_on(plain["control-plane"]) == {
         "migrate": "service_completed_successfully",

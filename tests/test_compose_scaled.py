@@ -72,7 +72,14 @@ def test_the_scaled_shape(services: Services) -> None:
     per_gateway = {
         f"{g}-{role}" for g in GATEWAY_IDS for role in ("envoy-config", "envoy", "billing")
     }
-    expected = {"postgres", *REDIS_NODES, "redis-cluster", "migrate", "control-plane"}
+    expected = {
+        "postgres",
+        *REDIS_NODES,
+        "redis-cluster",
+        "migrate",
+        "certificates",
+        "control-plane",
+    }
     assert set(services) == expected | per_gateway | {"node-1", "node-2"}
     assert services["postgres"]["image"] == "postgres:16"
     assert {services[n]["image"] for n in (*REDIS_NODES, "redis-cluster")} == {"redis:7"}
@@ -86,7 +93,9 @@ def test_the_scaled_shape(services: Services) -> None:
             f"{gateway_id}-envoy",
             f"{gateway_id}-billing",
         )
-    assert one_shot_jobs(services) == {"migrate", "redis-cluster"} | {g.config for g in found}
+    assert one_shot_jobs(services) == {"migrate", "redis-cluster", "certificates"} | {
+        g.config for g in found
+    }
 
 
 def test_the_control_plane_runs_every_service_but_billing(services: Services) -> None:
@@ -96,7 +105,8 @@ def test_the_control_plane_runs_every_service_but_billing(services: Services) ->
     env = environment(service)
     # billing runs beside each gateway: nothing here reads a log or asks an Envoy
     assert not {"ACCESS_LOG_PATH", "ENVOY_ADMIN_HOST", "GATEWAY_ID"} & set(env)
-    assert not mounts(service)
+    # only the CA, shared by its replicas (xDS issues Envoy's client certificate from it)
+    assert mounts(service) == {"/var/lib/crosslogic/tls": "tls-ca"}
     for gateway in gateways(services):
         argv = only_invocation(services[gateway.billing])
         assert argv[1] == "service" and parse_invocation(argv).name == "billing"

@@ -58,7 +58,9 @@ def test_requests_are_counted_by_model_endpoint_and_status(stack: Stack) -> None
     assert total(text, "control_plane_request_duration_seconds_bucket", le="+Inf", **ok) > 0
 
 
-def test_a_refusal_is_counted_by_layer_and_limit(stack: Stack) -> None:
+def test_a_refusal_is_counted_by_layer_and_limit(limited: Stack) -> None:
+    """Wherever the limit is decided: the refused request reaches the access log too."""
+    stack = limited
     key = demo_key(stack, rate_limit_rpm=1)
     name, labels = "control_plane_rate_limit_exceeded_total", {"layer": "key", "limit": "requests"}
     before = total(control_plane_metrics(stack), name, **labels)

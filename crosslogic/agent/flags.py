@@ -59,6 +59,7 @@ def registration_config(
     node_id: str | None,
     registration_token: str | None,
     capacity: int,
+    transport: str = "plain",
 ) -> RegistrationConfig:
     """The registration the identity flags describe (``add_identity``)."""
     return RegistrationConfig(
@@ -75,4 +76,5 @@ def registration_config(
         gpu_count=args.gpu_count,
         capacity=capacity,
         spot=args.spot,
+        transport=transport,
     )

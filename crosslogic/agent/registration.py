@@ -56,6 +56,7 @@ class RegistrationConfig:
     gpu_count: int = 1
     capacity: int = 256  # max concurrent sequences (vLLM's max_num_seqs)
     spot: bool = False
+    transport: str = "plain"  # how Envoy reaches the node: plain, tls, mtls
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     request_timeout_s: float = 5.0
@@ -106,6 +107,8 @@ class _AdminClient:
             "capacity": c.capacity,
             "spot": c.spot,
         }
+        if c.transport != "plain":  # older control planes know no transport (plain to them)
+            payload["transport"] = c.transport
         status, body = await self._post(
             f"{self._base}/register", payload, secret=c.registration_token, limit=self._timeout
         )

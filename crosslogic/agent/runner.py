@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from crosslogic.agent.load import VllmMetrics
+from crosslogic.agent.load import NodeLoad, VllmMetrics
 from crosslogic.agent.notices import MetadataError, Notice, Watcher, aws, azure, gcp
 from crosslogic.agent.notices.signals import SignalWatcher
 from crosslogic.agent.registration import RegistrationConfig, run_registration
@@ -72,22 +73,25 @@ class RegistrationEnded(RuntimeError):
     """The registration loop ended, which it never should (a bug): the agent ends too."""
 
 
-async def run_agent(config: AgentConfig) -> None:
+async def run_agent(
+    config: AgentConfig, *, load: Callable[[], Awaitable[NodeLoad]] | None = None
+) -> None:
     """Run until cancelled (then deregister, best effort), or, after a final notice, until
     the drain ended or the grace period passed.
 
     At the first notice the node drains at once and keeps heartbeating until the control
     plane removes it (its heartbeat reports no request running); then every notice heard is
     acknowledged where the cloud takes it. Watchers keep watching after a notice: a final
-    one (the pod deleted) may follow another (an operator's SIGUSR1).
+    one (the pod deleted) may follow another (an operator's SIGUSR1). ``load`` replaces
+    reading vLLM's /metrics (the simulated node over TLS reads its figures in process).
     """
     interrupted, removed = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as session:
-        metrics = VllmMetrics(session, vllm_url=config.vllm_url)
+        read = load or VllmMetrics(session, vllm_url=config.vllm_url).read
         registration = asyncio.create_task(
             run_registration(
-                config.registration, load=metrics.read, interrupted=interrupted, removed=removed
+                config.registration, load=read, interrupted=interrupted, removed=removed
             ),
             name="registration",
         )

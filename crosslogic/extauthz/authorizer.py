@@ -213,7 +213,9 @@ class Authorizer:
                 await journal.withdraw(boot, request_id)
             if limits is None:
                 return "rate_limit_unavailable", refused(RL_UNAVAILABLE, [("retry-after", "1")])
-            return "rate_limited", refused(limits.error(), limits.headers())
+            return "rate_limited", refused(
+                limits.error(), limits.headers(), attributed=admitted.decision
+            )
         return "allowed", replace(admitted, limits=limits)
 
 

@@ -65,6 +65,8 @@ def denial(refusal: Refused, *, head_only: bool = False, close: bool = False) ->
     body = refusal.error.body()
     lines = [status_line(refusal.error.status), b"content-type: application/json\r\n"]
     lines += [header_line(k, v) for k, v in refusal.headers]
+    if refusal.attributed is not None:  # metadata only: allowed_client_headers drops them
+        lines += [header_line(k, v) for k, v in metadata_of(refusal.attributed).items()]
     lines.append(f"content-length: {len(body)}\r\n".encode())
     if close:
         lines.append(_CLOSE)

@@ -51,7 +51,7 @@ def denied(
 def refusal_response(refusal: Refused) -> external_auth_pb2.CheckResponse:
     error = refusal.error
     code = 16 if error.status == 401 else 7  # UNAUTHENTICATED / PERMISSION_DENIED
-    return external_auth_pb2.CheckResponse(
+    response = external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code, message=error.code or error.type),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=error.status),
@@ -59,6 +59,9 @@ def refusal_response(refusal: Refused) -> external_auth_pb2.CheckResponse:
             body=error.body().decode(),
         ),
     )
+    if refusal.attributed is not None:
+        response.dynamic_metadata.update(metadata_of(refusal.attributed))
+    return response
 
 
 def with_limits(

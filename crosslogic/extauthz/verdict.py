@@ -68,10 +68,14 @@ class Admitted:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A denial: the status and OpenAI error body the client sees, and its headers."""
+    """A denial: the status and OpenAI error body the client sees, and its headers.
+    ``attributed``: the allow that a rate limit then refused; its identity goes into the
+    denial's metadata, so that Envoy's access log records the refusal as it does when the
+    rate-limit service refuses (billing counts it in the request metrics, bills nothing)."""
 
     error: ApiError
     headers: tuple[tuple[str, str], ...] = ()
+    attributed: Allow | None = None
 
 
 Verdict = Admitted | Refused
@@ -79,10 +83,12 @@ Outcome = tuple[str, Verdict]
 """The decision's label (the metric's ``outcome``) and the verdict."""
 
 
-def refused(error: ApiError, headers: Sequence[tuple[str, str]] = ()) -> Refused:
+def refused(
+    error: ApiError, headers: Sequence[tuple[str, str]] = (), *, attributed: Allow | None = None
+) -> Refused:
     if error.code == INSUFFICIENT_QUOTA:
         headers = (*headers, *_NO_RETRY)
-    return Refused(error, tuple(headers))
+    return Refused(error, tuple(headers), attributed)
 
 
 def refusal(exc: Exception, *, unexpected: UnexpectedErrors) -> Outcome:

@@ -29,7 +29,7 @@ ENTITY = "node"
 # a node as the audit log and the operators see it (never its credential's hash)
 NODE = """
     n.id, m.name AS model, n.address, n.port, n.provider, n.region_code, n.zone, n.gpu_type,
-    n.gpu_count, n.capacity, n.spot, n.status, n.requests_running, n.requests_waiting,
+    n.gpu_count, n.capacity, n.spot, n.transport, n.status, n.requests_running, n.requests_waiting,
     n.kv_cache_usage_perc, n.registered_at, n.last_heartbeat_at, n.drain_started_at,
     n.removed_at, n.registration_token_id::text AS registration_token_id
 """
@@ -110,11 +110,13 @@ async def register(conn: asyncpg.Connection, reg: Registration, *, scope: Scope)
     await conn.execute(
         """
         INSERT INTO nodes (id, model_id, address, port, provider, region_code, gpu_type, zone,
-                           gpu_count, capacity, spot, credential_hash, registration_token_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::uuid)
+                           gpu_count, capacity, spot, credential_hash, registration_token_id,
+                           transport)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::uuid, $14)
         ON CONFLICT (id) DO UPDATE SET model_id = $2, address = $3, port = $4, provider = $5,
             region_code = $6, gpu_type = $7, zone = $8, gpu_count = $9, capacity = $10,
             spot = $11, credential_hash = $12, registration_token_id = $13::uuid,
+            transport = $14,
             status = 'active', registered_at = now(), last_heartbeat_at = now(),
             requests_running = 0, requests_waiting = 0, kv_cache_usage_perc = 0,
             drain_started_at = NULL, removed_at = NULL
@@ -132,6 +134,7 @@ async def register(conn: asyncpg.Connection, reg: Registration, *, scope: Scope)
         reg.spot,
         credentials.digest(secret),
         scope.token_id,
+        reg.transport,
     )
     after = await _changed(conn, actor=actor, action="register", node_id=reg.node_id, before=before)
     return {**after, "node_credential": secret}

@@ -24,11 +24,15 @@ _REGISTER_FIELDS = {
     "gpu_count",
     "capacity",
     "spot",
+    "transport",
 }
 _HEARTBEAT_FIELDS = {"requests_running", "requests_waiting", "kv_cache_usage_perc", "status"}
 _TOKEN_FIELDS = {"name", "provider", "region"}
 _INT32 = 2**31 - 1
 DEFAULT_CAPACITY = 256  # vLLM's default max_num_seqs
+# how Envoy reaches the node: HTTP, HTTPS (its certificate checked), HTTPS with Envoy's client
+# certificate (crosslogic.tls.client)
+TRANSPORTS = ("plain", "tls", "mtls")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Registration:
     gpu_count: int = 1
     capacity: int = DEFAULT_CAPACITY  # max concurrent sequences (vLLM's max_num_seqs)
     spot: bool = False
+    transport: str = "plain"
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,11 @@ def parse_registration(body: Any) -> Registration:
     spot = body.get("spot", False)
     if not isinstance(spot, bool):
         raise Invalid("'spot' must be true or false", param="spot")
+    transport = body.get("transport", "plain")
+    if transport not in TRANSPORTS:
+        raise Invalid(f"'transport' must be one of {', '.join(TRANSPORTS)}", param="transport")
     return Registration(
+        transport=transport,
         node_id=node_id,
         port=port,
         gpu_count=_integer(body, "gpu_count", 1, low=0, high=1024),

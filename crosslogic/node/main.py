@@ -7,16 +7,19 @@ import asyncio
 import logging
 import os
 import secrets
+import ssl
 import sys
 
 from aiohttp import web
 
 from crosslogic import logs
 from crosslogic.agent import flags
+from crosslogic.agent.load import NodeLoad
 from crosslogic.agent.runner import AgentConfig, run_agent
+from crosslogic.fleet.requests import TRANSPORTS
 from crosslogic.lifecycle import TaskDied, exit_code, run_until_signalled
 from crosslogic.node.config import NodeConfig
-from crosslogic.node.server import make_app
+from crosslogic.node.server import NODE_STATE, make_app
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-model-len", type=int, default=NodeConfig.max_model_len)
     parser.add_argument("--max-num-seqs", type=int, default=NodeConfig.max_num_seqs)
     parser.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
+    parser.add_argument(
+        "--tls-cert", help="serve HTTPS with this certificate (PEM; needs --tls-key)"
+    )
+    parser.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--client-ca",
+        help="require a client certificate issued by this CA (PEM): mutual TLS; the gateway's "
+        "is issued by the control plane's CA (TLS_CA_DIR/ca.crt)",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        help="how the gateway is to reach this node, registered with it (default: mtls with "
+        "--client-ca, tls with --tls-cert, else plain)",
+    )
     return parser
+
+
+def server_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, str]:
+    """The node's TLS context (None: plain HTTP) and the transport it registers with;
+    ValueError for flags that do not go together."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.client_ca and not args.tls_cert:
+        raise ValueError("--client-ca needs --tls-cert and --tls-key")
+    wanted = "mtls" if args.client_ca else "tls" if args.tls_cert else "plain"
+    if args.transport is not None and args.transport != wanted:
+        raise ValueError(f"--transport {args.transport} does not match the TLS flags ({wanted})")
+    if not args.tls_cert:
+        return None, wanted
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(args.client_ca)
+    return context, wanted
 
 
 def run(argv: list[str]) -> int:
@@ -79,13 +118,16 @@ def run(argv: list[str]) -> int:
             max_model_len=args.max_model_len,
             max_num_seqs=args.max_num_seqs,
         )
-    except ValueError as exc:
+        tls, transport = server_tls(args)
+    except (ValueError, OSError) as exc:  # OSError: a certificate file missing or unreadable
         print(f"crosslogic node: {exc}", file=sys.stderr)
         return 2
     token = args.registration_token or os.environ.get("NODE_REGISTRATION_TOKEN") or None
     logs.configure(service="node", level=args.log_level, secrets=(token,) if token else ())
     try:
-        asyncio.run(_serve(args, config=config, registration_token=token))
+        asyncio.run(
+            _serve(args, config=config, registration_token=token, tls=tls, transport=transport)
+        )
     except OSError as exc:  # typically the port is taken
         print(f"crosslogic node: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +137,12 @@ def run(argv: list[str]) -> int:
 
 
 async def _serve(
-    args: argparse.Namespace, *, config: NodeConfig, registration_token: str | None
+    args: argparse.Namespace,
+    *,
+    config: NodeConfig,
+    registration_token: str | None,
+    tls: ssl.SSLContext | None,
+    transport: str,
 ) -> None:
     app = make_app(config)
     # The access log costs more than a simulated completion; keep it for debugging only.
@@ -109,17 +156,18 @@ async def _serve(
     await runner.setup()
     tasks: list[asyncio.Task[None]] = []
     try:
-        site = web.TCPSite(runner, args.host, args.port)
+        site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
         await site.start()
         port = int(runner.addresses[0][1])
         host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"node {config.node_id} serving {config.model} on http://{host}:{port}", flush=True)
+        scheme = "https" if tls else "http"
+        print(
+            f"node {config.node_id} serving {config.model} on {scheme}://{host}:{port}", flush=True
+        )
         if args.control_plane:
             address = args.advertise_address or args.host
             if address in _UNROUTABLE:
                 address = "127.0.0.1"
-            # the same agent as beside a real vLLM, reading this node's own /metrics;
-            # SIGUSR1 stands for the cloud's interruption notice (a spot VM reclaimed soon)
             agent = AgentConfig(
                 registration=flags.registration_config(
                     args,
@@ -130,10 +178,20 @@ async def _serve(
                     node_id=config.node_id,
                     registration_token=registration_token,
                     capacity=config.max_num_seqs,
+                    transport=transport,
                 ),
-                vllm_url=f"http://{'127.0.0.1' if args.host in _UNROUTABLE else host}:{port}",
+                vllm_url=f"{scheme}://{'127.0.0.1' if args.host in _UNROUTABLE else host}:{port}",
             )
-            tasks.append(asyncio.create_task(run_agent(agent), name="agent"))
+            # the same agent as beside a real vLLM, reading this node's own /metrics; over
+            # TLS (perhaps mutual) it reads the same figures in process instead: it holds no
+            # client certificate. SIGUSR1 stands for the cloud's interruption notice.
+            state = app[NODE_STATE]
+
+            async def load() -> NodeLoad:
+                return state.load()
+
+            in_process = load if tls else None
+            tasks.append(asyncio.create_task(run_agent(agent, load=in_process), name="agent"))
         # the agent handles every network failure itself: its end is a bug, and an
         # unregistered node serves nobody, so the node exits (TaskDied) to be restarted.
         # Stopping cancels it first, which deregisters: the gateway stops routing here

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Callable
@@ -25,10 +26,12 @@ from crosslogic.db.connection import connect, create_pool
 from crosslogic.errors import Unavailable
 from crosslogic.grpc_server import new_server, serve_until_signalled
 from crosslogic.settings import Settings
+from crosslogic.tls import client, listener
 from crosslogic.xds.census import FleetCensus, FleetGauge
 from crosslogic.xds.registry import NodeRegistry
 from crosslogic.xds.server import AggregatedDiscovery, SnapshotCache, XdsMetrics
 from crosslogic.xds.snapshot import build
+from crosslogic.xds.transport import NodeSecrets
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,27 @@ class RegistryChanges:
         return since
 
 
+class NodeSecretSource:
+    """The SDS secrets for TLS nodes (crosslogic.tls.client), read at every snapshot (a
+    renewal or rotation is pushed within a poll); a failure to read keeps the last good
+    ones, so that TLS nodes stay reachable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._folder = listener.ca_dir(settings)
+        self._lifetime = datetime.timedelta(seconds=settings.node_client_cert_lifetime)
+        self._trusted = settings.node_ca_file
+        self._last: NodeSecrets | None = None
+
+    def __call__(self) -> NodeSecrets | None:
+        try:
+            self._last = client.node_secrets(
+                self._folder, lifetime=self._lifetime, trusted_ca=self._trusted
+            )
+        except (OSError, ValueError) as exc:
+            log.error("cannot read the TLS secrets for nodes (%s): keeping the last ones", exc)
+        return self._last
+
+
 async def follow_registry(
     registry: NodeRegistry,
     cache: SnapshotCache,
@@ -94,6 +118,7 @@ async def follow_registry(
     changes: RegistryChanges,
     census: FleetCensus | None = None,
     clock: Callable[[], float] = time.monotonic,
+    secrets: Callable[[], NodeSecrets | None] = lambda: None,
 ) -> None:
     fleet = FleetGauge(metrics.active_nodes)
     while True:
@@ -102,7 +127,7 @@ async def follow_registry(
         started = clock()
         try:
             models, nodes = await registry.read()
-            snapshot = build(models, nodes)
+            snapshot = build(models, nodes, secrets=secrets())
             if cache.publish(snapshot, noticed_at=started if noticed is None else noticed):
                 log.info(
                     "published snapshot %s: %s", snapshot.versions, dict(snapshot.nodes_per_cluster)
@@ -122,8 +147,9 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
     nodes_db = NodeRegistry(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
     census = FleetCensus(pool, heartbeat_timeout=settings.node_heartbeat_timeout)
     metrics = XdsMetrics(registry)
+    secrets = NodeSecretSource(settings)
     models, nodes = await nodes_db.read()
-    cache = SnapshotCache(build(models, nodes))
+    cache = SnapshotCache(build(models, nodes, secrets=secrets()))
     changes = RegistryChanges()
     listener: asyncpg.Connection | None = None
     try:
@@ -139,6 +165,7 @@ async def run(settings: Settings, registry: CollectorRegistry) -> None:
             every=settings.xds_poll_interval,
             changes=changes,
             census=census,
+            secrets=secrets,
         ),
         name="follow-registry",
     )

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 _NODES = """
 SELECT n.id, n.model_id, n.address, n.port, n.status, n.region_code, n.load_weight,
-       n.health_weight
+       n.health_weight, n.transport
 FROM nodes n
 WHERE n.status IN ('active', 'draining')
   AND n.last_heartbeat_at > now() - make_interval(secs => $1)
@@ -123,6 +123,8 @@ class NodeRegistry:
                             strategy.get(row["model_id"], ""),
                             weights.Published(row["load_weight"], row["health_weight"]),
                         ),
+                        transport=row["transport"],
+                        host=row["address"],
                     )
                 )
         return entries, nodes

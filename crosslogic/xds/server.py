@@ -27,6 +27,11 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from crosslogic.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, Snapshot
+from crosslogic.xds.transport import SECRET_TYPE
+
+# clusters before endpoints; secrets (SDS: what clusters of TLS nodes name) last
+TYPES = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE)
+_SHORT = {CLUSTER_TYPE: "cds", ENDPOINT_TYPE: "eds", SECRET_TYPE: "sds"}
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,10 @@ class SnapshotCache:
         """Make ``snapshot`` current unless it has the current versions (False then);
         ``noticed_at``: when the registry change it carries was noticed (a NOTIFY)."""
         if not snapshot.consistent():
-            raise ValueError("inconsistent snapshot: clusters without load assignments")
+            raise ValueError(
+                "inconsistent snapshot: clusters without load assignments, or without the "
+                "secrets of their TLS nodes"
+            )
         if snapshot.versions == self.current.versions:
             return False
         for type_url, version in snapshot.versions.items():
@@ -101,7 +109,7 @@ class XdsMetrics:
             buckets=APPLY_BUCKETS,
             registry=registry,
         )
-        for short in ("cds", "eds"):  # present at 0 before the first push or NACK
+        for short in _SHORT.values():  # present at 0 before the first push or NACK
             self.pushes.labels(short)
             self.nacks.labels(short)
         self.streams = Gauge(
@@ -139,7 +147,7 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        states = {CLUSTER_TYPE: _TypeState(), ENDPOINT_TYPE: _TypeState()}
+        states = {type_url: _TypeState() for type_url in TYPES}
         self._metrics.streams.inc()
         reader = asyncio.ensure_future(anext(request_iterator, None))
         changed = asyncio.ensure_future(self._cache.wait_changed())
@@ -154,7 +162,7 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
                     reader = asyncio.ensure_future(anext(request_iterator, None))
                 if changed in done:
                     changed = asyncio.ensure_future(self._cache.wait_changed())
-                for type_url in (CLUSTER_TYPE, ENDPOINT_TYPE):  # clusters before endpoints
+                for type_url in TYPES:
                     response = self._response_if_due(type_url, states[type_url])
                     if response is not None:
                         await context.write(response)
@@ -198,8 +206,8 @@ class AggregatedDiscovery(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # t
         if not state.subscribed:
             return None
         snapshot = self._cache.current
-        version = snapshot.versions[type_url]
-        available = snapshot.resources[type_url]
+        version = snapshot.versions.get(type_url, "")
+        available = snapshot.resources.get(type_url, {})
         names = frozenset(available) if state.wildcard else frozenset(state.names & set(available))
         if version == state.sent_version and names == state.sent_names:
             return None
@@ -228,4 +236,4 @@ def _reason(message: str, *, keep: int = 400) -> str:
 
 
 def _short(type_url: str) -> str:
-    return "cds" if type_url == CLUSTER_TYPE else "eds"
+    return _SHORT.get(type_url, "eds")

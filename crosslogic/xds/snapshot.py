@@ -32,7 +32,9 @@ from crosslogic.contracts.routing import (
     preferred_cluster,
     strict_cluster,
 )
+from crosslogic.xds import transport
 from crosslogic.xds.clusters import cluster_for, pack, stat_name
+from crosslogic.xds.transport import SECRET_TYPE, NodeSecrets
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -68,6 +70,12 @@ class NodeEntry:
     draining: bool = False
     region: str = "local"
     weight: int = 1  # EDS load_balancing_weight (crosslogic.xds.weights)
+    transport: str = transport.PLAIN  # plain, tls, mtls (crosslogic.xds.transport)
+    host: str = ""  # the address it registered (a host name: SNI), for tls and mtls
+
+    @property
+    def tls_pair(self) -> tuple[str, str]:
+        return self.transport, self.host or self.ip
 
 
 @dataclass(frozen=True)
@@ -77,10 +85,17 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, any_pb2.Any]]
     versions: Mapping[str, str]
     nodes_per_cluster: Mapping[str, int] = field(default_factory=dict)
+    needs_secrets: bool = False  # a cluster reaches a node over TLS (the SDS secrets)
 
     def consistent(self) -> bool:
-        """Every cluster has its load assignment (Envoy would wait on a missing one forever)."""
-        return set(self.resources[CLUSTER_TYPE]) == set(self.resources[ENDPOINT_TYPE])
+        """Every cluster has its load assignment, and the secrets TLS nodes need are there
+        (Envoy would wait on a missing one forever)."""
+        if set(self.resources[CLUSTER_TYPE]) != set(self.resources[ENDPOINT_TYPE]):
+            return False
+        secrets = self.resources.get(SECRET_TYPE, {})
+        return not self.needs_secrets or {transport.CA_SECRET, transport.CLIENT_SECRET} <= set(
+            secrets
+        )
 
 
 def _endpoint(node: NodeEntry, *, strategy: str) -> endpoint_components_pb2.LbEndpoint:
@@ -100,6 +115,9 @@ def _endpoint(node: NodeEntry, *, strategy: str) -> endpoint_components_pb2.LbEn
     endpoint.metadata.filter_metadata[METADATA_NAMESPACE].update(
         {"strategy": strategy, "region": node.region}
     )
+    match = transport.endpoint_metadata(*node.tls_pair)
+    if match is not None:
+        endpoint.metadata.filter_metadata[transport.MATCH_NAMESPACE].CopyFrom(match)
     return endpoint
 
 
@@ -143,12 +161,14 @@ def _model_resources(
         stats[preferred] = stat_name(model.name, f"_in_{region}")
         stats[strict] = stat_name(model.name, f"_only_{region}")
         strict_names.add(strict)
-    clusters = {
-        name: pack(
-            cluster_for(name, stat=stats[name], strategy=strategy, strict=name in strict_names)
+    clusters = {}
+    for name in assignments:
+        cluster = cluster_for(
+            name, stat=stats[name], strategy=strategy, strict=name in strict_names
         )
-        for name in assignments
-    }
+        # every cluster of a model holds all its nodes (the strict ones a subset): one set
+        cluster.transport_socket_matches.extend(transport.socket_matches(n.tls_pair for n in nodes))
+        clusters[name] = pack(cluster)
     return clusters, {name: pack(cla) for name, cla in assignments.items()}
 
 
@@ -160,8 +180,18 @@ def _version(resources: Mapping[str, any_pb2.Any]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build(models: Iterable[ModelEntry], nodes: Iterable[NodeEntry]) -> Snapshot:
+def build(
+    models: Iterable[ModelEntry],
+    nodes: Iterable[NodeEntry],
+    *,
+    secrets: NodeSecrets | None = None,
+) -> Snapshot:
+    """The snapshot of ``models`` and their live ``nodes``; ``secrets``: what TLS nodes
+    need (without them, nodes registered with tls or mtls are left out: Envoy could not
+    reach them)."""
     models = list(models)
+    if secrets is None:
+        nodes = [n for n in nodes if n.transport == transport.PLAIN]
     by_model: dict[int, list[NodeEntry]] = {m.id: [] for m in models}
     for node in nodes:
         if node.model_id in by_model:
@@ -172,8 +202,16 @@ def build(models: Iterable[ModelEntry], nodes: Iterable[NodeEntry]) -> Snapshot:
         model_clusters, model_endpoints = _model_resources(m, by_model[m.id])
         clusters.update(model_clusters)
         endpoints.update(model_endpoints)
+    secret_resources = dict(transport.secret_resources(secrets))
     return Snapshot(
-        resources={CLUSTER_TYPE: clusters, ENDPOINT_TYPE: endpoints},
-        versions={CLUSTER_TYPE: _version(clusters), ENDPOINT_TYPE: _version(endpoints)},
+        resources={CLUSTER_TYPE: clusters, ENDPOINT_TYPE: endpoints, SECRET_TYPE: secret_resources},
+        versions={
+            CLUSTER_TYPE: _version(clusters),
+            ENDPOINT_TYPE: _version(endpoints),
+            SECRET_TYPE: _version(secret_resources),
+        },
         nodes_per_cluster={m.cluster: len(by_model[m.id]) for m in models},
+        needs_secrets=any(
+            n.transport != transport.PLAIN for each in by_model.values() for n in each
+        ),
     )

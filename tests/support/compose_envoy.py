@@ -4,13 +4,16 @@ launcher run with the real Envoy in ``--mode validate``."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import yaml
 
 from crosslogic import cli
 from tests.support.compose import (
@@ -34,6 +37,18 @@ def envoy_binary() -> str:
     return str(binary)
 
 
+def assert_https_only(text: str) -> None:
+    """The OpenAI listener has one filter chain, and it is TLS 1.2 or newer: plain HTTP is
+    not served at all."""
+    (listener,) = yaml.safe_load(text)["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    tls = chain["transport_socket"]["typed_config"]
+    assert tls["@type"].endswith(".DownstreamTlsContext")
+    common = tls["common_tls_context"]
+    assert common["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2"
+    assert common["alpn_protocols"] == ["h2", "http/1.1"]
+
+
 def validate_gateway(
     services: Mapping[str, dict[str, Any]], gateway: Gateway, tmp_path: Path
 ) -> None:
@@ -47,6 +62,16 @@ def validate_gateway(
     args.output = str(rendered)
     assert cli.cmd_envoy_config(settings, args) == 0
     text = rendered.read_text()
+    assert_https_only(text)
+    # the listener's certificate: through the SDS file rendered beside the bootstrap, from
+    # files in a volume Envoy mounts
+    sds = rendered.with_name("listener-sds.json")
+    container_sds = str(PurePosixPath(container_output).parent / sds.name)
+    assert f'path: "{sds}"' in text
+    text = text.replace(f'path: "{sds}"', f'path: "{container_sds}"')
+    secret = json.loads(sds.read_text())["resources"][0]["tls_certificate"]
+    for path in (secret["certificate_chain"]["filename"], secret["private_key"]["filename"]):
+        assert any(path.startswith(f"{target}/") for target in mounts(envoy)), path
     assert f"path: {settings.access_log}\n" in text
     assert f"filename: {args.lua_path}\n" in text
     assert f'gateway_id: "{settings.gateway_id}"' in text
@@ -62,6 +87,7 @@ def validate_gateway(
         Path(remap(target)).mkdir(parents=True)
         text = text.replace(f"{target}/", f"{remap(target)}/")
     Path(remap(container_output)).write_text(text)
+    Path(remap(container_sds)).write_text(sds.read_text())
     Path(remap(args.lua_path)).write_text((REPO / "envoy" / "usage.lua").read_text())
 
     # the launcher as the container runs it, twice: each Envoy process its own boot id
