@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "node", help="run a simulated GPU node (see `crosslogic node --help`)", add_help=False
     )
+    sub.add_parser("agent", help="run the node agent beside vLLM (see --help)", add_help=False)
     for group in GROUPS:
         group.add_parsers(sub)
     pools = sub.add_parser("orchestrator", help="run the GPU pools' orchestrator (needs skypilot)")
@@ -282,10 +283,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["node"]:
-        from crosslogic.node.main import run
+    if argv[:1] in (["node"], ["agent"]):  # their own parsers, settings and logging
+        from crosslogic.agent import main as agent
+        from crosslogic.node import main as node
 
-        return run(argv[1:])
+        return int((node if argv[0] == "node" else agent).run(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         settings = load(os.environ)

@@ -8,15 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from crosslogic.node.config import NodeLoad
+from crosslogic.agent.load import NodeLoad
+from crosslogic.agent.registration import RegistrationConfig, backoff_delay, run_registration
 from crosslogic.node.main import run
-from crosslogic.node.registration import RegistrationConfig, backoff_delay, run_registration
 from crosslogic.ports import free_port
 from tests.support.serving import http_call, serving
 from tests.support.system import MODEL
@@ -79,6 +80,13 @@ class _FakeControlPlane:
         return web.json_response({})
 
 
+def _constant(load: NodeLoad) -> Callable[[], Awaitable[NodeLoad]]:
+    async def read() -> NodeLoad:
+        return load
+
+    return read
+
+
 def _registration_config(url: str, **overrides: Any) -> RegistrationConfig:
     values: dict[str, Any] = {
         "control_plane_url": url,
@@ -106,7 +114,7 @@ async def _register_for_a_while(
         await site.start()
     load = NodeLoad(requests_running=2, requests_waiting=1, kv_cache_usage_perc=0.5)
     task = asyncio.create_task(
-        run_registration(config, load=lambda: load, on_registered=registered.append)
+        run_registration(config, load=_constant(load), on_registered=registered.append)
     )
     if cp is None:
         await asyncio.sleep(0.1)  # a while of retrying (every 10-20 ms) with nobody answering
@@ -185,7 +193,7 @@ def test_an_interrupted_node_drains_itself_with_its_own_credential() -> None:
         interrupted = asyncio.Event()
         load = NodeLoad(requests_running=1, requests_waiting=0, kv_cache_usage_perc=0.1)
         task = asyncio.create_task(
-            run_registration(config, load=lambda: load, interrupted=interrupted)
+            run_registration(config, load=_constant(load), interrupted=interrupted)
         )
         try:
             await asyncio.wait_for(cp.enough.wait(), timeout=3)  # registered and beating

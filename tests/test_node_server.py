@@ -14,8 +14,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from crosslogic.agent.load import NodeLoad
 from crosslogic.node import tokens
-from crosslogic.node.config import NodeConfig, NodeLoad
+from crosslogic.node.config import NodeConfig
 from crosslogic.node.server import NODE_STATE, make_app
 from tests.support.serving import http_call, serving
 from tests.support.system import MODEL

@@ -1,6 +1,8 @@
-"""The simulated GPU node: an OpenAI-compatible, vLLM-shaped server that registers itself."""
+"""The simulated GPU node: an OpenAI-compatible, vLLM-shaped server; with a control plane,
+the node agent (crosslogic.agent) registers it."""
 
-from crosslogic.node.config import NodeConfig, NodeLoad
+from crosslogic.agent.load import NodeLoad
+from crosslogic.node.config import NodeConfig
 from crosslogic.node.server import make_app
 
 __all__ = ["NodeConfig", "NodeLoad", "make_app"]

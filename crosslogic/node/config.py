@@ -1,4 +1,4 @@
-"""What one simulated node serves, and the load it reports."""
+"""What one simulated node serves."""
 
 from __future__ import annotations
 
@@ -28,12 +28,3 @@ class NodeConfig:
     @property
     def token_interval_s(self) -> float:
         return 1.0 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class NodeLoad:
-    """The load figures a heartbeat reports."""
-
-    requests_running: int
-    requests_waiting: int
-    kv_cache_usage_perc: float

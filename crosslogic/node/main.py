@@ -7,47 +7,24 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import ssl
 import sys
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from crosslogic import logs
+from crosslogic.agent import flags
+from crosslogic.agent.load import NodeLoad
+from crosslogic.agent.runner import AgentConfig, run_agent
 from crosslogic.fleet.requests import TRANSPORTS
 from crosslogic.lifecycle import TaskDied, exit_code, run_until_signalled
 from crosslogic.node.config import NodeConfig
-from crosslogic.node.registration import RegistrationConfig, run_registration
 from crosslogic.node.server import NODE_STATE, make_app
 
 log = logging.getLogger(__name__)
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _UNROUTABLE = {"0.0.0.0", "::", ""}
-
-
-def _non_negative(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{raw!r} must not be negative")
-    return value
-
-
-def _port(raw: str) -> int:
-    if not raw.isdigit() or int(raw) > 65535:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a port (0 picks a free one)")
-    return int(raw)
-
-
-def _url(raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not an http(s) URL")
-    return raw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,13 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument(
-        "--port", type=_port, default=0, help="port to bind; 0 (default) picks a free port"
+        "--port", type=flags.port, default=0, help="port to bind; 0 (default) picks a free port"
     )
     parser.add_argument("--model", default="demo-llama", help="served model (default %(default)s)")
     parser.add_argument("--node-id", help="node id to register with (default: random)")
     parser.add_argument(
         "--control-plane",
-        type=_url,
+        type=flags.url,
         help="control plane URL; without it the node does not register",
     )
     parser.add_argument(
@@ -75,19 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the control plane's registration token (default: $NODE_REGISTRATION_TOKEN); "
         "registering returns this node's own credential",
     )
-    parser.add_argument("--provider", default="local", help="cloud provider (default local)")
-    parser.add_argument("--region", default="local", help="region code (default local)")
-    parser.add_argument("--zone", default="", help="availability zone")
-    parser.add_argument("--gpu-type", default="simulated", help="GPU model (default simulated)")
-    parser.add_argument("--gpu-count", type=int, default=1, help="GPUs of the node (default 1)")
-    parser.add_argument(
-        "--spot",
-        action="store_true",
-        help="a spot (preemptible) instance; SIGUSR1 is its interruption notice: it drains",
+    flags.add_identity(
+        parser, spot_help="a spot (preemptible) instance; SIGUSR1 is its interruption notice"
     )
-    parser.add_argument("--ttft-ms", type=_non_negative, default=0.0, help="time to first token")
     parser.add_argument(
-        "--tokens-per-second", type=_non_negative, default=0.0, help="0 (default): unpaced"
+        "--ttft-ms", type=flags.non_negative, default=0.0, help="time to first token"
+    )
+    parser.add_argument(
+        "--tokens-per-second", type=flags.non_negative, default=0.0, help="0 (default): unpaced"
     )
     parser.add_argument("--max-model-len", type=int, default=NodeConfig.max_model_len)
     parser.add_argument("--max-num-seqs", type=int, default=NodeConfig.max_num_seqs)
@@ -159,7 +131,7 @@ def run(argv: list[str]) -> int:
     except OSError as exc:  # typically the port is taken
         print(f"crosslogic node: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    except TaskDied as died:  # the registration loop: unregistered, the node gets no traffic
+    except TaskDied as died:  # the agent: unregistered, the node gets no traffic
         return exit_code(died, process=f"node {config.node_id}")
     return 0
 
@@ -196,31 +168,31 @@ async def _serve(
             address = args.advertise_address or args.host
             if address in _UNROUTABLE:
                 address = "127.0.0.1"
-            # SIGUSR1 stands for the cloud's interruption notice (a spot VM reclaimed soon)
-            interrupted = asyncio.Event()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, interrupted.set)
-            registration = run_registration(
-                RegistrationConfig(
+            agent = AgentConfig(
+                registration=flags.registration_config(
+                    args,
                     control_plane_url=args.control_plane,
                     model=config.model,
                     address=address,
                     port=port,
                     node_id=config.node_id,
                     registration_token=registration_token,
-                    provider=args.provider,
-                    region=args.region,
-                    zone=args.zone,
-                    gpu_type=args.gpu_type,
-                    gpu_count=args.gpu_count,
                     capacity=config.max_num_seqs,
-                    spot=args.spot,
                     transport=transport,
                 ),
-                load=app[NODE_STATE].load,
-                interrupted=interrupted,
+                vllm_url=f"{scheme}://{'127.0.0.1' if args.host in _UNROUTABLE else host}:{port}",
             )
-            tasks.append(asyncio.create_task(registration, name="registration"))
-        # run_registration handles every network failure itself: its end is a bug, and an
+            # the same agent as beside a real vLLM, reading this node's own /metrics; over
+            # TLS (perhaps mutual) it reads the same figures in process instead: it holds no
+            # client certificate. SIGUSR1 stands for the cloud's interruption notice.
+            state = app[NODE_STATE]
+
+            async def load() -> NodeLoad:
+                return state.load()
+
+            in_process = load if tls else None
+            tasks.append(asyncio.create_task(run_agent(agent, load=in_process), name="agent"))
+        # the agent handles every network failure itself: its end is a bug, and an
         # unregistered node serves nobody, so the node exits (TaskDied) to be restarted.
         # Stopping cancels it first, which deregisters: the gateway stops routing here
         # before the port closes.

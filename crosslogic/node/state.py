@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 
 from prometheus_client import CollectorRegistry
 
-from crosslogic.node.config import NodeConfig, NodeLoad
+from crosslogic.agent.load import NodeLoad
+from crosslogic.node.config import NodeConfig
 from crosslogic.node.metrics import NodeMetrics
 
 

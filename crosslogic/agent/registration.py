@@ -1,4 +1,5 @@
-"""Keeps the node known to the control plane: register, heartbeat, deregister on shutdown.
+"""Keeps the node known to the control plane: register, heartbeat, drain on the cloud's
+interruption notice, deregister on shutdown.
 
 Admin API contract (served by the control plane):
 
@@ -15,9 +16,9 @@ Admin API contract (served by the control plane):
 * ``POST /admin/nodes/{node_id}/deregister`` with the node credential -> 200, best effort
   at shutdown.
 
-The loop never gives up while the node may serve: an unreachable control plane is retried
-with capped backoff, so nodes and control plane can start in any order. Once removed, it
-only waits to be stopped.
+The loop never gives up while the node may serve: an unreachable control plane (or a vLLM
+whose /metrics does not answer yet) is retried with capped backoff, so nodes and control
+plane can start in any order. Once removed, it only waits to be stopped.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from crosslogic.node.config import NodeLoad
+from crosslogic.agent.load import LoadUnavailable, NodeLoad
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,10 @@ class _AdminClient:
 async def run_registration(
     config: RegistrationConfig,
     *,
-    load: Callable[[], NodeLoad],
+    load: Callable[[], Awaitable[NodeLoad]],
     on_registered: Callable[[str], None] | None = None,
     interrupted: asyncio.Event | None = None,
+    removed: asyncio.Event | None = None,
 ) -> None:
     """Register and heartbeat until cancelled; then deregister, best effort. Removed by
     the control plane, the node stops registering and waits to be cancelled.
@@ -192,7 +194,8 @@ async def run_registration(
     ``on_registered`` is called with the node id after every successful registration
     (the control plane may assign or change it). Once ``interrupted`` is set (the cloud's
     interruption notice), the node drains itself and keeps heartbeating its load until the
-    control plane removes it.
+    control plane removes it; ``removed`` is set then. The node registers only once ``load``
+    answers (vLLM is up), and a heartbeat is skipped while it does not.
     """
     wanted = config.node_id  # the id we ask for; the control plane's answer wins
     registered: Registered | None = None
@@ -204,6 +207,7 @@ async def run_registration(
             while True:
                 try:
                     if registered is None:
+                        await load()  # vLLM serves: only then may it get traffic
                         registered = await client.register(wanted)
                         wanted = registered.node_id
                         failures = 0
@@ -222,29 +226,31 @@ async def run_registration(
                         await client.drain(registered)
                         drained = True
                         log.warning("node %s: interruption notice; draining", registered.node_id)
-                    if not await client.heartbeat(registered, load()):
+                    if not await client.heartbeat(registered, await load()):
                         log.warning(
                             "control plane forgot node %s; registering again", registered.node_id
                         )
                         registered = None
                         continue
                     failures = 0
-                except Removed as removed:
+                except Removed as why:
                     log.error(
                         "node %s was removed by the control plane; not registering again: %s",
                         registered.node_id if registered else wanted,
-                        removed,
+                        why,
                     )
                     registered = None  # nothing to deregister
+                    if removed is not None:
+                        removed.set()
                     await asyncio.Event().wait()  # serve nobody until stopped
-                except (aiohttp.ClientError, TimeoutError, AdminAPIError) as exc:
+                except (aiohttp.ClientError, TimeoutError, AdminAPIError, LoadUnavailable) as exc:
                     delay = backoff_delay(
                         failures, initial=config.retry_initial_s, maximum=config.retry_max_s
                     )
                     failures += 1
                     log.warning(
-                        "control plane %s unavailable (%s); retrying in %.1fs",
-                        config.control_plane_url,
+                        "%s unavailable (%s); retrying in %.1fs",
+                        "vLLM" if isinstance(exc, LoadUnavailable) else config.control_plane_url,
                         _describe(exc),
                         delay,
                     )
