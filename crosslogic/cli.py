@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 import uvloop
 
@@ -22,7 +18,7 @@ from crosslogic.billing import reservation_cli
 from crosslogic.catalog import cli as catalog_cli
 from crosslogic.demo import client_lines
 from crosslogic.fleet import cli as fleet_cli
-from crosslogic.lifecycle import TaskDied, exit_code
+from crosslogic.lifecycle import TaskDied, exit_code, interrupt_on_sigterm, wait_for_signal
 from crosslogic.orchestrator import cli as pools_cli
 from crosslogic.plan import plan
 from crosslogic.ratelimit import cli as limits_cli
@@ -42,34 +38,13 @@ def configure_logging(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM while starting behaves like Ctrl-C: Stack.start() stops what it had started."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _wait_for_signal(check: Callable[[], None]) -> None:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    while not stop.wait(0.5):
-        check()
-
-
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from crosslogic.stack import Stack
 
     stack = Stack(plan(settings), nodes=args.nodes)
     configure_logging(stack.settings, args)  # the admin and registration tokens plan() made
     print("starting CrossLogic (Postgres, Redis, services, Envoy, nodes)...", flush=True)
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     try:
         stack.start()
     except KeyboardInterrupt:
@@ -92,7 +67,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         # what more nodes register with: `crosslogic node --control-plane <admin API> ...`
         print(f"NODE_REGISTRATION_TOKEN={stack.settings.node_registration_token}")
         print("\nPress Ctrl-C to stop everything.", flush=True)
-        _wait_for_signal(stack.supervisor.check)
+        wait_for_signal(stack.supervisor.check)
     except ChildFailed as exc:  # a crash loop: the supervisor gave up on one child
         print(f"crosslogic up: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -125,10 +100,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     stack = Stack(plan(settings), nodes=0, log_to_files=False)
     configure_logging(stack.settings, args)
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     try:
         stack.start_services(without=frozenset(args.without))
-        _wait_for_signal(stack.supervisor.check)
+        wait_for_signal(stack.supervisor.check)
     except KeyboardInterrupt:
         return 130
     except ChildFailed as exc:

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -59,3 +61,26 @@ def exit_code(died: TaskDied, *, process: str) -> int:
     it)."""
     log.error("%s %s; exiting", process, died, exc_info=died.__cause__)
     return 1
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM while starting behaves like Ctrl-C: Stack.start() stops what it had started."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def wait_for_signal(check: Callable[[], None]) -> None:
+    """Until SIGINT or SIGTERM (a stack's foreground process: `up`, `serve`), calling
+    ``check`` (the supervisor's: a child that keeps dying raises) twice a second."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop.wait(0.5):
+        check()

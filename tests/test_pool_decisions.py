@@ -97,7 +97,9 @@ def test_the_task_runs_vllm_and_the_agent_with_spot_and_an_on_demand_fallback() 
     assert "--served-model-name m" in config["run"]
     assert "--model meta-llama/Llama-3.1-8B-Instruct" in config["run"]
     assert "--tensor-parallel-size 2 --max-model-len 8192 &" in config["run"]
-    assert config["run"].endswith("exec crosslogic agent")
+    agent = config["run"].splitlines()[-1]
+    assert agent.startswith('exec crosslogic agent --vllm-url "$CROSSLOGIC_VLLM_URL"')
+    assert '--cloud "$CLOUD"' in agent and agent.endswith("--gpu-type A100 --gpu-count 2 --spot")
     assert config["envs"]["CROSSLOGIC_NODE_ID"] == "cl-llama-7"
     assert config["envs"]["CROSSLOGIC_REGION"] == "us"
     # the token is a SkyPilot secret, never an environment value SkyPilot would print

@@ -75,14 +75,37 @@ def run_command(spec: PoolSpec, launcher: Launcher) -> str:
         str(spec.gpu_count),
         *spec.vllm_args,
     ]
-    # vLLM in the background; the agent in the foreground: the job lives as long as it does
+    # vLLM in the background; the agent in the foreground: the job lives as long as it does.
+    # The agent watches the interruption notice of the cloud SkyPilot chose (its
+    # SKYPILOT_CLUSTER_INFO; a cloud the agent has no watcher for: SIGUSR1 only) and
+    # advertises the VM's first address (CROSSLOGIC_ADVERTISE_ADDRESS overrides it).
+    agent = [
+        *(["--region", spec.region] if spec.region else []),
+        "--gpu-type",
+        spec.accelerator,
+        "--gpu-count",
+        str(spec.gpu_count),
+        *(["--spot"] if spec.spot else []),
+    ]
     return "\n".join(
         [
             "set -e",
             f"{shlex.join(vllm)} &",
-            f"exec {launcher.agent_command}",
+            f"CLOUD=$(python3 -c {shlex.quote(_CLOUD_OF_CLUSTER)})",
+            f'exec {launcher.agent_command} --vllm-url "$CROSSLOGIC_VLLM_URL"'
+            ' --admin-url "$CROSSLOGIC_CONTROL_PLANE" --model "$CROSSLOGIC_MODEL"'
+            ' --node-id "$CROSSLOGIC_NODE_ID" --cloud "$CLOUD" --provider "$CLOUD"'
+            ' --advertise-address "${CROSSLOGIC_ADVERTISE_ADDRESS:-$(hostname -I | cut -d" " -f1)}"'
+            f" {shlex.join(agent)}",
         ]
     )
+
+
+_CLOUD_OF_CLUSTER = (
+    "import json, os; "
+    "c = json.loads(os.environ.get('SKYPILOT_CLUSTER_INFO') or '{}').get('cloud', ''); "
+    "print(c.lower() if c.lower() in ('aws', 'gcp', 'azure', 'kubernetes') else 'none')"
+)
 
 
 def task_config(spec: PoolSpec, *, name: str, launcher: Launcher) -> dict[str, Any]:
