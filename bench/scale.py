@@ -198,9 +198,11 @@ def scale_figures(load: Load, *, envoy_concurrency: int) -> list[Round]:
             gentle = Load(max(3, load.connections // 8), 1, 5, 0)
             bound = measured_round(gateway, cluster, 3, load=gentle, authorization=auth)
             allowed = GLOBAL_RPS * (bound.duration_s + 1)  # the rate plus one second's burst
+            settings = gateway.stack.settings
+            deciders = "ext_authz" if settings.ratelimit_at == "authz" else "rate-limit service"
             print(
-                f"  global limit {GLOBAL_RPS} req/s across 3 gateways and 2 rate-limit "
-                f"processes, {bound.duration_s:.1f} s: admitted {bound.requests:,} "
+                f"  global limit {GLOBAL_RPS} req/s across 3 gateways and 2 deciding processes "
+                f"({deciders}), {bound.duration_s:.1f} s: admitted {bound.requests:,} "
                 f"({bound.rps:,.0f}/s), refused {bound.refused:,}; the limit allows at most "
                 f"{allowed:,.0f} (rate x time + one second's burst): "
                 f"{100 * bound.requests / allowed:.1f}% of it. Of the admitted, "

@@ -126,8 +126,9 @@ class Settings:
     # this long of the connection's first byte, the whole request (body included; the
     # response, a stream of minutes, is not counted) within that, and at most that many open
     # client connections (Envoy's overload manager refuses more).
-    # a slower Redis answer is an outage: layers fail open (or closed) for a second
-    ratelimit_redis_timeout: float = 0.03
+    # a slower Redis answer is an outage (layers fail open or closed for a second); 30 ms was
+    # tripped by mere stalls of a busy deciding process (bench.scale)
+    ratelimit_redis_timeout: float = 0.1
     envoy_request_headers_timeout: float = 10.0
     envoy_request_timeout: float = 60.0
     envoy_max_connections: int = 10_000

@@ -33,8 +33,9 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         node_heartbeat_timeout=3.0,
         xds_poll_interval=0.5,
         log_level="info",
-        # the default 30 ms lets a busy 2-core CI box turn a slow Redis answer into an
-        # outage (each process then limits alone): the exactness tests need Redis' answer
+        # the default 100 ms can still let a 2-core CI box, loaded by the whole suite, turn
+        # a slow Redis answer into an outage (each process then limits alone): the
+        # exactness tests need Redis' answer
         ratelimit_redis_timeout=0.15,
         # short, so that tests can wait them out (tests/test_hostile_input.py)
         envoy_request_headers_timeout=1.0,
