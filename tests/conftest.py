@@ -59,11 +59,24 @@ def authz_stack() -> Iterator[Stack]:
         yield running
 
 
-@pytest.fixture(params=["service", "authz", "http"])
+@pytest.fixture(scope="module")
+def http_service_stack() -> Iterator[Stack]:
+    """ext_authz over HTTP, Envoy's rate-limit filter asking the rate-limit service."""
+    with own_system(nodes=1, ratelimit_at="service", extauthz_protocol="http") as running:
+        yield running
+
+
+@pytest.fixture(params=["service", "authz", "http", "http-service"])
 def limited(request: pytest.FixtureRequest) -> Stack:
-    """The test runs with the rate-limit decision in the rate-limit service (over gRPC),
-    then in ext_authz over gRPC, then in ext_authz over HTTP (the default)."""
-    name = {"service": "grpc_stack", "authz": "authz_stack", "http": "session_stack"}
+    """The test runs in every supported shape: the rate-limit decision in the rate-limit
+    service (ext_authz over gRPC), in ext_authz over gRPC, in ext_authz over HTTP (the
+    default), and in the rate-limit service with ext_authz over HTTP."""
+    name = {
+        "service": "grpc_stack",
+        "authz": "authz_stack",
+        "http": "session_stack",
+        "http-service": "http_service_stack",
+    }
     chosen: Stack = request.getfixturevalue(name[request.param])
     return chosen
 

@@ -70,13 +70,15 @@ def send_requests(client: openai.OpenAI) -> dict[str, tuple[str, dict[str, objec
     return sent
 
 
-@pytest.fixture(params=["service", "authz", "http"])
+@pytest.fixture(params=["service", "authz", "http", "http-service"])
 def slow_log_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """A system of its own (this test kills its Envoy) whose Envoy writes its access log
     once a minute, so that a kill loses the lines of every request just made (http: ext_authz
-    over HTTP, deciding the limits)."""
-    placement = {"service": "service", "authz": "authz", "http": "authz"}[request.param]
-    protocol = "http" if request.param == "http" else "grpc"
+    over HTTP, deciding the limits; http-service: over HTTP, the rate-limit service deciding)."""
+    placement = {"service": "service", "authz": "authz", "http": "authz"}.get(
+        request.param, "service"
+    )
+    protocol = "http" if request.param.startswith("http") else "grpc"
     with own_system(
         nodes=1,
         envoy_log_flush_interval=60.0,
