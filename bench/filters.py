@@ -40,6 +40,7 @@ from bench.gateway import Gateway
 from bench.wrk import Load, run_wrk
 from crosslogic.contracts.routing import MODEL_CLUSTER_PREFIX
 from crosslogic.ports import free_ports
+from crosslogic.shapes import SHAPES
 
 CHAT = "/v1/chat/completions"
 Config = dict[str, Any]
@@ -139,12 +140,7 @@ def measure(
 def run(load: Load, *, rounds: int, envoy_concurrency: int, rate: float | None) -> None:
     work_dir = Path(tempfile.mkdtemp(prefix="clf-", dir="/tmp"))
     envoys = BaselineEnvoys(work_dir, concurrency=envoy_concurrency)
-    gateway = Gateway(
-        work_dir / "stack",
-        envoy_concurrency=envoy_concurrency,
-        ratelimit_at="authz",
-        extauthz_protocol="http",
-    )
+    gateway = Gateway(work_dir / "stack", envoy_concurrency=envoy_concurrency, **SHAPES["http"])
     with ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, work_dir, ignore_errors=True)
         cleanup.callback(envoys.stop)

@@ -22,6 +22,7 @@ from bench.tls import TlsFigures, start_plain_tls
 from bench.unloaded import unloaded_latency
 from bench.wrk import Load, WrkResult, measure, run_wrk
 from bench.xds import build_figures
+from crosslogic.shapes import SHAPES
 
 CHAT = "/v1/chat/completions"
 # their work for a run goes on after wrk stops: their CPU is read once billing consumed it
@@ -124,31 +125,15 @@ def run(load: Load, *, envoy_concurrency: int) -> None:
     # short: PostgreSQL's Unix socket lives below it and socket paths are limited to ~107 bytes
     work_dir = Path(tempfile.mkdtemp(prefix="clb-", dir="/tmp"))
     envoys = BaselineEnvoys(work_dir, concurrency=envoy_concurrency)
-    # the three shapes, the default last: each named in full, whatever the defaults are
-    gateway = Gateway(
-        work_dir / "stack",
-        envoy_concurrency=envoy_concurrency,
-        ratelimit_at="service",
-        extauthz_protocol="grpc",
-    )
-    in_authz = Gateway(
-        work_dir / "stack-authz",
-        envoy_concurrency=envoy_concurrency,
-        ratelimit_at="authz",
-        extauthz_protocol="grpc",
-    )
-    over_http = Gateway(
-        work_dir / "stack-http",
-        envoy_concurrency=envoy_concurrency,
-        ratelimit_at="authz",
-        extauthz_protocol="http",
-    )
-    over_tls = Gateway(
-        work_dir / "stack-tls",
-        envoy_concurrency=envoy_concurrency,
-        ratelimit_at="authz",
-        extauthz_protocol="http",
-        listener_tls="on",
+    # (c), (d), (e): three shapes, the default last; (f): the default over TLS
+    gateway, in_authz, over_http, over_tls = (
+        Gateway(work_dir / f"stack-{shape}", envoy_concurrency=envoy_concurrency, **settings)
+        for shape, settings in (
+            ("service", SHAPES["service"]),
+            ("authz", SHAPES["authz"]),
+            ("http", SHAPES["http"]),
+            ("tls", {**SHAPES["http"], "listener_tls": "on"}),
+        )
     )
     failed = False
 

@@ -16,6 +16,7 @@ import pytest
 
 from crosslogic.cli import main
 from crosslogic.settings import to_env
+from crosslogic.shapes import SHAPES
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.cli import Cli
@@ -48,21 +49,21 @@ def grpc_stack() -> Iterator[Stack]:
     """The other supported shape, for the whole session: Envoy asks ext_authz over gRPC and
     its rate-limit filter asks the rate-limit service (RATELIMIT_AT=service), shared by every
     module that runs its tests over both protocols (tests/support/protocols.py)."""
-    with own_system(nodes=2, ratelimit_at="service", extauthz_protocol="grpc") as running:
+    with own_system(nodes=2, **SHAPES["service"]) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def authz_stack() -> Iterator[Stack]:
     """ext_authz over gRPC making the rate-limit decisions (RATELIMIT_AT=authz)."""
-    with own_system(nodes=1, ratelimit_at="authz", extauthz_protocol="grpc") as running:
+    with own_system(nodes=1, **SHAPES["authz"]) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def http_service_stack() -> Iterator[Stack]:
     """ext_authz over HTTP, Envoy's rate-limit filter asking the rate-limit service."""
-    with own_system(nodes=1, ratelimit_at="service", extauthz_protocol="http") as running:
+    with own_system(nodes=1, **SHAPES["http-service"]) as running:
         yield running
 
 

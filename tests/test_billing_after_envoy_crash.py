@@ -23,6 +23,7 @@ from crosslogic.extauthz.decision import estimate_prompt, estimate_tokens
 from crosslogic.journal.store import JournalStore
 from crosslogic.probes import http_ok
 from crosslogic.redis_pipe import PipelinedRedis
+from crosslogic.shapes import SHAPES
 from crosslogic.stack import Stack
 from tests.support.db import run_db
 from tests.support.ratelimits import set_limit
@@ -70,21 +71,13 @@ def send_requests(client: openai.OpenAI) -> dict[str, tuple[str, dict[str, objec
     return sent
 
 
-@pytest.fixture(params=["service", "authz", "http", "http-service"])
+@pytest.fixture(params=sorted(SHAPES))
 def slow_log_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """A system of its own (this test kills its Envoy) whose Envoy writes its access log
-    once a minute, so that a kill loses the lines of every request just made (http: ext_authz
-    over HTTP, deciding the limits; http-service: over HTTP, the rate-limit service deciding)."""
-    placement = {"service": "service", "authz": "authz", "http": "authz"}.get(
-        request.param, "service"
-    )
-    protocol = "http" if request.param.startswith("http") else "grpc"
+    once a minute, so that a kill loses the lines of every request just made; in every
+    shape (crosslogic/shapes.py)."""
     with own_system(
-        nodes=1,
-        envoy_log_flush_interval=60.0,
-        ratelimit_at=placement,
-        extauthz_protocol=protocol,
-        extauthz_workers=1,
+        nodes=1, envoy_log_flush_interval=60.0, extauthz_workers=1, **SHAPES[request.param]
     ) as running:
         yield running
 

@@ -29,6 +29,7 @@ import pytest
 
 from crosslogic.probes import http_ok
 from crosslogic.settings import to_env
+from crosslogic.shapes import SHAPES
 from crosslogic.stack import Stack
 from crosslogic.supervisor import Child
 from tests.support.db import run_db
@@ -135,15 +136,9 @@ class Load:
             return Outcome(kind, request_id, error=type(exc).__name__)
 
 
-# the default shape (ext_authz over HTTP deciding limits too) and the other one (over gRPC,
-# with the rate-limit service): each faults the processes it runs
-SHAPES = {
-    "default": {},
-    "service": {"ratelimit_at": "service", "extauthz_protocol": "grpc"},
-}
-
-
-@pytest.fixture(scope="module", params=sorted(SHAPES))
+# the default shape (ext_authz over HTTP deciding limits too) and the rate-limit service's
+# (crosslogic/shapes.py): each faults the processes it runs
+@pytest.fixture(scope="module", params=["http", "service"])
 def chaos_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     with own_system(nodes=0, **SHAPES[request.param]) as stack:
         for i in (1, 2):  # slow enough that streams are in flight when something dies
