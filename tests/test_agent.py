@@ -21,10 +21,10 @@ from crosslogic.processes import node_env
 from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.cloud_metadata import MetadataStub
+from tests.support.fleet import audited, chat_requests, eds_status, listed, one_token, running
 from tests.support.serving import http_call, serving
 from tests.support.system import MODEL, own_system
 from tests.support.waiting import wait_until
-from tests.test_node_identity import audited, chat_requests, eds_status, listed, one_token, running
 
 CLOUDS = ("aws", "gcp", "azure", "kubernetes")
 TOKENS = 120  # at 20 tokens/s a stream lasts 6 s: long enough for a drain under test load

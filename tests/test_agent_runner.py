@@ -13,7 +13,7 @@ from aiohttp import web
 from crosslogic.agent.registration import RegistrationConfig
 from crosslogic.agent.runner import AgentConfig, run_agent
 from crosslogic.ports import free_port
-from tests.test_node_registration import _FakeControlPlane
+from tests.support.control_plane_double import FakeControlPlane
 
 METRICS = """\
 # TYPE vllm:num_requests_running gauge
@@ -31,7 +31,7 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def _kubernetes_agent(cp: _FakeControlPlane, *, running: int, grace_s: float) -> float:
+async def _kubernetes_agent(cp: FakeControlPlane, *, running: int, grace_s: float) -> float:
     """Run an agent on "kubernetes" beside a vLLM with ``running`` requests; SIGTERM it once
     it heartbeats; returns how long it took to end."""
 
@@ -70,7 +70,7 @@ async def _kubernetes_agent(cp: _FakeControlPlane, *, running: int, grace_s: flo
 
 
 def test_sigterm_on_kubernetes_drains_and_deregisters_after_the_grace_period() -> None:
-    cp = _FakeControlPlane()  # never removes the node: requests keep running
+    cp = FakeControlPlane()  # never removes the node: requests keep running
     took = asyncio.run(_kubernetes_agent(cp, running=3, grace_s=0.5))
     paths = cp.paths()
     assert paths.count("/admin/nodes/pod-1/drain") == 1
@@ -82,7 +82,7 @@ def test_sigterm_on_kubernetes_drains_and_deregisters_after_the_grace_period() -
     assert beat == {"requests_running": 3, "requests_waiting": 0, "kv_cache_usage_perc": 0.0}
 
 
-class _RemovesWhenIdle(_FakeControlPlane):
+class _RemovesWhenIdle(FakeControlPlane):
     """Ends a drain at the next heartbeat, as the real one does when no request runs."""
 
     async def _node_action(self, request: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from crosslogic.stack import Stack
 from tests.support.admin import Admin, ok
 from tests.support.cli import Cli, cli_ok
 from tests.support.db import connect_and
+from tests.support.fleet import audited, chat_requests, eds_status, listed, one_token, running
 from tests.support.system import MODEL, own_system
 from tests.support.waiting import wait_until
 
@@ -113,17 +114,6 @@ class FakeNode:
         body = {"requests_running": running, "requests_waiting": 0, "kv_cache_usage_perc": 0.1}
         path = f"/admin/nodes/{self.id}/heartbeat"
         return call(self.stack, "POST", path, body, token=token or self.credential)
-
-
-def listed(stack: Stack, node_id: str) -> dict[str, Any]:
-    found = ok(Admin(stack)("GET", "/admin/nodes"))["nodes"]
-    return dict(next(n for n in found if n["id"] == node_id))
-
-
-def audited(stack: Stack, entity_id: str) -> list[tuple[str, str]]:
-    """(action, actor) of ``entity_id``'s audit rows, oldest first."""
-    rows = ok(Admin(stack)("GET", f"/admin/audit?entity_id={entity_id}"))["data"]
-    return [(r["action"], r["actor"]) for r in reversed(rows)]
 
 
 @pytest.fixture()
@@ -363,38 +353,6 @@ def paced() -> Iterator[Stack]:
 def node_url(stack: Stack, node_id: str) -> str:
     node = listed(stack, node_id)
     return f"http://{node['address']}:{node['port']}"
-
-
-def node_sample(url: str, pattern: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(v) for v in re.findall(rf"^{pattern} (\S+)$", text, re.M))
-
-
-def chat_requests(url: str) -> float:
-    return node_sample(url, r'crosslogic_node_requests_total\{code="200",endpoint="chat"\}')
-
-
-def running(url: str) -> float:
-    return node_sample(url, r"vllm:num_requests_running\{[^}]*\}")
-
-
-def eds_status(stack: Stack, port: int) -> str | None:
-    """Envoy's EDS health status of the node on ``port`` (None: not an endpoint)."""
-    with urllib.request.urlopen(f"{stack.envoy_admin_url}/clusters?format=json", timeout=5) as r:
-        clusters = json.load(r)["cluster_statuses"]
-    for cluster in clusters:
-        for host in cluster.get("host_statuses", []):
-            if host["address"]["socket_address"]["port_value"] == port:
-                return str(host["health_status"].get("eds_health_status", "UNKNOWN"))
-    return None
-
-
-def one_token(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1
-    )
-    assert reply.choices[0].message.content
 
 
 def test_the_stack_gives_its_nodes_the_registration_token_only(paced: Stack) -> None:

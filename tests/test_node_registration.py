@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -19,65 +18,10 @@ from crosslogic.agent.load import NodeLoad
 from crosslogic.agent.registration import RegistrationConfig, backoff_delay, run_registration
 from crosslogic.node.main import run
 from crosslogic.ports import free_port
+from tests.support.control_plane_double import FakeControlPlane
 from tests.support.serving import http_call, serving
 from tests.support.system import MODEL
 from tests.support.waiting import wait_until
-
-
-@dataclass
-class _FakeControlPlane:
-    """Records admin API calls; can refuse registrations, forget the node or remove it."""
-
-    refuse_registrations: int = 0
-    forget_after_heartbeats: int | None = None
-    remove_after_heartbeats: int | None = None
-    registrations: int = 0
-    calls: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
-    heartbeats: int = 0
-    enough_heartbeats: int = 1
-    enough: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/admin/nodes/register", self._register)
-        app.router.add_post("/admin/nodes/{node_id}/{action}", self._node_action)
-        return app
-
-    def paths(self) -> list[str]:
-        return [path for path, _, _ in self.calls]
-
-    async def _record(self, request: web.Request) -> dict[str, Any]:
-        body = await request.json()
-        self.calls.append((request.path, body, request.headers.get("Authorization")))
-        return dict(body)
-
-    async def _register(self, request: web.Request) -> web.Response:
-        body = await self._record(request)
-        if self.refuse_registrations > 0:
-            self.refuse_registrations -= 1
-            return web.json_response({"error": "starting up"}, status=503)
-        node_id = body["node_id"] or "assigned-1"
-        self.registrations += 1
-        return web.json_response(
-            {
-                "node_id": node_id,
-                "node_credential": f"clnc_{self.registrations}",
-                "heartbeat_interval_s": 0.01,
-            }
-        )
-
-    async def _node_action(self, request: web.Request) -> web.Response:
-        await self._record(request)
-        if request.match_info["action"] == "heartbeat":
-            self.heartbeats += 1
-            if self.heartbeats >= self.enough_heartbeats:
-                self.enough.set()
-            if self.heartbeats == self.forget_after_heartbeats:
-                return web.json_response({"error": "unknown node"}, status=404)
-            if self.heartbeats == self.remove_after_heartbeats:
-                self.enough.set()
-                return web.json_response({"error": "removed"}, status=410)
-        return web.json_response({})
 
 
 def _constant(load: NodeLoad) -> Callable[[], Awaitable[NodeLoad]]:
@@ -101,7 +45,7 @@ def _registration_config(url: str, **overrides: Any) -> RegistrationConfig:
 
 
 async def _register_for_a_while(
-    config: RegistrationConfig, *, cp: _FakeControlPlane | None = None, linger: float = 0.0
+    config: RegistrationConfig, *, cp: FakeControlPlane | None = None, linger: float = 0.0
 ) -> list[str]:
     """Run the loop until ``cp`` saw enough heartbeats (or briefly, without one), and
     ``linger`` seconds more."""
@@ -130,7 +74,7 @@ async def _register_for_a_while(
 
 
 def test_registration_retries_reregisters_and_deregisters() -> None:
-    cp = _FakeControlPlane(refuse_registrations=2, forget_after_heartbeats=2, enough_heartbeats=4)
+    cp = FakeControlPlane(refuse_registrations=2, forget_after_heartbeats=2, enough_heartbeats=4)
     port = free_port()
     config = _registration_config(
         f"http://127.0.0.1:{port}", port=port, node_id=None, registration_token="clrt_s3cret"
@@ -172,7 +116,7 @@ def test_registration_retries_reregisters_and_deregisters() -> None:
 
 
 def test_a_removed_node_stops_heartbeating_and_never_registers_again() -> None:
-    cp = _FakeControlPlane(remove_after_heartbeats=2, enough_heartbeats=10**6)
+    cp = FakeControlPlane(remove_after_heartbeats=2, enough_heartbeats=10**6)
     port = free_port()
     config = _registration_config(f"http://127.0.0.1:{port}", port=port, node_id="spot-1")
     registered = asyncio.run(_register_for_a_while(config, cp=cp, linger=0.1))
@@ -184,7 +128,7 @@ def test_a_removed_node_stops_heartbeating_and_never_registers_again() -> None:
 
 def test_an_interrupted_node_drains_itself_with_its_own_credential() -> None:
     async def scenario() -> list[tuple[str, dict[str, Any], str | None]]:
-        cp = _FakeControlPlane(enough_heartbeats=1)
+        cp = FakeControlPlane(enough_heartbeats=1)
         port = free_port()
         runner = web.AppRunner(cp.app(), access_log=None)
         await runner.setup()
@@ -243,7 +187,7 @@ def test_main_rejects_bad_flags_with_an_exit_code() -> None:
 
 
 def test_main_serves_registers_and_deregisters_on_sigterm() -> None:
-    cp = _FakeControlPlane()
+    cp = FakeControlPlane()
     with serving(cp.app) as cp_url:
         process = subprocess.Popen(
             [

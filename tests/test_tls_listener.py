@@ -26,8 +26,9 @@ from cryptography import x509
 
 from crosslogic.settings import SettingsError, load, to_env
 from crosslogic.tls import ca, issue
+from tests.support.system import logs_in
+from tests.support.up import CROSSLOGIC, printed_lines, up_environment
 from tests.support.waiting import wait_until
-from tests.test_up import CROSSLOGIC, log_tails, up_environment
 
 PRINTED = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL", "SSL_CERT_FILE")
 # a client of the SDK, in a process of its own: the environment `up` says to paste is all
@@ -71,18 +72,10 @@ def up() -> Iterator[Up]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: dict[str, str] = {}
     try:
         assert process.stdout is not None
-        for line in process.stdout:
-            name, _, value = line.strip().partition("=")
-            if name in PRINTED:
-                lines[name] = value
-            if line.startswith("curl "):
-                lines["curl"] = line.strip()
-            if "Ctrl-C" in line:
-                break
-        assert set(lines) == {*PRINTED, "curl"}, log_tails(data_dir)
+        lines = printed_lines(process.stdout, PRINTED)
+        assert set(lines) == {*PRINTED, "curl"}, logs_in(data_dir)
         yield Up(process, data_dir, lines)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
@@ -108,7 +101,7 @@ def test_the_printed_lines_work_with_the_openai_sdk_and_curl(up: Up) -> None:
     sdk = subprocess.run(
         [sys.executable, "-c", SDK_CALL], env=env, capture_output=True, text=True, timeout=60
     )
-    assert sdk.returncode == 0, sdk.stderr + log_tails(up.data_dir)
+    assert sdk.returncode == 0, sdk.stderr + logs_in(up.data_dir)
     assert sdk.stdout.strip()
     # without the trust line the same client refuses the certificate
     del env["SSL_CERT_FILE"]

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,38 +16,9 @@ import psutil
 import pytest
 
 from crosslogic.ports import free_ports, port_in_use
+from tests.support.system import logs_in
+from tests.support.up import CROSSLOGIC, printed_lines, up_environment
 from tests.support.waiting import wait_until
-
-CROSSLOGIC = [sys.executable, "-m", "crosslogic"]
-PORTS = (
-    "XDS_PORT",
-    "SERVER_PORT",
-    "PROMETHEUS_PORT",
-    "EXTAUTHZ_PORT",
-    "RATELIMIT_PORT",
-    "ENVOY_PORT",
-    "ENVOY_ADMIN_PORT",
-    "REDIS_PORT",
-)
-
-
-def up_environment(data_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
-    """Free ports, a data dir and embedded databases for a `crosslogic up` of its own."""
-    # XDS_PORT first: the second xDS process listens on the port after it, free too
-    xds, *others = free_ports(len(PORTS), block=2)
-    ports = {"XDS_PORT": xds, **dict(zip(PORTS[1:], others, strict=True))}
-    env = {k: v for k, v in os.environ.items() if k not in ("DB_HOST", "REDIS_HOST")}
-    env.update({k: str(v) for k, v in ports.items()})
-    env.update(
-        {
-            "DATA_DIR": str(data_dir),
-            "EXTAUTHZ_WORKERS": "1",
-            "RATELIMIT_WORKERS": "1",
-            "ENVOY_CONCURRENCY": "1",
-            "NODE_HEARTBEAT_INTERVAL": "0.5",
-        }
-    )
-    return ports, env
 
 
 @pytest.fixture
@@ -57,14 +27,6 @@ def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="clu-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def log_tails(data_dir: Path, lines: int = 15) -> str:
-    """The end of every process log of a failed `up`: CI keeps nothing else."""
-    return "\n".join(
-        f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-        for log in sorted((data_dir / "logs").glob("*.log"))
-    )
 
 
 def crashed_children(pid: int) -> list[psutil.Process]:
@@ -83,7 +45,7 @@ def wait_answered(
 ) -> None:
 
     def answered() -> bool:
-        assert up.poll() is None, log_tails(data_dir)
+        assert up.poll() is None, logs_in(data_dir)
         try:
             client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "hi"}]
@@ -95,7 +57,7 @@ def wait_answered(
     try:
         wait_until("an answer through Envoy", answered, timeout=30)
     except TimeoutError as exc:
-        raise AssertionError(log_tails(data_dir)) from exc
+        raise AssertionError(logs_in(data_dir)) from exc
 
 
 def test_up_prints_working_lines_and_stops_everything_on_ctrl_c(data_dir: Path) -> None:
@@ -107,25 +69,17 @@ def test_up_prints_working_lines_and_stops_everything_on_ctrl_c(data_dir: Path) 
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: dict[str, str] = {}
     try:
         assert up.stdout is not None
-        for line in up.stdout:
-            for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL"):
-                if line.startswith(name + "="):
-                    lines[name] = line.strip().split("=", 1)[1]
-            if line.startswith("curl "):
-                lines["curl"] = line.strip()
-            if "Ctrl-C" in line:
-                break
-        assert set(lines) == {"OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL", "curl"}, log_tails(
+        lines = printed_lines(up.stdout, ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL"))
+        assert set(lines) == {"OPENAI_BASE_URL", "OPENAI_API_KEY", "MODEL", "curl"}, logs_in(
             data_dir
         )
         family = psutil.Process(up.pid).children(recursive=True)
         curl = subprocess.run(
             lines["curl"], shell=True, capture_output=True, text=True, timeout=30, check=True
         )
-        assert '"chat.completion"' in curl.stdout, log_tails(data_dir)
+        assert '"chat.completion"' in curl.stdout, logs_in(data_dir)
         client = openai.OpenAI(
             base_url=lines["OPENAI_BASE_URL"], api_key=lines["OPENAI_API_KEY"], max_retries=0
         )

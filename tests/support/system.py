@@ -78,8 +78,13 @@ def stop_service(stack: Stack, name: str) -> int:
 
 def log_tails(stack: Stack, lines: int = 12) -> str:
     """The last ``lines`` of every process log of ``stack``."""
-    logs = sorted((stack.data_dir / "logs").glob("*.log"))
+    return logs_in(stack.data_dir, lines)
+
+
+def logs_in(data_dir: Path, lines: int = 15) -> str:
+    """The last ``lines`` of every process log under ``data_dir`` (a failed `up`'s too: CI
+    keeps nothing else)."""
     return "\n".join(
         f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-        for log in logs
+        for log in sorted((data_dir / "logs").glob("*.log"))
     )
